@@ -1,0 +1,285 @@
+"""Typed experiment configs: YAML files in ``configs/`` loaded into dataclasses, with dotted
+command-line overrides (``train.lr=0.05``), validated in one place.
+
+Unknown keys, wrong types and values outside a field's allowed set raise ``ConfigError`` naming
+the dotted key and what is allowed. The resolved config is saved beside every run
+(:func:`save_config`), so any run can be reproduced from its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "FederationConfig",
+    "TrackingConfig",
+    "ExperimentConfig",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how it is split over clients."""
+
+    name: str = "fashion_mnist"
+    root: str | None = None  # explicit data folder; else $FEDSSL_DATA, system paths, download
+    partition: str = "iid"  # iid | label_split | dominant_label | dirichlet
+    num_clients: int = 2
+    train_per_client: int = 30000
+    test_per_client: int = 5000
+    # "test": a client's local accuracy is measured on its share of the test set (the papers);
+    # "holdout": on `holdout_per_client` examples carved from its training data (test unseen).
+    local_val: str = "test"
+    holdout_per_client: int = 5000
+    dominant_p: float = 0.55
+    dirichlet_alpha: float = 0.5
+    seed: int = 0
+
+    _choices = {
+        "partition": ("iid", "label_split", "dominant_label", "dirichlet"),
+        "local_val": ("test", "holdout"),
+        "name": ("fashion_mnist", "mnist"),
+    }
+
+
+@dataclass
+class ModelConfig:
+    """The network every client trains (same architecture and initial weights everywhere)."""
+
+    name: str = "paper_cnn"
+    width: int = 32  # channels of the first conv; the second has twice as many
+    hidden: int = 128
+    batchnorm: bool = False
+
+    _choices = {"name": ("paper_cnn", "mlp")}
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each client (one Lightning ``Trainer.fit`` per round)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0: this many mini-batches per round instead of local_epochs
+    # Softmax over the client's own labels only (helps label-skewed clients, H-environment).
+    restrict_labels: bool = False
+    threads: int = 1  # torch threads per client process
+    eval_batch_size: int = 1000
+
+    _choices = {"optimizer": ("sgd", "adam")}
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, merge method and sampling."""
+
+    rounds: int = 3
+    method: str = "avg"  # any fedssl.aggregation method
+    weighted: bool = True  # weight avg by examples per client (FedAvg)
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    cpus_per_client: float = 1.0
+    timeout_s: float = 3600.0
+
+
+@dataclass
+class TrackingConfig:
+    """Weights & Biases; ``auto`` = online with credentials, else offline."""
+
+    wandb: str = "auto"
+    project: str = "fedssl"
+
+    _choices = {"wandb": ("auto", "online", "offline", "disabled")}
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole run: data, model, local training, federation, tracking and the run directory."""
+
+    name: str = "merge"
+    experiment: str = "merge"
+    out_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def run_dir(self) -> Path:
+        """The run directory ``<out_dir>/<name>``."""
+        return Path(self.out_dir) / self.name
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and bad values."""
+    data = dict(data or {})
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            allowed = ", ".join(f"{prefix}{k}" for k in fields)
+            raise ConfigError(f"unknown config key {dotted!r}; allowed: {allowed}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
+            kwargs[key] = from_dict(tp, value, prefix=f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, tp, dotted)
+    obj = cls(**kwargs)
+    choices = getattr(cls, "_choices", {})
+    for key, allowed in choices.items():
+        if getattr(obj, key) not in allowed:
+            raise ConfigError(
+                f"{prefix}{key}: {getattr(obj, key)!r} is not allowed; choose one of {', '.join(allowed)}"
+            )
+    return obj
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Nested plain dict of a config dataclass (for YAML, W&B and manifests)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError(f"override {ov!r} must look like key.sub=value")
+            k, v = ov.split("=", 1)
+            parsed.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
+        items = parsed
+    out = _deepcopy(data)
+    for dotted, value in items:
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d):
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    cls=ExperimentConfig,
+):
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Args:
+        path: YAML file; its keys mirror the dataclass fields.
+        overrides: ``["train.lr=0.1", ...]`` or ``{"train.lr": 0.1}``.
+        cls: the top-level config dataclass.
+
+    Raises:
+        ConfigError: for a missing file, unknown key or invalid value (the message names it).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as YAML; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return p

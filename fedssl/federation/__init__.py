@@ -1,0 +1,1 @@
+"""Flower glue: ClientApp, ServerApp, the merge strategy and state-dict <-> record conversion."""

@@ -1,0 +1,94 @@
+"""Supervised classification as a federated task: what a client does in a round (train its
+LightningModule locally, measure its local accuracy) and how the server evaluates the merged
+model. Used by the weight-merge experiments (papers 000/001) and the non-IID MLP runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedssl.config import ExperimentConfig
+from fedssl.data.clients import client_tensors, dataset_and_splits, server_test_tensors
+from fedssl.models.classifier import Classifier, accuracy
+from fedssl.models.small import build_small_model
+
+__all__ = ["build_model", "initial_state", "local_train", "server_accuracy"]
+
+log = logging.getLogger(__name__)
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
+    """The configured network with the dataset's number of classes."""
+    ds, _ = dataset_and_splits(cfg.data)
+    m = cfg.model
+    return build_small_model(m.name, ds.num_classes, width=m.width, hidden=m.hidden,
+                             batchnorm=m.batchnorm)
+
+
+def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Initial weights, identical for every client (seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg).state_dict()
+
+
+def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
+    t = cfg.train
+    limits = {"max_steps": t.local_steps, "max_epochs": -1} if t.local_steps > 0 else \
+        {"max_epochs": t.local_epochs}
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      **limits)
+
+
+def local_train(cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor],
+                server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Train the global weights on one client's data; return new weights and metrics.
+
+    Metrics: ``num-examples`` (FedAvg weight), ``partition-id``, ``local_acc`` (the trained local
+    model on the client's local validation/test share), ``train_loss``, ``train_s``.
+    """
+    torch.set_num_threads(max(1, cfg.train.threads))
+    data = client_tensors(cfg.data, partition_id)
+    x, y = data["train"]
+    net = build_model(cfg)
+    net.load_state_dict(state, strict=True)
+    allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
+    module = Classifier(net, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
+                        momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
+                        allowed_labels=allowed)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
+    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True,
+                        generator=g)
+    t0 = time.perf_counter()
+    trainer = _trainer(cfg)
+    trainer.fit(module, loader)
+    train_s = time.perf_counter() - t0
+    vx, vy = data["val"]
+    metrics = {
+        "num-examples": int(len(y)),
+        "partition-id": int(partition_id),
+        "local_acc": accuracy(net, vx, vy, cfg.train.eval_batch_size),
+        "train_loss": float(trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))),
+        "train_s": train_s,
+        "steps": int(trainer.global_step),
+    }
+    return {k: v.detach() for k, v in net.state_dict().items()}, metrics
+
+
+def server_accuracy(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> float:
+    """Accuracy of the merged weights on the server's test set (all clients' test shares)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    net = build_model(cfg)
+    net.load_state_dict(state, strict=True)
+    x, y = server_test_tensors(cfg.data)
+    return accuracy(net, x, y, cfg.train.eval_batch_size)

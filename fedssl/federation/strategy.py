@@ -1,0 +1,83 @@
+"""``MergeStrategy``: Flower's FedAvg message flow with the aggregation step delegated to
+:func:`fedssl.aggregation.merge` (avg = FedAvg, or max / absmax / median / trimmed_mean ...).
+
+It also keeps each round's per-client metrics (local accuracy, loss, time) for the run log and
+supports a round offset so a resumed run continues its numbering.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedssl.aggregation import merge, resolve_method
+from fedssl.federation.records import from_record, num_bytes, to_record
+
+__all__ = ["MergeStrategy"]
+
+log = logging.getLogger(__name__)
+
+
+class MergeStrategy(FedAvg):
+    """FedAvg's sampling and messaging; merging by any fedssl aggregation method.
+
+    Args:
+        method: a :data:`fedssl.aggregation.METHODS` name.
+        weighted: weight ``avg`` by each client's ``num-examples`` (FedAvg); else equal weights.
+        keys: merge only these names (the travelling keys); None: every name received.
+        round_offset: rounds already completed (resume); added to Flower's round counter.
+        **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
+    """
+
+    def __init__(self, method: str = "avg", weighted: bool = True, keys: Iterable[str] | None = None,
+                 round_offset: int = 0, **fedavg_kwargs):
+        fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
+        super().__init__(**fedavg_kwargs)
+        resolve_method(method)  # fail fast on a bad name
+        self.method = method
+        self.weighted = weighted
+        self.keys = None if keys is None else list(keys)
+        self.round_offset = round_offset
+        self.client_metrics: dict[int, list[dict]] = {}
+        self.failures: dict[int, int] = {}
+        self.round_info: dict[int, dict] = {}
+        self._t0 = 0.0
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedAvg's sampling, with the global round number in ``config["server-round"]``."""
+        self._t0 = time.perf_counter()
+        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Merge the replies' arrays with ``self.method``; keep per-client metrics."""
+        rnd = server_round + self.round_offset
+        replies = list(replies)
+        valid, errors = self._check_and_log_replies(replies, is_train=True)
+        self.failures[rnd] = len(errors)
+        for m in errors:
+            log.warning("round %d: client node %s failed: %s", rnd, m.metadata.src_node_id,
+                        m.error.reason)
+        if not valid:
+            log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
+            return None, None
+        contents = [m.content for m in valid]
+        metrics = [dict(next(iter(c.metric_records.values()))) for c in contents]
+        state_dicts = [from_record(next(iter(c.array_records.values()))) for c in contents]
+        weights = [float(m[self.weighted_by_key]) for m in metrics] if self.weighted else None
+        t = time.perf_counter()
+        merged = merge(state_dicts, self.method, weights=weights, keys=self.keys)
+        merge_s = time.perf_counter() - t
+        self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
+        self.round_info[rnd] = {
+            "clients": len(valid), "failures": len(errors), "merge_s": merge_s,
+            "train_phase_s": t - self._t0,
+            "bytes_up": sum(num_bytes(sd) for sd in state_dicts),
+        }
+        return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

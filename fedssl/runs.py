@@ -1,0 +1,127 @@
+"""The run directory ``runs/<name>/``: resolved config, partition manifest, per-round metrics
+(CSV + JSON lines), plots, and global checkpoints (safetensors) with the state needed to resume.
+
+Layout::
+
+    runs/<name>/config.yaml          resolved config
+    runs/<name>/partition.json       indices + label histogram per client
+    runs/<name>/metrics.csv          one row per round (also metrics.jsonl)
+    runs/<name>/accuracy.png         curves
+    runs/<name>/checkpoints/round_0003.safetensors
+    runs/<name>/state.json           {"round": 3, "checkpoint": ..., "wandb_id": ...}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["RunDir"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One run's directory (created on first use).
+
+    Args:
+        path: the directory, e.g. ``runs/merge-v-avg``.
+        keep_checkpoints: how many of the newest round checkpoints to keep.
+    """
+
+    def __init__(self, path: str | Path, keep_checkpoints: int = 2):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.keep = keep_checkpoints
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def metrics_jsonl(self) -> Path:
+        """Per-round metrics, one JSON object a line."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        """Per-round metrics as CSV (columns: union of all rows' keys)."""
+        return self.path / "metrics.csv"
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All rows logged so far."""
+        if not self.metrics_jsonl.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line]
+
+    def log_metrics(self, row: Mapping[str, Any]) -> None:
+        """Append one row (must hold ``round``) and rewrite the CSV."""
+        with self.metrics_jsonl.open("a") as f:
+            f.write(json.dumps(dict(row)) + "\n")
+        self._write_csv(self.metrics())
+
+    def truncate_metrics(self, last_round: int) -> None:
+        """Drop rows after ``last_round`` (a resumed run repeats them)."""
+        rows = [r for r in self.metrics() if r.get("round", 0) <= last_round]
+        _atomic_write(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
+
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        tmp = self.metrics_csv.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.metrics_csv)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def state_file(self) -> Path:
+        """JSON with the last completed round and its checkpoint."""
+        return self.path / "state.json"
+
+    def state(self) -> dict[str, Any]:
+        """The saved state, or ``{}`` for a fresh run."""
+        return json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+
+    def save_checkpoint(self, round_: int, state_dict: Mapping[str, torch.Tensor],
+                        **extra: Any) -> Path:
+        """Save the global weights after ``round_`` and record it as the resume point."""
+        ckdir = self.path / "checkpoints"
+        ckdir.mkdir(exist_ok=True)
+        path = ckdir / f"round_{round_:04d}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(path.with_suffix(".tmp")), metadata={"round": str(round_)})
+        os.replace(path.with_suffix(".tmp"), path)
+        state = {**self.state(), **extra, "round": round_, "checkpoint": str(path.relative_to(self.path))}
+        _atomic_write(self.state_file, json.dumps(state, indent=1))
+        for old in sorted(ckdir.glob("round_*.safetensors"))[: -self.keep]:
+            old.unlink()
+        return path
+
+    def update_state(self, **extra: Any) -> None:
+        """Merge fields into state.json."""
+        _atomic_write(self.state_file, json.dumps({**self.state(), **extra}, indent=1))
+
+    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """``(round, state_dict)`` of the last completed round.
+
+        Raises:
+            FileNotFoundError: the directory holds no completed round.
+        """
+        st = self.state()
+        if "checkpoint" not in st:
+            raise FileNotFoundError(f"{self.path} holds no completed round to resume from "
+                                    f"(no checkpoint in {self.state_file})")
+        return int(st["round"]), load_file(str(self.path / st["checkpoint"]))
