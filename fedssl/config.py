@@ -70,6 +70,8 @@ class ModelConfig:
     width: int = 32  # channels of the first conv; the second has twice as many
     hidden: int = 128
     batchnorm: bool = False
+    padding: bool = False  # "same" padding in the convolutions
+    dropout: float = 0.0
 
     _choices = {"name": ("paper_cnn", "mlp")}
 
@@ -80,6 +82,7 @@ class TrainConfig:
 
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_decay: float = 1.0  # learning rate of round r is lr * lr_decay ** (r - 1)
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -103,6 +106,7 @@ class FederationConfig:
     fraction_train: float = 1.0
     min_clients: int = 2
     cpus_per_client: float = 1.0
+    eval_every: int = 1  # evaluate the merged model every k rounds (and always the last)
     timeout_s: float = 3600.0
 
 

@@ -18,7 +18,7 @@ from fedssl.data.clients import client_tensors, dataset_and_splits, server_test_
 from fedssl.models.classifier import Classifier, accuracy
 from fedssl.models.small import build_small_model
 
-__all__ = ["build_model", "initial_state", "local_train", "server_accuracy"]
+__all__ = ["build_model", "initial_state", "local_train", "server_accuracy", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -32,7 +32,7 @@ def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
     ds, _ = dataset_and_splits(cfg.data)
     m = cfg.model
     return build_small_model(m.name, ds.num_classes, width=m.width, hidden=m.hidden,
-                             batchnorm=m.batchnorm)
+                             batchnorm=m.batchnorm, padding=m.padding, dropout=m.dropout)
 
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
@@ -62,8 +62,10 @@ def local_train(cfg: ExperimentConfig, partition_id: int, state: dict[str, torch
     x, y = data["train"]
     net = build_model(cfg)
     net.load_state_dict(state, strict=True)
+    received = weights_fingerprint(state)
     allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
-    module = Classifier(net, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
+    lr = cfg.train.lr * cfg.train.lr_decay ** max(0, server_round - 1)
+    module = Classifier(net, optimizer=cfg.train.optimizer, lr=lr,
                         momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
                         allowed_labels=allowed)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
@@ -81,8 +83,14 @@ def local_train(cfg: ExperimentConfig, partition_id: int, state: dict[str, torch
         "train_loss": float(trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))),
         "train_s": train_s,
         "steps": int(trainer.global_step),
+        "received_fingerprint": received,
     }
     return {k: v.detach() for k, v in net.state_dict().items()}, metrics
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> float:
+    """Sum of absolute values of the floating tensors: a cheap identity check of weights."""
+    return float(sum(t.double().abs().sum() for t in state.values() if t.is_floating_point()))
 
 
 def server_accuracy(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> float:

@@ -49,6 +49,7 @@ def _row(rnd: int, acc: float, strategy: MergeStrategy, round_s: float) -> dict:
         row[f"local_acc_c{c}"] = m.get("local_acc")
         row[f"train_loss_c{c}"] = m.get("train_loss")
         row[f"train_s_c{c}"] = m.get("train_s")
+        row[f"received_fingerprint_c{c}"] = m.get("received_fingerprint")
     info = strategy.round_info.get(rnd, {})
     row.update({"round_s": round_s, "clients": info.get("clients"), "failures": info.get("failures"),
                 "merge_s": info.get("merge_s"), "bytes_up": info.get("bytes_up")})
@@ -108,6 +109,9 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         if server_round == 0 and resume:
             return None
         sd = from_record(arrays)
+        if rnd and rnd % max(1, f.eval_every) and rnd != f.rounds:
+            rd.save_checkpoint(rnd, sd)  # resumable every round; evaluated every eval_every
+            return None
         acc = server_accuracy(cfg, sd)
         now = time.perf_counter()
         row = _row(rnd, acc, strategy, now - clock["t"]) if rnd else {"round": 0, "merged_acc": acc}

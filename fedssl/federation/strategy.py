@@ -11,16 +11,40 @@ import logging
 import time
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.aggregation import merge, resolve_method
 from fedssl.federation.records import from_record, num_bytes, to_record
 
-__all__ = ["MergeStrategy"]
+__all__ = ["MergeStrategy", "merge_contents"]
 
 log = logging.getLogger(__name__)
+
+
+def merge_contents(contents: list[RecordDict], method: str, weighted: bool = True,
+                   weight_key: str = "num-examples", keys: Iterable[str] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Merge the arrays of clients' reply contents; return the merged state dict and metrics.
+
+    Each content holds one ArrayRecord (the weights) and one MetricRecord with ``weight_key``.
+
+    Raises:
+        ValueError: a content lacks its arrays or its weight, or :func:`merge` refuses the input.
+    """
+    state_dicts, metrics = [], []
+    for i, c in enumerate(contents):
+        if len(c.array_records) != 1 or len(c.metric_records) != 1:
+            raise ValueError(f"reply {i} must hold one ArrayRecord and one MetricRecord")
+        m = dict(next(iter(c.metric_records.values())))
+        if weighted and weight_key not in m:
+            raise ValueError(f"reply {i} has no {weight_key!r} metric to weight by")
+        metrics.append(m)
+        state_dicts.append(from_record(next(iter(c.array_records.values()))))
+    weights = [float(m[weight_key]) for m in metrics] if weighted else None
+    return merge(state_dicts, method, weights=weights, keys=keys), metrics
 
 
 class MergeStrategy(FedAvg):
@@ -68,16 +92,14 @@ class MergeStrategy(FedAvg):
             log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
             return None, None
         contents = [m.content for m in valid]
-        metrics = [dict(next(iter(c.metric_records.values()))) for c in contents]
-        state_dicts = [from_record(next(iter(c.array_records.values()))) for c in contents]
-        weights = [float(m[self.weighted_by_key]) for m in metrics] if self.weighted else None
         t = time.perf_counter()
-        merged = merge(state_dicts, self.method, weights=weights, keys=self.keys)
+        merged, metrics = merge_contents(contents, self.method, self.weighted,
+                                         self.weighted_by_key, self.keys)
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info[rnd] = {
             "clients": len(valid), "failures": len(errors), "merge_s": merge_s,
             "train_phase_s": t - self._t0,
-            "bytes_up": sum(num_bytes(sd) for sd in state_dicts),
+            "bytes_up": len(contents) * num_bytes(merged),
         }
         return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

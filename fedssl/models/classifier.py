@@ -27,17 +27,19 @@ class Classifier(pl.LightningModule):
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         allowed_labels: restrict the softmax to these labels (None: all).
+        gamma: multiply the learning rate by this after every epoch (1.0: constant).
     """
 
     def __init__(self, net: nn.Module, optimizer: str = "sgd", lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 0.0,
-                 allowed_labels: Sequence[int] | None = None):
+                 allowed_labels: Sequence[int] | None = None, gamma: float = 1.0):
         super().__init__()
         self.net = net
         self.optimizer_name = optimizer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.allowed_labels = None if allowed_labels is None else sorted(int(a) for a in allowed_labels)
         self._mask: torch.Tensor | None = None
+        self.gamma = gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped network."""
@@ -60,13 +62,17 @@ class Classifier(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        """SGD (with momentum) or Adam over all parameters."""
+        """SGD (with momentum) or Adam over all parameters; exponential decay per epoch."""
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if self.optimizer_name == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay)
-        raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose sgd or adam")
+            opt = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum,
+                                  weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose sgd or adam")
+        if self.gamma == 1.0:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, self.gamma)}
 
 
 @torch.no_grad()

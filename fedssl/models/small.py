@@ -6,8 +6,10 @@ layer, ReLU" (the figure with sizes is not in the text). fedssl's reading, ``Pap
     conv3x3(1 -> w) -> ReLU -> maxpool2 -> conv3x3(w -> 2w) -> ReLU -> maxpool2
     -> flatten -> linear(2w*5*5 -> hidden) -> ReLU -> linear(hidden -> classes)
 
-with ``w = 32``, ``hidden = 128`` by default (about 225k parameters), and optional BatchNorm after
-each convolution.
+with ``w = 32``, ``hidden = 128`` by default (about 225k parameters). Options (all off by
+default, so the default is the plain reading): ``padding=True`` keeps 28x28 through the first
+convolution ("same" padding, 7x7 maps before the classifier), BatchNorm after each convolution, and
+dropout before each linear layer.
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ class PaperCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 128,
-                 batchnorm: bool = False, in_channels: int = 1):
+                 batchnorm: bool = False, in_channels: int = 1, padding: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
+        pad = 1 if padding else 0
+        side = 7 if padding else 5
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3)]
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=pad)]
             if batchnorm:
                 layers.append(nn.BatchNorm2d(cout))
             return [*layers, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
 
         self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * 5 * 5, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width * side * side, hidden),
+            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,14 +77,16 @@ class MLP(nn.Module):
 
 
 def build_small_model(name: str, num_classes: int, width: int = 32, hidden: int = 128,
-                      batchnorm: bool = False) -> nn.Module:
+                      batchnorm: bool = False, padding: bool = False, dropout: float = 0.0
+                      ) -> nn.Module:
     """Build ``paper_cnn`` or ``mlp`` by name.
 
     Raises:
         ValueError: unknown name.
     """
     if name == "paper_cnn":
-        return PaperCNN(num_classes, width=width, hidden=hidden, batchnorm=batchnorm)
+        return PaperCNN(num_classes, width=width, hidden=hidden, batchnorm=batchnorm,
+                        padding=padding, dropout=dropout)
     if name == "mlp":
         return MLP(num_classes, hidden=hidden)
     raise ValueError(f"unknown model {name!r}; choose paper_cnn or mlp")

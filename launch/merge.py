@@ -1,0 +1,138 @@
+"""Weight-merge experiments of papers 000/001 on Fashion-MNIST, run through Flower.
+
+Examples::
+
+    python launch/merge.py --env v --method all          # Table 3 (V-environment), every method
+    python launch/merge.py --env h --method avg          # Table 4 (H-environment), FedAvg only
+    python launch/merge.py --config configs/merge/tuned-h.yaml --env h
+    python launch/merge.py --resume runs/merge-paper-v-avg --rounds 20
+    python launch/merge.py --env v --centralized 10      # one model on all 60,000, 10 epochs
+
+Every run writes ``runs/<name>/`` (config.yaml, partition.json, metrics.csv, accuracy.png,
+checkpoints/ and the W&B files); ``--method all`` also writes ``runs/<name>-summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedssl.config import ConfigError, load_config  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "merge" / "paper.yaml"
+ALL = ("avg", "max", "absmax", "absmax_magnitude")
+ENVS = {"v": "iid", "h": "label_split"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--env", choices=sorted(ENVS), help="v = IID clients, h = labels 0-4 / 5-9")
+    p.add_argument("--method", default=None,
+                   help=f"merge method (any fedssl.aggregation method) or 'all' = {', '.join(ALL)}")
+    p.add_argument("--rounds", type=int, help="federated rounds")
+    p.add_argument("--local-epochs", type=int, help="local epochs per round")
+    p.add_argument("--local-steps", type=int, help="local mini-batches per round (overrides epochs)")
+    p.add_argument("--name", help="run name (default: <config name>-<env>-<method>)")
+    p.add_argument("--out-dir", help="parent of run directories (default: runs)")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
+    p.add_argument("--centralized", type=int, metavar="EPOCHS",
+                   help="instead: train one model on all clients' data for EPOCHS epochs")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.lr=0.02 model.batchnorm=true")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    return p.parse_args(argv)
+
+
+def overrides(args) -> list[str]:
+    ov = list(args.set)
+    if args.env:
+        ov.append(f"data.partition={ENVS[args.env]}")
+    if args.rounds is not None:
+        ov.append(f"federation.rounds={args.rounds}")
+    if args.local_epochs is not None:
+        ov += [f"train.local_epochs={args.local_epochs}", "train.local_steps=0"]
+    if args.local_steps is not None:
+        ov.append(f"train.local_steps={args.local_steps}")
+    if args.out_dir:
+        ov.append(f"out_dir={args.out_dir}")
+    if args.wandb:
+        ov.append(f"tracking.wandb={args.wandb}")
+    return ov
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from fedssl.federation.simulation import simulate
+
+    try:
+        if args.resume:
+            run = Path(args.resume)
+            if not (run / "config.yaml").is_file():
+                raise ConfigError(f"{run} is not a run directory (no config.yaml)")
+            cfg = load_config(run / "config.yaml", overrides(args))
+            cfg.out_dir, cfg.name = str(run.parent), run.name
+            simulate(cfg, resume=True, verbose=args.verbose)
+            print(f"[fedssl] metrics: {run / 'metrics.csv'}")
+            return 0
+        base = load_config(args.config, overrides(args))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    env = {v: k for k, v in ENVS.items()}.get(base.data.partition, base.data.partition)
+
+    if args.centralized:
+        from fedssl.centralized import train_centralized
+
+        name = args.name or f"{base.name}-{env}-centralized"
+        out = Path(base.out_dir) / name
+        out.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        hist = train_centralized(base, args.centralized)
+        (out / "metrics.json").write_text(json.dumps(hist, indent=1))
+        print(f"[fedssl] centralized: final test_acc={hist[-1]['test_acc']:.4f} "
+              f"({time.perf_counter() - t:.0f}s); {out / 'metrics.json'}")
+        return 0
+
+    methods = ALL if args.method == "all" else [args.method or base.federation.method]
+    runs = {}
+    from fedssl.aggregation import resolve_method
+    from fedssl.runs import RunDir
+
+    for method in methods:
+        try:
+            resolve_method(method)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    t_all = time.perf_counter()
+    for method in methods:
+        cfg = load_config(args.config, overrides(args) + [f"federation.method={method}"])
+        prefix = args.name or f"{cfg.name}-{env}"
+        cfg.name = f"{prefix}-{method}" if (args.method == "all" or not args.name) else args.name
+        t = time.perf_counter()
+        simulate(cfg, verbose=args.verbose)
+        rd = RunDir(cfg.run_dir())
+        last = rd.metrics()[-1]
+        print(f"[fedssl] {cfg.name}: final merged_acc={last['merged_acc']:.4f} "
+              f"({time.perf_counter() - t:.0f}s); metrics: {rd.metrics_csv}; plot: {rd.path / 'accuracy.png'}")
+        runs[method] = rd
+    if len(runs) > 1:
+        from fedssl.reports import merge_table
+
+        table = merge_table(runs)
+        summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
+        summary.write_text(f"# {summary.stem}\n\nwall time {time.perf_counter() - t_all:.0f}s\n\n{table}\n")
+        print(table)
+        print(f"[fedssl] summary: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

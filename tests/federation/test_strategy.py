@@ -1,0 +1,51 @@
+"""The strategy's aggregation step goes through fedssl.aggregation.merge (hand values)."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedssl.federation.records import travelling_keys
+from fedssl.federation.strategy import MergeStrategy, merge_contents
+
+
+def reply(w, n):
+    return RecordDict({"arrays": ArrayRecord({"w": torch.tensor(w), "bn.num_batches_tracked": torch.tensor(n)}),
+                       "metrics": MetricRecord({"num-examples": n, "local_acc": 0.5})})
+
+
+def test_weighted_avg_is_fedavg():
+    merged, metrics = merge_contents([reply([1.0, -1.0], 1), reply([3.0, -3.0], 3)], "avg")
+    assert torch.allclose(merged["w"], torch.tensor([2.5, -2.5]))
+    assert int(merged["bn.num_batches_tracked"]) == 3
+    assert [m["num-examples"] for m in metrics] == [1, 3]
+
+
+def test_unweighted_and_other_methods():
+    c = [reply([1.0, -4.0], 1), reply([3.0, 2.0], 3)]
+    assert torch.allclose(merge_contents(c, "avg", weighted=False)[0]["w"], torch.tensor([2.0, -1.0]))
+    assert torch.allclose(merge_contents(c, "max")[0]["w"], torch.tensor([3.0, 2.0]))
+    assert torch.allclose(merge_contents(c, "absmax")[0]["w"], torch.tensor([3.0, -4.0]))
+    assert torch.allclose(merge_contents(c, "absmax_magnitude")[0]["w"], torch.tensor([3.0, 4.0]))
+
+
+def test_bad_replies():
+    no_weight = RecordDict({"arrays": ArrayRecord({"w": torch.ones(2)}), "metrics": MetricRecord({"a": 1})})
+    with pytest.raises(ValueError, match="num-examples"):
+        merge_contents([reply([1.0, 1.0], 1), no_weight], "avg")
+    with pytest.raises(ValueError, match="client 1 has shape"):
+        merge_contents([reply([1.0, 1.0], 1), reply([1.0], 1)], "avg")
+    nan = reply([float("nan"), 1.0], 1)
+    with pytest.raises(ValueError, match="client 1 holds a non-finite"):
+        merge_contents([reply([1.0, 1.0], 1), nan], "avg")
+
+
+def test_strategy_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown merge method"):
+        MergeStrategy(method="mean")
+
+
+def test_travelling_keys():
+    sd = {"backbone.a": 0, "backbone.b": 0, "head.w": 0}
+    assert travelling_keys(sd, include=["backbone."]) == ["backbone.a", "backbone.b"]
+    assert travelling_keys(sd, exclude=["head."]) == ["backbone.a", "backbone.b"]
+    assert travelling_keys(sd) == list(sd)

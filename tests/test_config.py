@@ -1,0 +1,51 @@
+"""Config loading: YAML + dotted overrides, and errors that name the key."""
+
+import pytest
+
+from fedssl.config import ConfigError, ExperimentConfig, load_config, save_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ntrain:\n  lr: 0.1\n")
+    cfg = load_config(p, ["train.lr=0.02", "federation.rounds=7", "model.batchnorm=true"])
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name == "x" and cfg.train.lr == 0.02 and cfg.federation.rounds == 7
+    assert cfg.model.batchnorm is True and cfg.train.batch_size == 64
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, {"data.partition": "label_split", "data.root": "/d"})
+    save_config(cfg, tmp_path / "r.yaml")
+    assert load_config(tmp_path / "r.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", "unknown config key 'train.lrr'; allowed: train.optimizer"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("federation.rounds=2.5", "federation.rounds: expected an integer"),
+    ("data.partition=random", "data.partition: 'random' is not allowed; choose one of iid"),
+    ("tracking.wandb=maybe", "tracking.wandb"),
+    ("model.batchnorm=perhaps", "model.batchnorm: expected true/false"),
+    ("train=3", "train: expected a mapping"),
+    ("noequals", "must look like key.sub=value"),
+])
+def test_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)
