@@ -26,9 +26,17 @@ class _EpochEval(pl.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         acc = accuracy(module.net, self.x, self.y, self.batch)
-        self.history.append({"epoch": trainer.current_epoch + 1, "test_acc": acc,
-                             "elapsed_s": time.perf_counter() - self.t0})
-        print(f"[fedssl] centralized epoch {trainer.current_epoch + 1}: test_acc={acc:.4f}", flush=True)
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "test_acc": acc,
+                "elapsed_s": time.perf_counter() - self.t0,
+            }
+        )
+        print(
+            f"[fedssl] centralized epoch {trainer.current_epoch + 1}: test_acc={acc:.4f}",
+            flush=True,
+        )
 
 
 def train_centralized(cfg: ExperimentConfig, epochs: int, threads: int | None = None) -> list[dict]:
@@ -44,14 +52,29 @@ def train_centralized(cfg: ExperimentConfig, epochs: int, threads: int | None = 
     x, y = to_tensors(ds, np.sort(np.concatenate([s.train for s in splits])))
     torch.manual_seed(cfg.seed)
     net = build_model(cfg)
-    module = Classifier(net, optimizer=cfg.train.optimizer, lr=cfg.train.lr,
-                        momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
-                        gamma=cfg.train.lr_decay)
+    module = Classifier(
+        net,
+        optimizer=cfg.train.optimizer,
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        gamma=cfg.train.lr_decay,
+        augment=cfg.train.augment,
+    )
     tx, ty = server_test_tensors(cfg.data)
     cb = _EpochEval(tx, ty, cfg.train.eval_batch_size)
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g)
-    pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
-               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[cb]).fit(module, loader)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g
+    )
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    ).fit(module, loader)
     return cb.history

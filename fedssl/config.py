@@ -90,10 +90,11 @@ class TrainConfig:
     local_steps: int = 0  # > 0: this many mini-batches per round instead of local_epochs
     # Softmax over the client's own labels only (helps label-skewed clients, H-environment).
     restrict_labels: bool = False
+    augment: str = "none"  # none | flip | flip_shift (random flip + shift up to 2 px)
     threads: int = 1  # torch threads per client process
     eval_batch_size: int = 1000
 
-    _choices = {"optimizer": ("sgd", "adam")}
+    _choices = {"optimizer": ("sgd", "adam"), "augment": ("none", "flip", "flip_shift")}
 
 
 @dataclass
@@ -215,7 +216,8 @@ def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
     for key, allowed in choices.items():
         if getattr(obj, key) not in allowed:
             raise ConfigError(
-                f"{prefix}{key}: {getattr(obj, key)!r} is not allowed; choose one of {', '.join(allowed)}"
+                f"{prefix}{key}: {getattr(obj, key)!r} is not allowed; "
+                f"choose one of {', '.join(allowed)}"
             )
     return obj
 

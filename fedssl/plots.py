@@ -13,8 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["plot_curves"]
 
 
-def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
-                title: str = "", xlabel: str = "round", ylabel: str = "accuracy") -> Path:
+def plot_curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "round",
+    ylabel: str = "accuracy",
+) -> Path:
     """Plot named ``(x, y)`` series as lines and save a PNG; returns the path."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for name, (x, y) in series.items():

@@ -27,13 +27,21 @@ def merge_table(runs: Mapping[str, RunDir], locals_from: str | None = None) -> s
     loc = locals_from or methods[0]
     by_method = {m: {r["round"]: r for r in rd.metrics()} for m, rd in runs.items()}
     rounds = sorted({r for rows in by_method.values() for r in rows if r > 0})
-    clients = sorted({k for row in by_method[loc].values() for k in row if k.startswith("local_acc_c")})
-    head = ["round"] + [f"local acc client {int(c[-1]) + 1} ({loc} run)" for c in clients] + \
-        [f"merged {m}" for m in methods]
+    clients = sorted(
+        {k for row in by_method[loc].values() for k in row if k.startswith("local_acc_c")}
+    )
+    head = (
+        ["round"]
+        + [f"local acc client {int(c[-1]) + 1} ({loc} run)" for c in clients]
+        + [f"merged {m}" for m in methods]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rounds:
         row = by_method[loc].get(r, {})
-        cells = [str(r)] + [pct(row.get(c)) for c in clients] + \
-            [pct(by_method[m].get(r, {}).get("merged_acc")) for m in methods]
+        cells = (
+            [str(r)]
+            + [pct(row.get(c)) for c in clients]
+            + [pct(by_method[m].get(r, {}).get("merged_acc")) for m in methods]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

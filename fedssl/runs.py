@@ -95,8 +95,9 @@ class RunDir:
         """The saved state, or ``{}`` for a fresh run."""
         return json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
 
-    def save_checkpoint(self, round_: int, state_dict: Mapping[str, torch.Tensor],
-                        **extra: Any) -> Path:
+    def save_checkpoint(
+        self, round_: int, state_dict: Mapping[str, torch.Tensor], **extra: Any
+    ) -> Path:
         """Save the global weights after ``round_`` and record it as the resume point."""
         ckdir = self.path / "checkpoints"
         ckdir.mkdir(exist_ok=True)
@@ -104,7 +105,12 @@ class RunDir:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(path.with_suffix(".tmp")), metadata={"round": str(round_)})
         os.replace(path.with_suffix(".tmp"), path)
-        state = {**self.state(), **extra, "round": round_, "checkpoint": str(path.relative_to(self.path))}
+        state = {
+            **self.state(),
+            **extra,
+            "round": round_,
+            "checkpoint": str(path.relative_to(self.path)),
+        }
         _atomic_write(self.state_file, json.dumps(state, indent=1))
         for old in sorted(ckdir.glob("round_*.safetensors"))[: -self.keep]:
             old.unlink()
@@ -122,6 +128,8 @@ class RunDir:
         """
         st = self.state()
         if "checkpoint" not in st:
-            raise FileNotFoundError(f"{self.path} holds no completed round to resume from "
-                                    f"(no checkpoint in {self.state_file})")
+            raise FileNotFoundError(
+                f"{self.path} holds no completed round to resume from "
+                f"(no checkpoint in {self.state_file})"
+            )
         return int(st["round"]), load_file(str(self.path / st["checkpoint"]))

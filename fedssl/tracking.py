@@ -41,8 +41,15 @@ class Tracker:
         run_id: resume this W&B run (after ``--resume``).
     """
 
-    def __init__(self, mode: str, project: str, name: str, run_dir: Path,
-                 config: Mapping[str, Any] | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        name: str,
+        run_dir: Path,
+        config: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ):
         self.mode = resolve_mode(mode)
         self.run = None
         if self.mode == "disabled":
@@ -50,9 +57,16 @@ class Tracker:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(project=project, name=name, dir=str(run_dir), mode=self.mode,
-                              config=dict(config or {}), id=run_id, resume="allow" if run_id else None,
-                              reinit="finish_previous")
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(run_dir),
+            mode=self.mode,
+            config=dict(config or {}),
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="finish_previous",
+        )
         log.info("W&B %s run %s in %s", self.mode, self.run.id, run_dir / "wandb")
 
     @property

@@ -30,22 +30,40 @@ ENVS = {"v": "iid", "h": "label_split"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)"
+    )
     p.add_argument("--env", choices=sorted(ENVS), help="v = IID clients, h = labels 0-4 / 5-9")
-    p.add_argument("--method", default=None,
-                   help=f"merge method (any fedssl.aggregation method) or 'all' = {', '.join(ALL)}")
+    p.add_argument(
+        "--method",
+        default=None,
+        help=f"merge method (any fedssl.aggregation method) or 'all' = {', '.join(ALL)}",
+    )
     p.add_argument("--rounds", type=int, help="federated rounds")
     p.add_argument("--local-epochs", type=int, help="local epochs per round")
-    p.add_argument("--local-steps", type=int, help="local mini-batches per round (overrides epochs)")
+    p.add_argument(
+        "--local-steps", type=int, help="local mini-batches per round (overrides epochs)"
+    )
     p.add_argument("--name", help="run name (default: <config name>-<env>-<method>)")
     p.add_argument("--out-dir", help="parent of run directories (default: runs)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
-    p.add_argument("--centralized", type=int, metavar="EPOCHS",
-                   help="instead: train one model on all clients' data for EPOCHS epochs")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. train.lr=0.02 model.batchnorm=true")
+    p.add_argument(
+        "--centralized",
+        type=int,
+        metavar="EPOCHS",
+        help="instead: train one model on all clients' data for EPOCHS epochs",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.lr=0.02 model.batchnorm=true",
+    )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return p.parse_args(argv)
 
@@ -96,8 +114,10 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         hist = train_centralized(base, args.centralized)
         (out / "metrics.json").write_text(json.dumps(hist, indent=1))
-        print(f"[fedssl] centralized: final test_acc={hist[-1]['test_acc']:.4f} "
-              f"({time.perf_counter() - t:.0f}s); {out / 'metrics.json'}")
+        print(
+            f"[fedssl] centralized: final test_acc={hist[-1]['test_acc']:.4f} "
+            f"({time.perf_counter() - t:.0f}s); {out / 'metrics.json'}"
+        )
         return 0
 
     methods = ALL if args.method == "all" else [args.method or base.federation.method]
@@ -120,15 +140,20 @@ def main(argv=None) -> int:
         simulate(cfg, verbose=args.verbose)
         rd = RunDir(cfg.run_dir())
         last = rd.metrics()[-1]
-        print(f"[fedssl] {cfg.name}: final merged_acc={last['merged_acc']:.4f} "
-              f"({time.perf_counter() - t:.0f}s); metrics: {rd.metrics_csv}; plot: {rd.path / 'accuracy.png'}")
+        print(
+            f"[fedssl] {cfg.name}: final merged_acc={last['merged_acc']:.4f} "
+            f"({time.perf_counter() - t:.0f}s); metrics: {rd.metrics_csv}; "
+            f"plot: {rd.path / 'accuracy.png'}"
+        )
         runs[method] = rd
     if len(runs) > 1:
         from fedssl.reports import merge_table
 
         table = merge_table(runs)
         summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
-        summary.write_text(f"# {summary.stem}\n\nwall time {time.perf_counter() - t_all:.0f}s\n\n{table}\n")
+        summary.write_text(
+            f"# {summary.stem}\n\nwall time {time.perf_counter() - t_all:.0f}s\n\n{table}\n"
+        )
         print(table)
         print(f"[fedssl] summary: {summary}")
     return 0

@@ -20,17 +20,20 @@ def test_round_trip(tmp_path):
     assert load_config(tmp_path / "r.yaml") == cfg
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=0.1", "unknown config key 'train.lrr'; allowed: train.optimizer"),
-    ("bogus=1", "unknown config key 'bogus'"),
-    ("train.lr=fast", "train.lr: expected a number"),
-    ("federation.rounds=2.5", "federation.rounds: expected an integer"),
-    ("data.partition=random", "data.partition: 'random' is not allowed; choose one of iid"),
-    ("tracking.wandb=maybe", "tracking.wandb"),
-    ("model.batchnorm=perhaps", "model.batchnorm: expected true/false"),
-    ("train=3", "train: expected a mapping"),
-    ("noequals", "must look like key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=0.1", "unknown config key 'train.lrr'; allowed: train.optimizer"),
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("train.lr=fast", "train.lr: expected a number"),
+        ("federation.rounds=2.5", "federation.rounds: expected an integer"),
+        ("data.partition=random", "data.partition: 'random' is not allowed; choose one of iid"),
+        ("tracking.wandb=maybe", "tracking.wandb"),
+        ("model.batchnorm=perhaps", "model.batchnorm: expected true/false"),
+        ("train=3", "train: expected a mapping"),
+        ("noequals", "must look like key.sub=value"),
+    ],
+)
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_config(None, [override])

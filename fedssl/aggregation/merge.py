@@ -40,7 +40,7 @@ _FIXED: dict[str, ops.Op] = {
 _TRIMMED = re.compile(r"^trimmed_mean(?:\((?P<beta>[0-9.eE+-]+)\))?$")
 DEFAULT_TRIM_BETA = 0.2  # Flower's FedTrimmedAvg default
 
-#: Names of the registered methods. ``trimmed_mean`` also accepts a parameter: ``trimmed_mean(0.1)``.
+#: Names of the registered methods (``trimmed_mean`` also accepts ``trimmed_mean(0.1)``).
 METHODS: tuple[str, ...] = (*_FIXED, "trimmed_mean")
 
 
@@ -77,7 +77,9 @@ def _normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [x / total for x in w]
 
 
-def _names(state_dicts: Sequence[Mapping[str, torch.Tensor]], keys: Iterable[str] | None) -> list[str]:
+def _names(
+    state_dicts: Sequence[Mapping[str, torch.Tensor]], keys: Iterable[str] | None
+) -> list[str]:
     first = list(state_dicts[0].keys())
     if keys is not None:
         names = list(dict.fromkeys(keys))
@@ -168,11 +170,14 @@ def merge(
                 continue
             if op is ops.avg:
                 merged = op(tensors, w)
-                # A non-finite input always shows in a weighted mean (0 * NaN is NaN as well), so
-                # one check on the output replaces a scan of every input on the fast path.
-                if not bool(torch.isfinite(merged).all()):
+                # A non-finite input always shows in a weighted mean (0 * NaN is NaN as well), and
+                # then in the sum of the result: one reduction replaces a scan of every input.
+                # A sum can also overflow with finite values, so a non-finite sum gets the exact
+                # element-wise check before anything is refused.
+                if not bool(torch.isfinite(merged.sum())):
                     _first_non_finite(name, tensors)
-                    raise ValueError(f"key {name!r}: the merged value is not finite")
+                    if not bool(torch.isfinite(merged).all()):
+                        raise ValueError(f"key {name!r}: the merged value is not finite")
             else:
                 _first_non_finite(name, tensors)
                 merged = op(tensors, w)

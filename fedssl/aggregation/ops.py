@@ -41,7 +41,9 @@ def avg(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tens
     """
     first = tensors[0]
     acc = _acc_dtype(first.dtype)
-    out = torch.mul(first.to(acc), weights[0]) if acc != first.dtype else torch.mul(first, weights[0])
+    out = (
+        torch.mul(first.to(acc), weights[0]) if acc != first.dtype else torch.mul(first, weights[0])
+    )
     for t, w in zip(tensors[1:], weights[1:], strict=True):
         if w == 0.0:
             continue

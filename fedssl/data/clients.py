@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """Index arrays (into the full dataset) of one client's train, local-validation and test parts."""
+    """Indices (into the full dataset) of one client's train, local-validation and test parts."""
 
     train: np.ndarray
     val: np.ndarray
@@ -67,8 +67,14 @@ def client_splits(labels: np.ndarray, cfg: DataConfig) -> list[ClientSplit]:
         if len(idx) < want:
             n_test = int(round(len(idx) * cfg.test_per_client / want))
             n_train = len(idx) - n_test
-            log.warning("client %d holds %d examples (< %d): using %d train + %d test",
-                        i, len(idx), want, n_train, n_test)
+            log.warning(
+                "client %d holds %d examples (< %d): using %d train + %d test",
+                i,
+                len(idx),
+                want,
+                n_train,
+                n_test,
+            )
         test, train = idx[:n_test], idx[n_test : n_test + n_train]
         if cfg.local_val == "holdout":
             n_val = min(cfg.holdout_per_client, len(train) // 2)
@@ -102,7 +108,9 @@ def dataset_and_splits(cfg: DataConfig) -> tuple[ArrayDataset, list[ClientSplit]
     return _cached(_key(cfg))
 
 
-def client_tensors(cfg: DataConfig, partition_id: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def client_tensors(
+    cfg: DataConfig, partition_id: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{"train": (x, y), "val": (x, y)}`` for one client.
 
     Raises:

@@ -55,7 +55,9 @@ class ArrayDataset:
 
     def __post_init__(self):
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,7 +87,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[code], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{p}: expected {int(np.prod(shape))} values for shape {shape}, got {data.size}")
+        raise ValueError(
+            f"{p}: expected {int(np.prod(shape))} values for shape {shape}, got {data.size}"
+        )
     return data.reshape(shape)
 
 
@@ -182,7 +186,9 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
 DATASETS = {"fashion_mnist": _fashion_mnist, "mnist": _mnist}
 
 
-def build_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None) -> ArrayDataset:
+def build_dataset(
+    name: str, split: str = "train", root: str | os.PathLike | None = None
+) -> ArrayDataset:
     """Load a dataset split by name.
 
     Args:

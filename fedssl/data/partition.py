@@ -119,13 +119,17 @@ def dominant_label(
     share = np.full((num_clients, c), (1.0 - p) / (c - 1))
     share[np.arange(num_clients), np.arange(num_clients) % c] = p
     demand_per_example = share.sum(axis=0)  # examples of each label per unit of client size
-    supply = np.where(demand_per_example > 0, counts / np.maximum(demand_per_example, 1e-12), np.inf)
+    supply = np.where(
+        demand_per_example > 0, counts / np.maximum(demand_per_example, 1e-12), np.inf
+    )
     limit = int(np.min(supply) + 1e-9)
     limit = min(limit, y.size // num_clients)
     if size is None:
         size = limit
     elif size > limit:
-        raise ValueError(f"dominant_label: size={size} per client exceeds what labels supply ({limit})")
+        raise ValueError(
+            f"dominant_label: size={size} per client exceeds what labels supply ({limit})"
+        )
     quota = np.floor(share * size + 1e-9).astype(int)
     rng = np.random.default_rng(seed)
     pools = [list(rng.permutation(np.flatnonzero(y == k))) for k in classes]
@@ -141,7 +145,12 @@ def dominant_label(
 
 
 def dirichlet(
-    labels, num_clients: int, alpha: float = 0.5, seed: int = 0, min_size: int = 1, max_tries: int = 100
+    labels,
+    num_clients: int,
+    alpha: float = 0.5,
+    seed: int = 0,
+    min_size: int = 1,
+    max_tries: int = 100,
 ) -> list[np.ndarray]:
     """Per label, split its examples over clients in shares drawn from ``Dir(alpha)``.
 

@@ -31,8 +31,15 @@ def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
     """The configured network with the dataset's number of classes."""
     ds, _ = dataset_and_splits(cfg.data)
     m = cfg.model
-    return build_small_model(m.name, ds.num_classes, width=m.width, hidden=m.hidden,
-                             batchnorm=m.batchnorm, padding=m.padding, dropout=m.dropout)
+    return build_small_model(
+        m.name,
+        ds.num_classes,
+        width=m.width,
+        hidden=m.hidden,
+        batchnorm=m.batchnorm,
+        padding=m.padding,
+        dropout=m.dropout,
+    )
 
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
@@ -43,15 +50,26 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
 
 def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
     t = cfg.train
-    limits = {"max_steps": t.local_steps, "max_epochs": -1} if t.local_steps > 0 else \
-        {"max_epochs": t.local_epochs}
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      **limits)
+    limits = (
+        {"max_steps": t.local_steps, "max_epochs": -1}
+        if t.local_steps > 0
+        else {"max_epochs": t.local_epochs}
+    )
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **limits,
+    )
 
 
-def local_train(cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor],
-                server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def local_train(
+    cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor], server_round: int
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train the global weights on one client's data; return new weights and metrics.
 
     Metrics: ``num-examples`` (FedAvg weight), ``partition-id``, ``local_acc`` (the trained local
@@ -65,21 +83,30 @@ def local_train(cfg: ExperimentConfig, partition_id: int, state: dict[str, torch
     received = weights_fingerprint(state)
     allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
     lr = cfg.train.lr * cfg.train.lr_decay ** max(0, server_round - 1)
-    module = Classifier(net, optimizer=cfg.train.optimizer, lr=lr,
-                        momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
-                        allowed_labels=allowed)
+    module = Classifier(
+        net,
+        optimizer=cfg.train.optimizer,
+        lr=lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        allowed_labels=allowed,
+        augment=cfg.train.augment,
+    )
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
-    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True,
-                        generator=g)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g
+    )
     t0 = time.perf_counter()
     trainer = _trainer(cfg)
     trainer.fit(module, loader)
     train_s = time.perf_counter() - t0
     vx, vy = data["val"]
+    f = cfg.federation
+    evaluate_now = server_round % max(1, f.eval_every) == 0 or server_round >= f.rounds
     metrics = {
         "num-examples": int(len(y)),
         "partition-id": int(partition_id),
-        "local_acc": accuracy(net, vx, vy, cfg.train.eval_batch_size),
+        "local_acc": accuracy(net, vx, vy, cfg.train.eval_batch_size) if evaluate_now else -1.0,
         "train_loss": float(trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))),
         "train_s": train_s,
         "steps": int(trainer.global_step),

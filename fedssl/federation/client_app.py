@@ -33,8 +33,10 @@ def config_from_message(msg: Message) -> ExperimentConfig:
 def partition_id(context: Context) -> int:
     """This node's ``partition-id`` from its node config."""
     if "partition-id" not in context.node_config:
-        raise ConfigError("node config has no 'partition-id'; start the SuperNode with "
-                          '--node-config "partition-id=N"')
+        raise ConfigError(
+            "node config has no 'partition-id'; start the SuperNode with "
+            '--node-config "partition-id=N"'
+        )
     return int(context.node_config["partition-id"])
 
 
@@ -47,7 +49,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     from fedssl.federation.classification import local_train
 
-    state, metrics = local_train(cfg, partition_id(context), from_record(msg.content["arrays"]),
-                                 server_round)
+    state, metrics = local_train(
+        cfg, partition_id(context), from_record(msg.content["arrays"]), server_round
+    )
     content = RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

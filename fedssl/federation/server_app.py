@@ -42,17 +42,25 @@ def config_from_run_config(run_config: dict) -> ExperimentConfig:
     return load_config(path or None, overrides=rc)
 
 
-def _row(rnd: int, acc: float, strategy: MergeStrategy, round_s: float) -> dict:
+def _row(rnd: int, acc: float | None, strategy: MergeStrategy, round_s: float) -> dict:
     row: dict = {"round": rnd, "merged_acc": acc}
     for m in strategy.client_metrics.get(rnd, []):
         c = int(m.get("partition-id", 0))
-        row[f"local_acc_c{c}"] = m.get("local_acc")
+        local = m.get("local_acc")
+        row[f"local_acc_c{c}"] = None if local is None or local < 0 else local
         row[f"train_loss_c{c}"] = m.get("train_loss")
         row[f"train_s_c{c}"] = m.get("train_s")
         row[f"received_fingerprint_c{c}"] = m.get("received_fingerprint")
     info = strategy.round_info.get(rnd, {})
-    row.update({"round_s": round_s, "clients": info.get("clients"), "failures": info.get("failures"),
-                "merge_s": info.get("merge_s"), "bytes_up": info.get("bytes_up")})
+    row.update(
+        {
+            "round_s": round_s,
+            "clients": info.get("clients"),
+            "failures": info.get("failures"),
+            "merge_s": info.get("merge_s"),
+            "bytes_up": info.get("bytes_up"),
+        }
+    )
     return row
 
 
@@ -89,18 +97,39 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     save_config(cfg, rd.path / "config.yaml")
     ds, splits = dataset_and_splits(cfg.data)
     parts = [{"train": s.train, "val": s.val, "test": s.test} for s in splits]
-    write_manifest(rd.path / "partition.json", partition_manifest(
-        ds.labels, parts, ds.num_classes,
-        meta={"dataset": ds.name, "source": ds.source, "partition": cfg.data.partition,
-              "seed": cfg.data.seed}))
-    tracker = Tracker(cfg.tracking.wandb, cfg.tracking.project, cfg.name, rd.path, to_dict(cfg),
-                      run_id=rd.state().get("wandb_id") if resume else None)
+    write_manifest(
+        rd.path / "partition.json",
+        partition_manifest(
+            ds.labels,
+            parts,
+            ds.num_classes,
+            meta={
+                "dataset": ds.name,
+                "source": ds.source,
+                "partition": cfg.data.partition,
+                "seed": cfg.data.seed,
+            },
+        ),
+    )
+    tracker = Tracker(
+        cfg.tracking.wandb,
+        cfg.tracking.project,
+        cfg.name,
+        rd.path,
+        to_dict(cfg),
+        run_id=rd.state().get("wandb_id") if resume else None,
+    )
     rd.update_state(wandb_id=tracker.run_id)
 
     f = cfg.federation
-    strategy = MergeStrategy(method=f.method, weighted=f.weighted, round_offset=start_round,
-                             fraction_train=f.fraction_train, min_train_nodes=f.min_clients,
-                             min_available_nodes=f.min_clients)
+    strategy = MergeStrategy(
+        method=f.method,
+        weighted=f.weighted,
+        round_offset=start_round,
+        fraction_train=f.fraction_train,
+        min_train_nodes=f.min_clients,
+        min_available_nodes=f.min_clients,
+    )
     remaining = f.rounds - start_round
     clock = {"t": time.perf_counter()}
 
@@ -109,10 +138,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         if server_round == 0 and resume:
             return None
         sd = from_record(arrays)
-        if rnd and rnd % max(1, f.eval_every) and rnd != f.rounds:
-            rd.save_checkpoint(rnd, sd)  # resumable every round; evaluated every eval_every
-            return None
-        acc = server_accuracy(cfg, sd)
+        skip = rnd and rnd % max(1, f.eval_every) and rnd != f.rounds
+        acc = None if skip else server_accuracy(cfg, sd)
         now = time.perf_counter()
         row = _row(rnd, acc, strategy, now - clock["t"]) if rnd else {"round": 0, "merged_acc": acc}
         clock["t"] = now
@@ -120,19 +147,33 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         if rnd:
             rd.save_checkpoint(rnd, sd)
         tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
+        if acc is None:
+            return None
         _plot(rd, f"{cfg.name}: {f.method}")
-        locs = " ".join(f"{k[-2:]}={v:.4f}" for k, v in row.items()
-                        if k.startswith("local_acc") and v is not None)
-        print(f"[fedssl] {cfg.name} round {rnd}/{f.rounds} merged_acc={acc:.4f} {locs} "
-              f"({row.get('round_s') or 0:.1f}s)", flush=True)
+        locs = " ".join(
+            f"{k[-2:]}={v:.4f}"
+            for k, v in row.items()
+            if k.startswith("local_acc") and v is not None
+        )
+        print(
+            f"[fedssl] {cfg.name} round {rnd}/{f.rounds} merged_acc={acc:.4f} {locs} "
+            f"({row.get('round_s') or 0:.1f}s)",
+            flush=True,
+        )
         return MetricRecord({"merged_acc": acc})
 
     if remaining <= 0:
         print(f"[fedssl] {rd.path} already completed {start_round} rounds", flush=True)
     else:
         train_config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
-        strategy.start(grid=grid, initial_arrays=to_record(state), num_rounds=remaining,
-                       timeout=f.timeout_s, train_config=train_config, evaluate_fn=evaluate)
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_record(state),
+            num_rounds=remaining,
+            timeout=f.timeout_s,
+            train_config=train_config,
+            evaluate_fn=evaluate,
+        )
     tracker.finish()
     return rd
 
@@ -143,7 +184,9 @@ def make_server_app(cfg: ExperimentConfig | None = None, resume: bool = False) -
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg if cfg is not None else config_from_run_config(context.run_config), resume)
+        run_server(
+            grid, cfg if cfg is not None else config_from_run_config(context.run_config), resume
+        )
 
     return server
 

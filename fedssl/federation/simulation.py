@@ -29,6 +29,10 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
         "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
     }
-    run_simulation(server_app=make_server_app(cfg, resume), client_app=client_app,
-                   num_supernodes=cfg.data.num_clients, backend_config=backend_config,
-                   verbose_logging=verbose)
+    run_simulation(
+        server_app=make_server_app(cfg, resume),
+        client_app=client_app,
+        num_supernodes=cfg.data.num_clients,
+        backend_config=backend_config,
+        verbose_logging=verbose,
+    )

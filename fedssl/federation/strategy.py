@@ -24,9 +24,13 @@ __all__ = ["MergeStrategy", "merge_contents"]
 log = logging.getLogger(__name__)
 
 
-def merge_contents(contents: list[RecordDict], method: str, weighted: bool = True,
-                   weight_key: str = "num-examples", keys: Iterable[str] | None = None
-                   ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def merge_contents(
+    contents: list[RecordDict],
+    method: str,
+    weighted: bool = True,
+    weight_key: str = "num-examples",
+    keys: Iterable[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Merge the arrays of clients' reply contents; return the merged state dict and metrics.
 
     Each content holds one ArrayRecord (the weights) and one MetricRecord with ``weight_key``.
@@ -58,8 +62,14 @@ class MergeStrategy(FedAvg):
         **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
     """
 
-    def __init__(self, method: str = "avg", weighted: bool = True, keys: Iterable[str] | None = None,
-                 round_offset: int = 0, **fedavg_kwargs):
+    def __init__(
+        self,
+        method: str = "avg",
+        weighted: bool = True,
+        keys: Iterable[str] | None = None,
+        round_offset: int = 0,
+        **fedavg_kwargs,
+    ):
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
         super().__init__(**fedavg_kwargs)
         resolve_method(method)  # fail fast on a bad name
@@ -72,33 +82,39 @@ class MergeStrategy(FedAvg):
         self.round_info: dict[int, dict] = {}
         self._t0 = 0.0
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """FedAvg's sampling, with the global round number in ``config["server-round"]``."""
         self._t0 = time.perf_counter()
         return super().configure_train(server_round + self.round_offset, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Merge the replies' arrays with ``self.method``; keep per-client metrics."""
         rnd = server_round + self.round_offset
         replies = list(replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True)
         self.failures[rnd] = len(errors)
         for m in errors:
-            log.warning("round %d: client node %s failed: %s", rnd, m.metadata.src_node_id,
-                        m.error.reason)
+            log.warning(
+                "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
+            )
         if not valid:
             log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
             return None, None
         contents = [m.content for m in valid]
         t = time.perf_counter()
-        merged, metrics = merge_contents(contents, self.method, self.weighted,
-                                         self.weighted_by_key, self.keys)
+        merged, metrics = merge_contents(
+            contents, self.method, self.weighted, self.weighted_by_key, self.keys
+        )
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info[rnd] = {
-            "clients": len(valid), "failures": len(errors), "merge_s": merge_s,
+            "clients": len(valid),
+            "failures": len(errors),
+            "merge_s": merge_s,
             "train_phase_s": t - self._t0,
             "bytes_up": len(contents) * num_bytes(merged),
         }

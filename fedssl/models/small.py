@@ -31,9 +31,16 @@ class PaperCNN(nn.Module):
         in_channels: image channels.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 128,
-                 batchnorm: bool = False, in_channels: int = 1, padding: bool = False,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 32,
+        hidden: int = 128,
+        batchnorm: bool = False,
+        in_channels: int = 1,
+        padding: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         pad = 1 if padding else 0
         side = 7 if padding else 5
@@ -46,8 +53,12 @@ class PaperCNN(nn.Module):
 
         self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width * side * side, hidden),
-            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * width * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,8 +78,12 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int = 10, hidden: int = 200, in_features: int = 784):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,17 +91,29 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def build_small_model(name: str, num_classes: int, width: int = 32, hidden: int = 128,
-                      batchnorm: bool = False, padding: bool = False, dropout: float = 0.0
-                      ) -> nn.Module:
+def build_small_model(
+    name: str,
+    num_classes: int,
+    width: int = 32,
+    hidden: int = 128,
+    batchnorm: bool = False,
+    padding: bool = False,
+    dropout: float = 0.0,
+) -> nn.Module:
     """Build ``paper_cnn`` or ``mlp`` by name.
 
     Raises:
         ValueError: unknown name.
     """
     if name == "paper_cnn":
-        return PaperCNN(num_classes, width=width, hidden=hidden, batchnorm=batchnorm,
-                        padding=padding, dropout=dropout)
+        return PaperCNN(
+            num_classes,
+            width=width,
+            hidden=hidden,
+            batchnorm=batchnorm,
+            padding=padding,
+            dropout=dropout,
+        )
     if name == "mlp":
         return MLP(num_classes, hidden=hidden)
     raise ValueError(f"unknown model {name!r}; choose paper_cnn or mlp")

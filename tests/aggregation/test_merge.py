@@ -183,3 +183,8 @@ def test_order_invariance_of_symmetric_methods(n, seed):
         x = merge(sds, method)["w"]
         y = merge([sds[i] for i in perm], method)["w"]
         assert torch.allclose(x, y, atol=1e-6)
+
+
+def test_large_finite_values_are_not_mistaken_for_overflow():
+    big = {"w": torch.full((8,), 3e38)}
+    assert torch.equal(merge([big, big], "avg")["w"], big["w"])

@@ -16,9 +16,15 @@ def assert_disjoint(parts, complete_n=None):
         assert sorted(allidx.tolist()) == list(range(complete_n))
 
 
-@pytest.mark.parametrize("fn,kw", [
-    (P.iid, {}), (P.label_split, {}), (P.dirichlet, {"alpha": 0.3}), (P.dominant_label, {"p": 0.55}),
-])
+@pytest.mark.parametrize(
+    "fn,kw",
+    [
+        (P.iid, {}),
+        (P.label_split, {}),
+        (P.dirichlet, {"alpha": 0.3}),
+        (P.dominant_label, {"p": 0.55}),
+    ],
+)
 def test_deterministic_and_disjoint(fn, kw):
     a = fn(LABELS, 5, seed=3, **kw)
     b = fn(LABELS, 5, seed=3, **kw)

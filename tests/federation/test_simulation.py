@@ -16,12 +16,23 @@ from fedssl.runs import RunDir
 @pytest.fixture
 def cfg(tiny_fashion, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    return load_config(None, [
-        "name=sim", f"out_dir={tmp_path}", f"data.root={tiny_fashion}",
-        "data.train_per_client=300", "data.test_per_client=50", "data.partition=label_split",
-        "model.width=4", "model.hidden=16", "train.local_steps=8", "train.batch_size=32",
-        "federation.rounds=2", "tracking.wandb=offline",
-    ])
+    return load_config(
+        None,
+        [
+            "name=sim",
+            f"out_dir={tmp_path}",
+            f"data.root={tiny_fashion}",
+            "data.train_per_client=300",
+            "data.test_per_client=50",
+            "data.partition=label_split",
+            "model.width=4",
+            "model.hidden=16",
+            "train.local_steps=8",
+            "train.batch_size=32",
+            "federation.rounds=2",
+            "tracking.wandb=offline",
+        ],
+    )
 
 
 def test_rounds_metrics_checkpoints_and_resume(cfg):

@@ -9,8 +9,14 @@ from fedssl.federation.strategy import MergeStrategy, merge_contents
 
 
 def reply(w, n):
-    return RecordDict({"arrays": ArrayRecord({"w": torch.tensor(w), "bn.num_batches_tracked": torch.tensor(n)}),
-                       "metrics": MetricRecord({"num-examples": n, "local_acc": 0.5})})
+    return RecordDict(
+        {
+            "arrays": ArrayRecord(
+                {"w": torch.tensor(w), "bn.num_batches_tracked": torch.tensor(n)}
+            ),
+            "metrics": MetricRecord({"num-examples": n, "local_acc": 0.5}),
+        }
+    )
 
 
 def test_weighted_avg_is_fedavg():
@@ -22,14 +28,18 @@ def test_weighted_avg_is_fedavg():
 
 def test_unweighted_and_other_methods():
     c = [reply([1.0, -4.0], 1), reply([3.0, 2.0], 3)]
-    assert torch.allclose(merge_contents(c, "avg", weighted=False)[0]["w"], torch.tensor([2.0, -1.0]))
+    assert torch.allclose(
+        merge_contents(c, "avg", weighted=False)[0]["w"], torch.tensor([2.0, -1.0])
+    )
     assert torch.allclose(merge_contents(c, "max")[0]["w"], torch.tensor([3.0, 2.0]))
     assert torch.allclose(merge_contents(c, "absmax")[0]["w"], torch.tensor([3.0, -4.0]))
     assert torch.allclose(merge_contents(c, "absmax_magnitude")[0]["w"], torch.tensor([3.0, 4.0]))
 
 
 def test_bad_replies():
-    no_weight = RecordDict({"arrays": ArrayRecord({"w": torch.ones(2)}), "metrics": MetricRecord({"a": 1})})
+    no_weight = RecordDict(
+        {"arrays": ArrayRecord({"w": torch.ones(2)}), "metrics": MetricRecord({"a": 1})}
+    )
     with pytest.raises(ValueError, match="num-examples"):
         merge_contents([reply([1.0, 1.0], 1), no_weight], "avg")
     with pytest.raises(ValueError, match="client 1 has shape"):
@@ -49,3 +59,24 @@ def test_travelling_keys():
     assert travelling_keys(sd, include=["backbone."]) == ["backbone.a", "backbone.b"]
     assert travelling_keys(sd, exclude=["head."]) == ["backbone.a", "backbone.b"]
     assert travelling_keys(sd) == list(sd)
+
+
+def test_records_round_trip_zero_copy():
+    from flwr.app import ArrayRecord
+
+    from fedssl.federation.records import from_record, num_bytes, to_record
+
+    sd = {
+        "a": torch.randn(3, 4),
+        "t": torch.randn(5, 2).t(),
+        "n": torch.tensor(7),
+        "h": torch.ones(2, dtype=torch.float16),
+    }
+    rec = to_record(sd)
+    assert isinstance(rec, ArrayRecord)
+    out = from_record(rec)
+    assert all(torch.equal(out[k], sd[k]) and out[k].dtype == sd[k].dtype for k in sd)
+    copied = from_record(rec, copy=True)
+    copied["a"].add_(1.0)  # copies are writable and independent
+    assert torch.equal(from_record(rec)["a"], sd["a"])
+    assert num_bytes(sd) == 48 + 40 + 8 + 4
