@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedssl.config import ExperimentConfig
 from fedssl.data.clients import dataset_and_splits, server_test_tensors, to_tensors
-from fedssl.federation.classification import build_model
+from fedssl.federation.classification import build_model, quiet_trainer
 from fedssl.models.classifier import Classifier, accuracy
 
 __all__ = ["train_centralized"]
@@ -67,14 +67,5 @@ def train_centralized(cfg: ExperimentConfig, epochs: int, threads: int | None = 
     loader = DataLoader(
         TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g
     )
-    pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[cb],
-    ).fit(module, loader)
+    quiet_trainer(callbacks=[cb], max_epochs=epochs).fit(module, loader)
     return cb.history

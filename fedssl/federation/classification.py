@@ -48,13 +48,13 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     return build_model(cfg).state_dict()
 
 
-def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
-    t = cfg.train
-    limits = (
-        {"max_steps": t.local_steps, "max_epochs": -1}
-        if t.local_steps > 0
-        else {"max_epochs": t.local_epochs}
-    )
+def quiet_trainer(callbacks: list | None = None, **limits) -> pl.Trainer:
+    """A CPU Lightning Trainer without loggers, checkpoints or progress bars (fedssl logs itself).
+
+    Args:
+        callbacks: Lightning callbacks.
+        **limits: ``max_epochs`` / ``max_steps``.
+    """
     return pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -63,8 +63,16 @@ def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=callbacks or [],
         **limits,
     )
+
+
+def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
+    t = cfg.train
+    if t.local_steps > 0:
+        return quiet_trainer(max_steps=t.local_steps, max_epochs=-1)
+    return quiet_trainer(max_epochs=t.local_epochs)
 
 
 def local_train(
