@@ -28,7 +28,7 @@ import torch
 
 from fedssl.aggregation import ops
 
-__all__ = ["merge", "METHODS", "resolve_method"]
+__all__ = ["merge", "METHODS", "resolve_method", "first_non_finite"]
 
 _FIXED: dict[str, ops.Op] = {
     "avg": ops.avg,
@@ -120,6 +120,15 @@ def _first_non_finite(name: str, tensors: list[torch.Tensor]) -> None:
     for i, t in enumerate(tensors):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"key {name!r} of client {i} holds a non-finite value (NaN or inf)")
+
+
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The first name whose floating tensor holds NaN or inf, or None when all are finite."""
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+                return name
+    return None
 
 
 def merge(

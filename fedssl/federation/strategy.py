@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedssl.aggregation import merge, resolve_method
+from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.federation.records import from_record, num_bytes, to_record
 
 __all__ = ["MergeStrategy", "merge_contents"]
@@ -49,6 +49,14 @@ def merge_contents(
         state_dicts.append(from_record(next(iter(c.array_records.values()))))
     weights = [float(m[weight_key]) for m in metrics] if weighted else None
     return merge(state_dicts, method, weights=weights, keys=keys), metrics
+
+
+def _non_finite_key(content: RecordDict) -> str | None:
+    for record in content.array_records.values():
+        bad = first_non_finite(from_record(record))
+        if bad is not None:
+            return bad
+    return None
 
 
 class MergeStrategy(FedAvg):
@@ -103,8 +111,26 @@ class MergeStrategy(FedAvg):
             )
         if not valid:
             log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
+            self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
             return None, None
-        contents = [m.content for m in valid]
+        contents, rejected = [], 0
+        for m in valid:
+            bad = _non_finite_key(m.content)
+            if bad is None:
+                contents.append(m.content)
+                continue
+            rejected += 1
+            log.warning(
+                "round %d: node %s sent a non-finite value in %r; its reply is left out",
+                rnd,
+                m.metadata.src_node_id,
+                bad,
+            )
+        self.failures[rnd] += rejected
+        if not contents:
+            log.warning("round %d: no usable client reply; the global model is unchanged", rnd)
+            self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
+            return None, None
         t = time.perf_counter()
         merged, metrics = merge_contents(
             contents, self.method, self.weighted, self.weighted_by_key, self.keys
@@ -112,8 +138,8 @@ class MergeStrategy(FedAvg):
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info[rnd] = {
-            "clients": len(valid),
-            "failures": len(errors),
+            "clients": len(contents),
+            "failures": self.failures[rnd],
             "merge_s": merge_s,
             "train_phase_s": t - self._t0,
             "bytes_up": len(contents) * num_bytes(merged),

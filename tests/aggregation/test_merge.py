@@ -188,3 +188,11 @@ def test_order_invariance_of_symmetric_methods(n, seed):
 def test_large_finite_values_are_not_mistaken_for_overflow():
     big = {"w": torch.full((8,), 3e38)}
     assert torch.equal(merge([big, big], "avg")["w"], big["w"])
+
+
+def test_first_non_finite():
+    from fedssl.aggregation import first_non_finite
+
+    assert first_non_finite({"a": torch.ones(2), "n": torch.tensor(3)}) is None
+    assert first_non_finite({"a": torch.ones(2), "b": torch.tensor([1.0, math.inf])}) == "b"
+    assert first_non_finite({"big": torch.full((4,), 3e38)}) is None  # overflowing sum, finite

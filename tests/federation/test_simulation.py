@@ -70,3 +70,17 @@ def test_rounds_metrics_checkpoints_and_resume(cfg):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no completed round"):
         RunDir(tmp_path / "empty").load_checkpoint()
+
+
+def test_non_finite_client_replies_are_left_out(cfg):
+    # a learning rate this large turns every client's weights into inf/NaN within a few steps
+    cfg.name, cfg.federation.rounds, cfg.train.lr = "diverge", 1, 1e30
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    row = rd.metrics()[-1]
+    assert row["round"] == 1 and row["clients"] == 0 and row["failures"] == 2
+    from fedssl.federation.classification import initial_state
+
+    saved = load_file(str(rd.path / rd.state()["checkpoint"]))
+    init = initial_state(cfg)
+    assert all(torch.equal(saved[k], init[k]) for k in init)  # global model unchanged
