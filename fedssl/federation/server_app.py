@@ -34,12 +34,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def config_from_run_config(run_config: dict) -> ExperimentConfig:
-    """Build the config from Flower's run config (``config`` = YAML path, rest = overrides)."""
+    """Build the config from Flower's run config.
+
+    ``config`` is a YAML path (relative paths also resolve against the project root),
+    ``overrides`` a space-separated list of ``key.sub=value``, and every other key one override.
+    """
     rc = dict(run_config)
     path = rc.pop("config", None)
+    overrides = str(rc.pop("overrides", "") or "").split()
+    overrides += [f"{k}={v}" for k, v in rc.items()]
     if path and not Path(path).is_file() and (ROOT / path).is_file():
         path = str(ROOT / path)
-    return load_config(path or None, overrides=rc)
+    return load_config(path or None, overrides=overrides)
 
 
 def _row(rnd: int, acc: float | None, strategy: MergeStrategy, round_s: float) -> dict:

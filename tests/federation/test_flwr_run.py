@@ -18,22 +18,22 @@ def test_flwr_run_dot(tiny_fashion, tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     overrides = " ".join(
         [
-            f'data.root="{tiny_fashion}"',
-            f'out_dir="{out}"',
-            'name="flwr-run"',
+            f"data.root={tiny_fashion}",
+            f"out_dir={out}",
+            "name=flwr-run",
             "data.train_per_client=300",
             "data.test_per_client=50",
             "model.width=4",
             "model.hidden=16",
             "train.local_steps=5",
             "federation.rounds=1",
-            'tracking.wandb="disabled"',
+            "tracking.wandb=disabled",
         ]
     )
     flwr = str(Path(sys.executable).parent / "flwr")
     try:
         proc = subprocess.run(
-            [flwr, "run", str(ROOT), "--run-config", overrides, "--stream"],
+            [flwr, "run", str(ROOT), "--run-config", f'overrides="{overrides}"', "--stream"],
             env=env,
             capture_output=True,
             text=True,
