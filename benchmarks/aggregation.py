@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         "bytes (clients x 102 MB) / time. 'vs copy' = time of the preallocated copy of the same "
         "bytes / time (1.00 = copy bandwidth).",
         "",
-        "Reading: a merge returns new tensors, so it pays what `clone` pays on top of the copy: the "
+        "Reading: a merge returns new tensors, so it pays what `clone` pays on top of a copy: the "
         "first touch of freshly allocated memory (page faults; this machine's transparent huge "
         "pages are `madvise`-only). With 2 clients that allocation is most of `avg`'s time, so "
         "`avg` beats an allocating clone of its inputs but stays under 50% of the preallocated "
