@@ -41,15 +41,11 @@ class ClientSplit:
 
 
 def _partition(labels: np.ndarray, cfg: DataConfig) -> list[np.ndarray]:
-    if cfg.partition == "iid":
-        return P.iid(labels, cfg.num_clients, seed=cfg.seed)
-    if cfg.partition == "label_split":
-        return P.label_split(labels, cfg.num_clients, seed=cfg.seed)
-    if cfg.partition == "dominant_label":
-        return P.dominant_label(labels, cfg.num_clients, p=cfg.dominant_p, seed=cfg.seed)
-    if cfg.partition == "dirichlet":
-        return P.dirichlet(labels, cfg.num_clients, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
-    raise ValueError(f"unknown partition {cfg.partition!r}")
+    options = {
+        "dominant_label": {"p": cfg.dominant_p},
+        "dirichlet": {"alpha": cfg.dirichlet_alpha},
+    }.get(cfg.partition, {})
+    return P.PARTITIONERS[cfg.partition](labels, cfg.num_clients, seed=cfg.seed, **options)
 
 
 def client_splits(labels: np.ndarray, cfg: DataConfig) -> list[ClientSplit]:

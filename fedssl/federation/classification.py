@@ -130,7 +130,6 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> float:
 
 def server_accuracy(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> float:
     """Accuracy of the merged weights on the server's test set (all clients' test shares)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     net = build_model(cfg)
     net.load_state_dict(state, strict=True)
     x, y = server_test_tensors(cfg.data)

@@ -97,6 +97,23 @@ class MergeStrategy(FedAvg):
         self._t0 = time.perf_counter()
         return super().configure_train(server_round + self.round_offset, arrays, config, grid)
 
+    def _finite_only(self, rnd: int, replies: list[Message]) -> list[RecordDict]:
+        """Contents of the replies whose weights are all finite; the others count as failures."""
+        kept = []
+        for m in replies:
+            bad = _non_finite_key(m.content)
+            if bad is None:
+                kept.append(m.content)
+                continue
+            self.failures[rnd] += 1
+            log.warning(
+                "round %d: node %s sent a non-finite value in %r; its reply is left out",
+                rnd,
+                m.metadata.src_node_id,
+                bad,
+            )
+        return kept
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -113,28 +130,24 @@ class MergeStrategy(FedAvg):
             log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
             self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
             return None, None
-        contents, rejected = [], 0
-        for m in valid:
-            bad = _non_finite_key(m.content)
-            if bad is None:
-                contents.append(m.content)
-                continue
-            rejected += 1
-            log.warning(
-                "round %d: node %s sent a non-finite value in %r; its reply is left out",
-                rnd,
-                m.metadata.src_node_id,
-                bad,
-            )
-        self.failures[rnd] += rejected
-        if not contents:
-            log.warning("round %d: no usable client reply; the global model is unchanged", rnd)
-            self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
-            return None, None
+        contents = [m.content for m in valid]
         t = time.perf_counter()
-        merged, metrics = merge_contents(
-            contents, self.method, self.weighted, self.weighted_by_key, self.keys
-        )
+        try:
+            merged, metrics = merge_contents(
+                contents, self.method, self.weighted, self.weighted_by_key, self.keys
+            )
+        except ValueError:
+            # Only now scan each reply (off the hot path): leave out those holding NaN/inf.
+            contents = self._finite_only(rnd, valid)
+            if len(contents) == len(valid):
+                raise
+            if not contents:
+                log.warning("round %d: no usable client reply; the global model is unchanged", rnd)
+                self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
+                return None, None
+            merged, metrics = merge_contents(
+                contents, self.method, self.weighted, self.weighted_by_key, self.keys
+            )
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info[rnd] = {
