@@ -116,18 +116,23 @@ def _check_tensors(name: str, tensors: list[torch.Tensor]) -> None:
             raise ValueError(f"key {name!r}: client {i} is on {t.device}, client 0 on {ref.device}")
 
 
+def _finite(t: torch.Tensor) -> bool:
+    # One reduction first; a non-finite sum (NaN/inf, or an overflow of finite values) gets the
+    # exact element-wise check.
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _first_non_finite(name: str, tensors: list[torch.Tensor]) -> None:
     for i, t in enumerate(tensors):
-        if not bool(torch.isfinite(t).all()):
+        if not _finite(t):
             raise ValueError(f"key {name!r} of client {i} holds a non-finite value (NaN or inf)")
 
 
 def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """The first name whose floating tensor holds NaN or inf, or None when all are finite."""
     for name, t in state_dict.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-                return name
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not _finite(t):
+            return name
     return None
 
 
@@ -179,14 +184,11 @@ def merge(
                 continue
             if op is ops.avg:
                 merged = op(tensors, w)
-                # A non-finite input always shows in a weighted mean (0 * NaN is NaN as well), and
-                # then in the sum of the result: one reduction replaces a scan of every input.
-                # A sum can also overflow with finite values, so a non-finite sum gets the exact
-                # element-wise check before anything is refused.
-                if not bool(torch.isfinite(merged.sum())):
+                # A non-finite input always shows in a weighted mean (0 * NaN is NaN as well), so
+                # one check of the result replaces a scan of every input on the fast path.
+                if not _finite(merged):
                     _first_non_finite(name, tensors)
-                    if not bool(torch.isfinite(merged).all()):
-                        raise ValueError(f"key {name!r}: the merged value is not finite")
+                    raise ValueError(f"key {name!r}: the merged value is not finite")
             else:
                 _first_non_finite(name, tensors)
                 merged = op(tensors, w)
