@@ -2,6 +2,8 @@
 
     python benchmarks/aggregation.py                 # 2 and 10 clients, every method
     python benchmarks/aggregation.py --clients 2 --repeats 5
+    THP_MEM_ALLOC_ENABLE=0 python benchmarks/aggregation.py \
+        --out docs/results/aggregation-default-allocator.md
 
 For each client count it builds that many ResNet-50 state dicts (timm, random weights, float32),
 then times, in the same process and run (min of ``--repeats``):
@@ -22,14 +24,19 @@ then times, in the same process and run (min of ``--repeats``):
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# isort: off
+import fedssl  # noqa: E402,F401  (before torch: sets THP_MEM_ALLOC_ENABLE, see fedssl/__init__)
+import torch  # noqa: E402
+
+# isort: on
 
 from fedssl.aggregation import METHODS, merge  # noqa: E402
 
@@ -64,6 +71,14 @@ def make_clients(n: int) -> list[dict[str, torch.Tensor]]:
             }
         )
     return out
+
+
+def thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    return next((w.strip("[]") for w in text.split() if w.startswith("[")), text.strip())
 
 
 def run(n: int, repeats: int) -> list[tuple[str, float, float]]:
@@ -138,7 +153,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
     cmd = "python benchmarks/aggregation.py " + " ".join(argv or sys.argv[1:])
+    if thp != "1":
+        cmd = f"THP_MEM_ALLOC_ENABLE={thp} {cmd}"
     lines = [
         "# Aggregation benchmark: ResNet-50 state dicts",
         "",
@@ -148,13 +166,21 @@ def main(argv=None) -> int:
         "bytes (clients x 102 MB) / time. 'vs copy' = time of the preallocated copy of the same "
         "bytes / time (1.00 = copy bandwidth).",
         "",
-        "Reading: a merge returns new tensors, so it pays what `clone` pays on top of a copy: the "
-        "first touch of freshly allocated memory (page faults; this machine's transparent huge "
-        "pages are `madvise`-only). With 2 clients that allocation is most of `avg`'s time, so "
-        "`avg` beats an allocating clone of its inputs but stays under 50% of the preallocated "
-        "copy; with 10 clients the reads dominate and `avg` runs near copy bandwidth. fedssl's "
-        "`avg` is faster than both Flower FedAvg implementations at both sizes, also when it "
-        "starts from Flower's RecordDicts (zero-copy decoding in `fedssl.federation.records`).",
+        f"Allocator: THP_MEM_ALLOC_ENABLE={thp} (fedssl sets 1 unless told otherwise; "
+        f"transparent huge pages here: {thp_mode()}).",
+        "",
+        "Reading: a merge returns new tensors, so besides reading its inputs it pays what `clone` "
+        "pays on top of a copy: the first touch of freshly allocated memory. With torch's default "
+        "allocator and THP in `madvise` mode that first touch costs 4 KiB page faults and "
+        "dominates a 2-client merge; with THP_MEM_ALLOC_ENABLE=1 (fedssl's default) tensors of "
+        ">= 2 MB get huge pages and the cost mostly goes away. `avg` is a running weighted mean "
+        "with `lerp` (one fused pass for 2 clients). "
+        + (
+            "Compare [the same benchmark with torch's default allocator]"
+            "(aggregation-default-allocator.md)."
+            if thp == "1"
+            else "Compare [the same benchmark with fedssl's default](aggregation.md)."
+        ),
         "",
     ]
     for n in args.clients:

@@ -37,17 +37,33 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def avg(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """Weighted element-wise mean ``sum_i w_i * t_i`` (FedAvg; papers' eq. 1/4 for equal weights).
 
-    Reads every input once and accumulates into one output buffer.
+    Computed as a running weighted mean with ``lerp``: ``m_1 = t_1``,
+    ``m_k = m_{k-1} + (w_k / S_k) (t_k - m_{k-1})`` with ``S_k = w_1 + ... + w_k``. For two
+    clients that is one fused kernel that reads both inputs once and writes the output once; for
+    n clients the output is written n - 1 times (a multiply-then-add loop writes it n times).
+    Clients with weight 0 are skipped.
     """
     first = tensors[0]
     acc = _acc_dtype(first.dtype)
-    out = (
-        torch.mul(first.to(acc), weights[0]) if acc != first.dtype else torch.mul(first, weights[0])
-    )
-    for t, w in zip(tensors[1:], weights[1:], strict=True):
-        if w == 0.0:
-            continue
-        out.add_(t if acc == t.dtype else t.to(acc), alpha=w)
+    pairs = [(t, w) for t, w in zip(tensors, weights, strict=True) if w != 0.0]
+    if not pairs:  # unreachable through merge (weights are validated); keep the op total
+        return torch.zeros_like(first)
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return t if t.dtype == acc else t.to(acc)
+
+    out: torch.Tensor | None = None
+    total = pairs[0][1]
+    if len(pairs) == 1:
+        out = up(pairs[0][0]).clone()
+    for t, w in pairs[1:]:
+        total += w
+        frac = min(w / total, 1.0)
+        if out is None:
+            out = torch.lerp(up(pairs[0][0]), up(t), frac)
+        else:
+            out.lerp_(up(t), frac)
+    assert out is not None
     return out if out.dtype == first.dtype else out.to(first.dtype)
 
 
