@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "FederationConfig",
     "TrackingConfig",
+    "SSLConfig",
     "ExperimentConfig",
     "load_config",
     "from_dict",
@@ -54,6 +55,12 @@ class DataConfig:
     dominant_p: float = 0.55
     dirichlet_alpha: float = 0.5
     seed: int = 0
+    # Multi-task setting (stage one / two, paper 003): one dataset per client, e.g.
+    # [fashion_mnist, mnist]; when set, `name` and `partition` are not used.
+    clients: list[str] = field(default_factory=list)
+    roots: dict[str, str] = field(default_factory=dict)  # per-dataset folder, e.g. intel_scene
+    labeled_fraction: float = 0.25  # each client's labeled part (stratified); the rest unlabeled
+    max_per_client: int = 0  # cap on a client's training images (0: all), sampled stratified
 
     _choices = {
         "partition": ("iid", "label_split", "dominant_label", "dirichlet"),
@@ -73,7 +80,30 @@ class ModelConfig:
     padding: bool = False  # "same" padding in the convolutions
     dropout: float = 0.0
 
+    # SimCLR (experiment: pretrain) and task heads: a timm backbone.
+    backbone: str = "resnet18"  # any timm name
+    small_input: bool = False  # ResNet stem for 28-32 px images (3x3 stride 1, no max-pool)
+    image_size: int = 28  # views and evaluation images are this size
+    in_chans: int = 0  # image channels; 0: from the clients' data (1 for MNIST-like)
+    proj_hidden: int = 512
+    proj_out: int = 128
+
     _choices = {"name": ("paper_cnn", "mlp")}
+
+
+@dataclass
+class SSLConfig:
+    """SimCLR views, loss and the kNN monitor (experiment: pretrain)."""
+
+    temperature: float = 0.5
+    min_scale: float = 0.08  # RandomResizedCrop lower bound
+    cj_prob: float = 0.8
+    cj_strength: float = 0.5
+    hf_prob: float = 0.5
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
+    knn_queries: int = 1000  # max test images per client scored by kNN (0: all)
 
 
 @dataclass
@@ -94,7 +124,14 @@ class TrainConfig:
     threads: int = 1  # torch threads per client process
     eval_batch_size: int = 1000
 
-    _choices = {"optimizer": ("sgd", "adam"), "augment": ("none", "flip", "flip_shift")}
+    lr_schedule: str = "exp"  # exp: lr * lr_decay ** (r - 1); cosine: over the rounds
+    workers: int = 0  # DataLoader worker processes (0: in the training process)
+
+    _choices = {
+        "optimizer": ("sgd", "adam", "adamw"),
+        "augment": ("none", "flip", "flip_shift"),
+        "lr_schedule": ("exp", "cosine"),
+    }
 
 
 @dataclass
@@ -133,7 +170,10 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    _choices = {"experiment": ("merge", "pretrain")}
 
     def run_dir(self) -> Path:
         """The run directory ``<out_dir>/<name>``."""
@@ -158,6 +198,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} is not a valid {tp}")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in (x.strip() for x in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

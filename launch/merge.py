@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedssl.cli import add_run_args, resolve_config, run_overrides  # noqa: E402
 from fedssl.config import ConfigError, load_config  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "merge" / "paper.yaml"
@@ -33,56 +34,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)"
-    )
+    add_run_args(p, DEFAULT_CONFIG)
     p.add_argument("--env", choices=sorted(ENVS), help="v = IID clients, h = labels 0-4 / 5-9")
     p.add_argument(
         "--method",
         default=None,
         help=f"merge method (any fedssl.aggregation method) or 'all' = {', '.join(ALL)}",
     )
-    p.add_argument("--rounds", type=int, help="federated rounds")
-    p.add_argument("--local-epochs", type=int, help="local epochs per round")
-    p.add_argument(
-        "--local-steps", type=int, help="local mini-batches per round (overrides epochs)"
-    )
-    p.add_argument("--name", help="run name (default: <config name>-<env>-<method>)")
-    p.add_argument("--out-dir", help="parent of run directories (default: runs)")
-    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
     p.add_argument(
         "--centralized",
         type=int,
         metavar="EPOCHS",
         help="instead: train one model on all clients' data for EPOCHS epochs",
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config overrides, e.g. train.lr=0.02 model.batchnorm=true",
-    )
-    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return p.parse_args(argv)
 
 
+def env_overrides(args) -> list[str]:
+    return [f"data.partition={ENVS[args.env]}"] if args.env else []
+
+
 def overrides(args) -> list[str]:
-    ov = list(args.set)
-    if args.env:
-        ov.append(f"data.partition={ENVS[args.env]}")
-    if args.rounds is not None:
-        ov.append(f"federation.rounds={args.rounds}")
-    if args.local_epochs is not None:
-        ov += [f"train.local_epochs={args.local_epochs}", "train.local_steps=0"]
-    if args.local_steps is not None:
-        ov.append(f"train.local_steps={args.local_steps}")
-    if args.out_dir:
-        ov.append(f"out_dir={args.out_dir}")
-    if args.wandb:
-        ov.append(f"tracking.wandb={args.wandb}")
-    return ov
+    return run_overrides(args) + env_overrides(args)
 
 
 def main(argv=None) -> int:
@@ -91,13 +64,9 @@ def main(argv=None) -> int:
 
     try:
         if args.resume:
-            run = Path(args.resume)
-            if not (run / "config.yaml").is_file():
-                raise ConfigError(f"{run} is not a run directory (no config.yaml)")
-            cfg = load_config(run / "config.yaml", overrides(args))
-            cfg.out_dir, cfg.name = str(run.parent), run.name
+            cfg, _ = resolve_config(args, env_overrides(args))
             simulate(cfg, resume=True, verbose=args.verbose)
-            print(f"[fedssl] metrics: {run / 'metrics.csv'}")
+            print(f"[fedssl] metrics: {cfg.run_dir() / 'metrics.csv'}")
             return 0
         base = load_config(args.config, overrides(args))
     except ConfigError as err:

@@ -15,6 +15,7 @@ examples carved from its training share instead, so the test set stays unseen by
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,14 +90,14 @@ def to_tensors(ds: ArrayDataset, idx: np.ndarray) -> tuple[torch.Tensor, torch.T
 
 
 @lru_cache(maxsize=4)
-def _cached(cfg_key: tuple) -> tuple[ArrayDataset, list[ClientSplit]]:
-    cfg = DataConfig(**dict(cfg_key))
+def _cached(cfg_key: str) -> tuple[ArrayDataset, list[ClientSplit]]:
+    cfg = DataConfig(**json.loads(cfg_key))
     ds = build_dataset(cfg.name, "all", root=cfg.root)
     return ds, client_splits(ds.labels, cfg)
 
 
-def _key(cfg: DataConfig) -> tuple:
-    return tuple(sorted(vars(cfg).items()))
+def _key(cfg: DataConfig) -> str:
+    return json.dumps(vars(cfg), sort_keys=True)
 
 
 def dataset_and_splits(cfg: DataConfig) -> tuple[ArrayDataset, list[ClientSplit]]:

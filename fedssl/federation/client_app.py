@@ -1,7 +1,9 @@
-"""The fedssl ``ClientApp``: trains the received global weights on this node's partition.
+"""The fedssl ``ClientApp``: trains the received global weights on this node's partition, and
+scores merged weights on its own data when the task asks for federated evaluation.
 
-The resolved experiment config arrives with every train message (``fedssl.config``, YAML), so
-``flwr run`` and the launch scripts behave the same. Node-local settings come from the node
+The resolved experiment config arrives with every train and evaluate message (``fedssl.config``,
+YAML), so ``flwr run`` and the launch scripts behave the same; ``experiment`` picks the task
+(:mod:`fedssl.federation.tasks`). Node-local settings come from the node
 config: ``partition-id`` (set by the simulation engine, or ``--node-config "partition-id=N"`` on a
 SuperNode) and optionally ``data-root`` (where this node keeps its data).
 """
@@ -40,17 +42,32 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """One round of local training; replies with new weights and metrics."""
+def _config(msg: Message, context: Context) -> ExperimentConfig:
     cfg = config_from_message(msg)
     if "data-root" in context.node_config:
         cfg.data.root = str(context.node_config["data-root"])
-    server_round = int(msg.content["config"]["server-round"])
-    from fedssl.federation.classification import local_train
+    return cfg
 
-    state, metrics = local_train(
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training; replies with new weights and metrics."""
+    cfg = _config(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    from fedssl.federation.tasks import get_task
+
+    state, metrics = get_task(cfg).train(
         cfg, partition_id(context), from_record(msg.content["arrays"]), server_round
     )
     content = RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received (merged) weights on this node's own data; replies with metrics only."""
+    cfg = _config(msg, context)
+    from fedssl.federation.tasks import get_task
+
+    metrics = get_task(cfg).evaluate(cfg, partition_id(context), from_record(msg.content["arrays"]))
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

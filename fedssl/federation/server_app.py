@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
-from fedssl.data.clients import dataset_and_splits
-from fedssl.data.manifest import partition_manifest, write_manifest
+from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
 from fedssl.federation.records import from_record, to_record
 from fedssl.federation.strategy import MergeStrategy
+from fedssl.federation.tasks import Task, get_task
 from fedssl.plots import plot_curves
 from fedssl.runs import RunDir
 from fedssl.tracking import Tracker
@@ -48,15 +49,24 @@ def config_from_run_config(run_config: dict) -> ExperimentConfig:
     return load_config(path or None, overrides=overrides)
 
 
-def _row(rnd: int, acc: float | None, strategy: MergeStrategy, round_s: float) -> dict:
-    row: dict = {"round": rnd, "merged_acc": acc}
+def _row(
+    rnd: int, server: dict, strategy: MergeStrategy, task: Task, round_s: float
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"round": rnd, **server}
     for m in strategy.client_metrics.get(rnd, []):
         c = int(m.get("partition-id", 0))
-        local = m.get("local_acc")
-        row[f"local_acc_c{c}"] = None if local is None or local < 0 else local
-        row[f"train_loss_c{c}"] = m.get("train_loss")
-        row[f"train_s_c{c}"] = m.get("train_s")
-        row[f"received_fingerprint_c{c}"] = m.get("received_fingerprint")
+        for col in task.train_columns:
+            v = m.get(col)
+            row[f"{col}_c{c}"] = None if v is None or (col.endswith("_acc") and v < 0) else v
+    evals = strategy.eval_metrics.get(rnd, [])
+    for col in task.eval_columns:
+        vals = []
+        for m in evals:
+            if col in m:
+                row[f"{col}_c{int(m.get('partition-id', 0))}"] = m[col]
+                vals.append(float(m[col]))
+        if vals:
+            row[f"{col}_mean"] = sum(vals) / len(vals)
     info = strategy.round_info.get(rnd, {})
     row.update(
         {
@@ -64,20 +74,51 @@ def _row(rnd: int, acc: float | None, strategy: MergeStrategy, round_s: float) -
             "clients": info.get("clients"),
             "failures": info.get("failures"),
             "merge_s": info.get("merge_s"),
+            "train_phase_s": info.get("train_phase_s"),
             "bytes_up": info.get("bytes_up"),
+            "bytes_down": info.get("bytes_down"),
         }
     )
     return row
 
 
-def _plot(rd: RunDir, title: str) -> None:
-    rows = [r for r in rd.metrics() if r.get("merged_acc") is not None]
-    series = {"merged (server test)": ([r["round"] for r in rows], [r["merged_acc"] for r in rows])}
-    local_cols = sorted({k for r in rows for k in r if k.startswith("local_acc_c")})
-    for col in local_cols:
+def _plot(rd: RunDir, title: str, task: Task) -> None:
+    rows = rd.metrics()
+    if task.headline == "merged_acc":
+        rows = [r for r in rows if r.get("merged_acc") is not None]
+        series = {
+            "merged (server test)": ([r["round"] for r in rows], [r["merged_acc"] for r in rows])
+        }
+        cols = sorted({k for r in rows for k in r if k.startswith("local_acc_c")})
+        labels = {c: f"local {c[-2:]}" for c in cols}
+        ylabel = "accuracy"
+    else:
+        series = {}
+        cols = sorted({k for r in rows for k in r for e in task.eval_columns if k.startswith(e)})
+        labels = {c: c.replace("_", " ") for c in cols}
+        ylabel = ", ".join(task.eval_columns)
+    for col in cols:
         pts = [(r["round"], r[col]) for r in rows if r.get(col) is not None]
-        series[f"local {col[-2:]}"] = ([p[0] for p in pts], [p[1] for p in pts])
-    plot_curves(series, rd.path / "accuracy.png", title=title)
+        if pts:
+            series[labels[col]] = ([p[0] for p in pts], [p[1] for p in pts])
+    if series:
+        plot_curves(series, rd.path / "accuracy.png", title=title, ylabel=ylabel)
+
+
+def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
+    head = row.get(task.headline)
+    parts = [f"[fedssl] {cfg.name} round {row['round']}/{cfg.federation.rounds}"]
+    if head is not None:
+        parts.append(f"{task.headline}={head:.4f}")
+    for k, v in row.items():
+        if v is None or k == task.headline:
+            continue
+        if k.startswith(("local_acc_c", *(f"{c}_c" for c in task.eval_columns))):
+            parts.append(f"{k}={v:.4f}")
+        elif k.startswith("train_loss_c") and task.name == "pretrain":
+            parts.append(f"{k[6:]}={v:.3f}")
+    parts.append(f"({row.get('round_s') or 0:.1f}s)")
+    return " ".join(parts)
 
 
 def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDir:
@@ -85,11 +126,10 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
 
     Args:
         grid: Flower's grid (from the ServerApp).
-        cfg: the experiment config.
+        cfg: the experiment config; ``cfg.experiment`` picks the task.
         resume: continue from the last completed round saved in the run directory.
     """
-    from fedssl.federation.classification import initial_state, server_accuracy
-
+    task = get_task(cfg)
     rd = RunDir(cfg.run_dir())
     start_round = 0
     if resume:
@@ -99,24 +139,9 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     else:
         for stale in (rd.metrics_jsonl, rd.metrics_csv, rd.state_file):
             stale.unlink(missing_ok=True)
-        state = initial_state(cfg)
+        state = task.initial_state(cfg)
     save_config(cfg, rd.path / "config.yaml")
-    ds, splits = dataset_and_splits(cfg.data)
-    parts = [{"train": s.train, "val": s.val, "test": s.test} for s in splits]
-    write_manifest(
-        rd.path / "partition.json",
-        partition_manifest(
-            ds.labels,
-            parts,
-            ds.num_classes,
-            meta={
-                "dataset": ds.name,
-                "source": ds.source,
-                "partition": cfg.data.partition,
-                "seed": cfg.data.seed,
-            },
-        ),
-    )
+    write_manifest(rd.path / "partition.json", task.manifest(cfg))
     tracker = Tracker(
         cfg.tracking.wandb,
         cfg.tracking.project,
@@ -125,59 +150,60 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         to_dict(cfg),
         run_id=rd.state().get("wandb_id") if resume else None,
     )
-    rd.update_state(wandb_id=tracker.run_id)
+    rd.update_state(wandb_id=tracker.run_id, experiment=cfg.experiment)
 
     f = cfg.federation
+    n_clients = len(cfg.data.clients) or cfg.data.num_clients
     strategy = MergeStrategy(
         method=f.method,
         weighted=f.weighted,
         round_offset=start_round,
+        eval_every=f.eval_every,
+        total_rounds=f.rounds,
         fraction_train=f.fraction_train,
-        min_train_nodes=f.min_clients,
-        min_available_nodes=f.min_clients,
+        min_train_nodes=min(f.min_clients, n_clients),
+        min_available_nodes=min(f.min_clients, n_clients),
+        fraction_evaluate=1.0 if task.federated_evaluation else 0.0,
+        min_evaluate_nodes=min(f.min_clients, n_clients),
     )
     remaining = f.rounds - start_round
     clock = {"t": time.perf_counter()}
 
     def evaluate(server_round: int, arrays) -> MetricRecord | None:
         rnd = server_round + start_round
-        if server_round == 0 and resume:
-            return None
         sd = from_record(arrays)
-        skip = rnd and rnd % max(1, f.eval_every) and rnd != f.rounds
-        acc = None if skip else server_accuracy(cfg, sd)
+        if server_round == 0:  # the initial weights (not logged again on resume)
+            server = {} if resume else task.server_evaluate(cfg, sd)
+            if server:
+                rd.log_metrics({"round": 0, **server})
+                tracker.log(server, step=0)
+            return None
+        server = task.server_evaluate(cfg, sd) if strategy.is_eval_round(rnd) else {}
         now = time.perf_counter()
-        row = _row(rnd, acc, strategy, now - clock["t"]) if rnd else {"round": 0, "merged_acc": acc}
+        row = _row(rnd, server, strategy, task, now - clock["t"])
         clock["t"] = now
         rd.log_metrics(row)
-        if rnd:
-            rd.save_checkpoint(rnd, sd)
+        rd.save_checkpoint(rnd, sd)
+        task.on_checkpoint(cfg, rd.path, rnd, sd)
         tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
-        if acc is None:
+        if not strategy.is_eval_round(rnd):
             return None
-        _plot(rd, f"{cfg.name}: {f.method}")
-        locs = " ".join(
-            f"{k[-2:]}={v:.4f}"
-            for k, v in row.items()
-            if k.startswith("local_acc") and v is not None
-        )
-        print(
-            f"[fedssl] {cfg.name} round {rnd}/{f.rounds} merged_acc={acc:.4f} {locs} "
-            f"({row.get('round_s') or 0:.1f}s)",
-            flush=True,
-        )
-        return MetricRecord({"merged_acc": acc})
+        _plot(rd, f"{cfg.name}: {f.method}", task)
+        print(_progress(cfg, task, row), flush=True)
+        head = row.get(task.headline)
+        return MetricRecord({task.headline: head}) if head is not None else None
 
     if remaining <= 0:
         print(f"[fedssl] {rd.path} already completed {start_round} rounds", flush=True)
     else:
-        train_config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
+        config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
         strategy.start(
             grid=grid,
             initial_arrays=to_record(state),
             num_rounds=remaining,
             timeout=f.timeout_s,
-            train_config=train_config,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=evaluate,
         )
     tracker.finish()

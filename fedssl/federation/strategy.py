@@ -59,6 +59,10 @@ def _non_finite_key(content: RecordDict) -> str | None:
     return None
 
 
+def _record_bytes(record: ArrayRecord) -> int:
+    return sum(len(record[k].data) for k in record)
+
+
 class MergeStrategy(FedAvg):
     """FedAvg's sampling and messaging; merging by any fedssl aggregation method.
 
@@ -67,6 +71,8 @@ class MergeStrategy(FedAvg):
         weighted: weight ``avg`` by each client's ``num-examples`` (FedAvg); else equal weights.
         keys: merge only these names (the travelling keys); None: every name received.
         round_offset: rounds already completed (resume); added to Flower's round counter.
+        eval_every: federated evaluation (when ``fraction_evaluate`` > 0) every k rounds.
+        total_rounds: the run's last round (always evaluated); 0: unknown.
         **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
     """
 
@@ -76,6 +82,8 @@ class MergeStrategy(FedAvg):
         weighted: bool = True,
         keys: Iterable[str] | None = None,
         round_offset: int = 0,
+        eval_every: int = 1,
+        total_rounds: int = 0,
         **fedavg_kwargs,
     ):
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
@@ -85,17 +93,56 @@ class MergeStrategy(FedAvg):
         self.weighted = weighted
         self.keys = None if keys is None else list(keys)
         self.round_offset = round_offset
+        self.eval_every = max(1, eval_every)
+        self.total_rounds = total_rounds
         self.client_metrics: dict[int, list[dict]] = {}
+        self.eval_metrics: dict[int, list[dict]] = {}
         self.failures: dict[int, int] = {}
         self.round_info: dict[int, dict] = {}
         self._t0 = 0.0
+
+    def is_eval_round(self, rnd: int) -> bool:
+        """Evaluate every ``eval_every`` rounds and always after the last one."""
+        return rnd % self.eval_every == 0 or (self.total_rounds > 0 and rnd >= self.total_rounds)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's sampling, with the global round number in ``config["server-round"]``."""
         self._t0 = time.perf_counter()
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        rnd = server_round + self.round_offset
+        self.round_info.setdefault(rnd, {})["bytes_down"] = len(msgs) * _record_bytes(arrays)
+        return msgs
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation of the merged weights, on evaluation rounds only."""
+        rnd = server_round + self.round_offset
+        if not self.is_eval_round(rnd):
+            return []
+        return super().configure_evaluate(rnd, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Keep each client's evaluation metrics; return their weighted mean (Flower's)."""
+        rnd = server_round + self.round_offset
+        replies = list(replies)
+        valid, errors = self._check_and_log_replies(replies, is_train=False)
+        for m in errors:
+            log.warning(
+                "round %d: evaluation on node %s failed: %s",
+                rnd,
+                m.metadata.src_node_id,
+                m.error.reason,
+            )
+        self.eval_metrics[rnd] = sorted(
+            (dict(next(iter(m.content.metric_records.values()))) for m in valid),
+            key=lambda m: m.get("partition-id", 0),
+        )
+        return super().aggregate_evaluate(server_round, valid) if valid else None
 
     def _finite_only(self, rnd: int, replies: list[Message]) -> list[RecordDict]:
         """Contents of the replies whose weights are all finite; the others count as failures."""
@@ -128,7 +175,7 @@ class MergeStrategy(FedAvg):
             )
         if not valid:
             log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
-            self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
+            self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
             return None, None
         contents = [m.content for m in valid]
         t = time.perf_counter()
@@ -143,18 +190,20 @@ class MergeStrategy(FedAvg):
                 raise
             if not contents:
                 log.warning("round %d: no usable client reply; the global model is unchanged", rnd)
-                self.round_info[rnd] = {"clients": 0, "failures": self.failures[rnd]}
+                self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
                 return None, None
             merged, metrics = merge_contents(
                 contents, self.method, self.weighted, self.weighted_by_key, self.keys
             )
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
-        self.round_info[rnd] = {
-            "clients": len(contents),
-            "failures": self.failures[rnd],
-            "merge_s": merge_s,
-            "train_phase_s": t - self._t0,
-            "bytes_up": len(contents) * num_bytes(merged),
-        }
+        self.round_info.setdefault(rnd, {}).update(
+            {
+                "clients": len(contents),
+                "failures": self.failures[rnd],
+                "merge_s": merge_s,
+                "train_phase_s": t - self._t0,
+                "bytes_up": len(contents) * num_bytes(merged),
+            }
+        )
         return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -1,0 +1,72 @@
+"""Command-line plumbing shared by the launch scripts: common options, overrides, resume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedssl.config import ConfigError, ExperimentConfig, load_config
+
+__all__ = ["add_run_args", "run_overrides", "resolve_config"]
+
+
+def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
+    """Options every launch script has: config, rounds, local work, naming, W&B, resume, --set."""
+    p.add_argument(
+        "--config", default=str(default_config), help="YAML config (default: %(default)s)"
+    )
+    p.add_argument("--rounds", type=int, help="federated rounds")
+    p.add_argument("--local-epochs", type=int, help="local epochs per round")
+    p.add_argument(
+        "--local-steps", type=int, help="local mini-batches per round (overrides epochs)"
+    )
+    p.add_argument("--name", help="run name (the directory under --out-dir)")
+    p.add_argument("--out-dir", help="parent of run directories (default: runs)")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.lr=0.02 federation.rounds=5",
+    )
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The dotted overrides the common options stand for (``--set`` first)."""
+    ov = list(args.set)
+    if args.rounds is not None:
+        ov.append(f"federation.rounds={args.rounds}")
+    if args.local_epochs is not None:
+        ov += [f"train.local_epochs={args.local_epochs}", "train.local_steps=0"]
+    if args.local_steps is not None:
+        ov.append(f"train.local_steps={args.local_steps}")
+    if args.out_dir:
+        ov.append(f"out_dir={args.out_dir}")
+    if args.wandb:
+        ov.append(f"tracking.wandb={args.wandb}")
+    return ov
+
+
+def resolve_config(
+    args: argparse.Namespace, extra: list[str] | None = None
+) -> tuple[ExperimentConfig, bool]:
+    """``(config, resume)``: a resumed run's saved config (plus overrides) or ``--config``'s.
+
+    Raises:
+        ConfigError: a bad file, key or value, or a ``--resume`` path that is not a run.
+    """
+    ov = run_overrides(args) + list(extra or [])
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"{run} is not a run directory (no config.yaml)")
+        cfg = load_config(run / "config.yaml", ov)
+        cfg.out_dir, cfg.name = str(run.parent), run.name
+        return cfg, True
+    cfg = load_config(args.config, ov)
+    if args.name:
+        cfg.name = args.name
+    return cfg, False

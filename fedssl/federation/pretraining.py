@@ -1,0 +1,175 @@
+"""Stage one as a federated task: local SimCLR on a client's unlabeled images, kNN monitoring.
+
+What a client does in a round (:func:`local_train`), how it scores the merged backbone
+(:func:`local_evaluate`: weighted kNN with its labeled part as the bank and its test split as
+queries), and the initial weights every client starts from (:func:`initial_state`). Only the keys
+under :data:`fedssl.models.simclr.TRAVELLING_PREFIXES` (backbone + projection head) travel.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fedssl.config import ExperimentConfig
+from fedssl.data.tasks import ImageDataset, client_task, subsample, task_in_chans
+from fedssl.evaluation import extract_features, knn_accuracy
+from fedssl.federation.classification import quiet_trainer
+from fedssl.federation.records import travelling_keys
+from fedssl.models.simclr import TRAVELLING_PREFIXES, SimCLR, eval_transform, simclr_transform
+
+__all__ = [
+    "build_simclr",
+    "initial_state",
+    "round_lr",
+    "local_train",
+    "local_evaluate",
+    "backbone_knn",
+]
+
+
+def build_simclr(cfg: ExperimentConfig, lr: float | None = None) -> SimCLR:
+    """The configured SimCLR module (backbone from timm, lightly head and loss)."""
+    m, t = cfg.model, cfg.train
+    return SimCLR(
+        m.backbone,
+        in_chans=m.in_chans or task_in_chans(cfg.data),
+        small_input=m.small_input,
+        proj_hidden=m.proj_hidden,
+        proj_out=m.proj_out,
+        temperature=cfg.ssl.temperature,
+        optimizer=t.optimizer,
+        lr=t.lr if lr is None else lr,
+        weight_decay=t.weight_decay,
+    )
+
+
+def shared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The travelling part of a module's state dict (backbone + projection head), detached."""
+    sd = module.state_dict()
+    return {k: sd[k].detach() for k in travelling_keys(sd, include=TRAVELLING_PREFIXES)}
+
+
+def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Initial shared weights, identical for every client (seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    return shared_state(build_simclr(cfg))
+
+
+def round_lr(cfg: ExperimentConfig, server_round: int) -> float:
+    """The learning rate of a round: ``exp`` (lr * lr_decay^(r-1)) or ``cosine`` over the rounds."""
+    t, rounds = cfg.train, max(1, cfg.federation.rounds)
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return t.lr * t.lr_decay ** max(0, server_round - 1)
+
+
+def _mode(cfg: ExperimentConfig) -> str:
+    return "RGB" if (cfg.model.in_chans or task_in_chans(cfg.data)) == 3 else "L"
+
+
+def local_train(
+    cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor], server_round: int
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """SimCLR on this client's unlabeled images, from the received shared weights.
+
+    Metrics: ``num-examples`` (unlabeled images: the FedAvg weight), ``partition-id``,
+    ``train_loss`` (mean NT-Xent of the round), ``train_s``, ``images_per_s``, ``steps``.
+    """
+    torch.set_num_threads(max(1, cfg.train.threads))
+    task = client_task(cfg.data, partition_id)
+    module = build_simclr(cfg, lr=round_lr(cfg, server_round))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    wanted = set(shared_state(module))
+    if unexpected or wanted & set(missing):
+        raise ValueError(
+            f"received weights do not fit the configured backbone {cfg.model.backbone!r}: "
+            f"missing {sorted(wanted & set(missing))[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    t = cfg.train
+    views = simclr_transform(
+        cfg.model.image_size,
+        module.backbone_in_chans,
+        min_scale=cfg.ssl.min_scale,
+        cj_prob=cfg.ssl.cj_prob,
+        cj_strength=cfg.ssl.cj_strength,
+        hf_prob=cfg.ssl.hf_prob,
+    )
+    ds = ImageDataset(task.train, task.unlabeled, views, mode=_mode(cfg))
+    if len(ds) < t.batch_size:
+        raise ValueError(
+            f"client {partition_id} has {len(ds)} unlabeled images, fewer than one batch "
+            f"({t.batch_size}); lower train.batch_size"
+        )
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
+    loader = DataLoader(
+        ds,
+        batch_size=t.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=g,
+        num_workers=t.workers,
+        persistent_workers=False,
+    )
+    trainer = (
+        quiet_trainer(max_steps=t.local_steps, max_epochs=-1)
+        if t.local_steps > 0
+        else quiet_trainer(max_epochs=t.local_epochs)
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, loader)
+    train_s = time.perf_counter() - t0
+    steps = int(trainer.global_step)
+    loss = trainer.callback_metrics.get("train_loss")
+    metrics = {
+        "num-examples": len(ds),
+        "partition-id": int(partition_id),
+        "train_loss": float(loss) if loss is not None else float("nan"),
+        "train_s": train_s,
+        "steps": steps,
+        "images_per_s": steps * t.batch_size / train_s if train_s > 0 else 0.0,
+    }
+    return shared_state(module), metrics
+
+
+def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> float:
+    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
+    task = client_task(cfg.data, partition_id)
+    s = cfg.ssl
+    tf = eval_transform(cfg.model.image_size, module.backbone_in_chans)
+    seed = cfg.data.seed * 1000 + partition_id
+    bank_idx = task.labeled[subsample(task.train.labels[task.labeled], s.knn_bank, seed)]
+    query_idx = subsample(task.test.labels, s.knn_queries, seed)
+    mode = _mode(cfg)
+    bs = cfg.train.eval_batch_size
+
+    def feats(data, idx: np.ndarray):
+        return extract_features(
+            module.backbone, DataLoader(ImageDataset(data, idx, tf, mode), batch_size=bs)
+        )
+
+    bank, bank_y = feats(task.train, bank_idx)
+    queries, query_y = feats(task.test, query_idx)
+    return knn_accuracy(bank, bank_y, queries, query_y, task.num_classes, s.knn_k, s.knn_t)
+
+
+def local_evaluate(
+    cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """kNN accuracy of the received (merged) backbone on this client's data."""
+    torch.set_num_threads(max(1, cfg.train.threads))
+    module = build_simclr(cfg)
+    module.load_state_dict(state, strict=False)
+    t0 = time.perf_counter()
+    acc = backbone_knn(cfg, partition_id, module)
+    task = client_task(cfg.data, partition_id)
+    return {
+        "knn_acc": acc,
+        "partition-id": int(partition_id),
+        "num-examples": int(min(len(task.test), cfg.ssl.knn_queries or len(task.test))),
+        "eval_s": time.perf_counter() - t0,
+    }

@@ -1,0 +1,205 @@
+"""What a federated experiment trains, chosen by ``cfg.experiment``.
+
+The ClientApp and ServerApp are the same for every experiment; a :class:`Task` supplies the parts
+that differ: the initial shared weights, a client's local training and (optional) local
+evaluation, the server's (optional) evaluation of the merged weights, the partition manifest, the
+columns and headline of the run log.
+
+* ``merge`` (papers 000/001, non-IID MLP): supervised classification, merged model scored on the
+  server's test set (``merged_acc``), clients report ``local_acc``.
+* ``pretrain`` (paper 003, stage one): SimCLR on each client's unlabeled images; every client
+  scores the merged backbone by kNN on its own labeled/test data (``knn_acc``), so no data leaves
+  a client, not even for evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fedssl.config import ConfigError, ExperimentConfig
+
+__all__ = ["Task", "ClassificationTask", "PretrainTask", "get_task"]
+
+
+class Task:
+    """Interface of a federated experiment (see the module docstring)."""
+
+    name = ""
+    #: per-client train metrics kept in the run log as ``<name>_c<partition>``
+    train_columns: tuple[str, ...] = ("train_loss", "train_s", "received_fingerprint")
+    #: per-client evaluation metrics kept as ``<name>_c<partition>`` (and ``<name>_mean``)
+    eval_columns: tuple[str, ...] = ()
+    #: the number that sums up a round, for progress lines and plots
+    headline = ""
+
+    def initial_state(self, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def train(
+        self, cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], rnd: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(
+        self, cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        raise NotImplementedError(f"{self.name} has no client-side evaluation")
+
+    def server_evaluate(
+        self, cfg: ExperimentConfig, state: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Metrics of the merged weights computed on the server (none by default)."""
+        return {}
+
+    def manifest(self, cfg: ExperimentConfig) -> dict:
+        raise NotImplementedError
+
+    def on_checkpoint(self, cfg: ExperimentConfig, run_dir: Path, rnd: int, state) -> None:
+        """Called after the merged weights of round ``rnd`` are saved (nothing by default)."""
+
+    @property
+    def federated_evaluation(self) -> bool:
+        """Whether clients evaluate the merged weights each evaluation round."""
+        return bool(self.eval_columns)
+
+
+class ClassificationTask(Task):
+    name = "merge"
+    train_columns = ("local_acc", "train_loss", "train_s", "received_fingerprint")
+    headline = "merged_acc"
+
+    def initial_state(self, cfg):
+        from fedssl.federation.classification import initial_state
+
+        return initial_state(cfg)
+
+    def train(self, cfg, pid, state, rnd):
+        from fedssl.federation.classification import local_train
+
+        return local_train(cfg, pid, state, rnd)
+
+    def server_evaluate(self, cfg, state):
+        from fedssl.federation.classification import server_accuracy
+
+        return {"merged_acc": server_accuracy(cfg, state)}
+
+    def manifest(self, cfg):
+        from fedssl.data.clients import dataset_and_splits
+        from fedssl.data.manifest import partition_manifest
+
+        ds, splits = dataset_and_splits(cfg.data)
+        parts = [{"train": s.train, "val": s.val, "test": s.test} for s in splits]
+        meta = {
+            "dataset": ds.name,
+            "source": ds.source,
+            "partition": cfg.data.partition,
+            "seed": cfg.data.seed,
+        }
+        return partition_manifest(ds.labels, parts, ds.num_classes, meta=meta)
+
+
+class PretrainTask(Task):
+    name = "pretrain"
+    train_columns = (
+        "train_loss",
+        "train_s",
+        "images_per_s",
+        "received_fingerprint",
+        "knn_init",
+    )
+    eval_columns = ("knn_acc",)
+    headline = "knn_acc_mean"
+
+    def initial_state(self, cfg):
+        from fedssl.federation.pretraining import initial_state
+
+        return initial_state(cfg)
+
+    def train(self, cfg, pid, state, rnd):
+        from fedssl.federation.classification import weights_fingerprint
+        from fedssl.federation.pretraining import local_evaluate, local_train
+
+        received = weights_fingerprint(state)
+        first = rnd == 1
+        if first:  # the random-init backbone's kNN accuracy, the baseline SimCLR must beat
+            init = local_evaluate(cfg, pid, state)["knn_acc"]
+        new, metrics = local_train(cfg, pid, state, rnd)
+        metrics["received_fingerprint"] = received
+        if first:
+            metrics["knn_init"] = init
+        return new, metrics
+
+    def evaluate(self, cfg, pid, state):
+        from fedssl.federation.pretraining import local_evaluate
+
+        return local_evaluate(cfg, pid, state)
+
+    def on_checkpoint(self, cfg, run_dir, rnd, state):
+        """Keep ``<run>/backbone.safetensors`` (the latest merged backbone, with its architecture
+        in the metadata) for stage two and for users."""
+        from fedssl.data.tasks import task_in_chans
+        from fedssl.models.simclr import export_backbone
+
+        m = cfg.model
+        export_backbone(
+            state,
+            Path(run_dir) / "backbone.safetensors",
+            {
+                "backbone": m.backbone,
+                "in_chans": m.in_chans or task_in_chans(cfg.data),
+                "small_input": m.small_input,
+                "image_size": m.image_size,
+                "round": rnd,
+                "run": cfg.name,
+            },
+        )
+
+    def manifest(self, cfg):
+        """Which dataset each client holds and its labeled / unlabeled / test histograms.
+
+        Computed from the config alone where the data is not on this machine (a deployed
+        server never holds the clients' data): then only the dataset names are listed.
+        """
+        from fedssl.data.datasets import DatasetNotFoundError
+        from fedssl.data.tasks import client_task
+
+        clients = []
+        for pid, name in enumerate(cfg.data.clients):
+            entry: dict = {"partition-id": pid, "dataset": name}
+            try:
+                t = client_task(cfg.data, pid)
+            except DatasetNotFoundError:
+                entry["note"] = "data not on the server machine"
+            else:
+                entry.update(
+                    {
+                        "source": t.train.source,
+                        "classes": t.num_classes,
+                        "labeled": int(len(t.labeled)),
+                        "unlabeled": int(len(t.unlabeled)),
+                        "test": int(len(t.test)),
+                        "labeled_histogram": t.histogram("labeled"),
+                        "unlabeled_histogram": t.histogram("unlabeled"),
+                    }
+                )
+            clients.append(entry)
+        return {
+            "setting": "one dataset per client",
+            "labeled_fraction": cfg.data.labeled_fraction,
+            "max_per_client": cfg.data.max_per_client,
+            "seed": cfg.data.seed,
+            "clients": clients,
+        }
+
+
+_TASKS: dict[str, Task] = {"merge": ClassificationTask(), "pretrain": PretrainTask()}
+
+
+def get_task(cfg_or_name: ExperimentConfig | str) -> Task:
+    """The task of an experiment config (or name)."""
+    name = cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name.experiment
+    if name not in _TASKS:
+        raise ConfigError(f"experiment: unknown {name!r}; choose one of {', '.join(_TASKS)}")
+    return _TASKS[name]
