@@ -145,6 +145,10 @@ class FederationConfig:
     min_clients: int = 2
     cpus_per_client: float = 1.0
     eval_every: int = 1  # evaluate the merged model every k rounds (and always the last)
+    # FedAvgM: the merged update goes through server momentum (0: plain merge) and a server
+    # learning rate (1: take the merge). See docs/results/merge.md for when it pays off.
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
     timeout_s: float = 3600.0
 
 

@@ -116,6 +116,19 @@ class RunDir:
             old.unlink()
         return path
 
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> Path:
+        """Write extra server state (e.g. a momentum buffer) atomically as safetensors."""
+        path = self.path / name
+        data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(data, str(path.with_suffix(".tmp")))
+        os.replace(path.with_suffix(".tmp"), path)
+        return path
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
+        """What :meth:`save_tensors` wrote, or None when there is no such file."""
+        path = self.path / name
+        return load_file(str(path)) if path.is_file() else None
+
     def update_state(self, **extra: Any) -> None:
         """Merge fields into state.json."""
         _atomic_write(self.state_file, json.dumps({**self.state(), **extra}, indent=1))

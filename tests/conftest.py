@@ -40,3 +40,53 @@ def tiny_fashion(tmp_path_factory) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", x)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", y)
     return root
+
+
+def _write_jpgs(folder: Path, n: int, seed: int, size: tuple[int, int]) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        p = folder / f"image_{i + 1:05d}.jpg"
+        Image.fromarray(arr).save(p, quality=80)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_flowers(tmp_path_factory) -> Path:
+    """Oxford Flowers102's on-disk format: jpg/image_XXXXX.jpg, imagelabels.mat, setid.mat.
+
+    30 images of 3 classes (labels 1-based as in the real file); trnid 1-9, valid 10-15,
+    tstid 16-30.
+    """
+    from scipy.io import savemat
+
+    root = tmp_path_factory.mktemp("flowers") / "flowers-102"
+    _write_jpgs(root / "jpg", 30, seed=3, size=(40, 32))
+    labels = (np.arange(30) % 3 + 1).reshape(1, -1)
+    savemat(root / "imagelabels.mat", {"labels": labels})
+    savemat(
+        root / "setid.mat",
+        {
+            "trnid": np.arange(1, 10).reshape(1, -1),
+            "valid": np.arange(10, 16).reshape(1, -1),
+            "tstid": np.arange(16, 31).reshape(1, -1),
+        },
+    )
+    return root.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_intel(tmp_path_factory) -> Path:
+    """The Kaggle Intel Image Classification layout: seg_train/seg_train/<class>/*.jpg and
+    seg_test/seg_test/<class>/*.jpg, 4 train + 2 test images per class."""
+    root = tmp_path_factory.mktemp("intel")
+    classes = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+    for k, c in enumerate(classes):
+        _write_jpgs(root / "seg_train" / "seg_train" / c, 4, seed=10 + k, size=(36, 36))
+        _write_jpgs(root / "seg_test" / "seg_test" / c, 2, seed=20 + k, size=(36, 36))
+    return root

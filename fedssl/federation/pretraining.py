@@ -54,6 +54,25 @@ def shared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: sd[k].detach() for k in travelling_keys(sd, include=TRAVELLING_PREFIXES)}
 
 
+def load_shared(module: SimCLR, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
+    """Load received shared weights into ``module``; every travelling key must fit.
+
+    Raises:
+        ValueError: the weights belong to another architecture (names or shapes differ).
+    """
+    what = f"received weights do not fit the configured backbone {cfg.model.backbone!r}"
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{what}: {err}") from err
+    wanted = set(shared_state(module))
+    if unexpected or wanted & set(missing):
+        raise ValueError(
+            f"{what}: missing {sorted(wanted & set(missing))[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     """Initial shared weights, identical for every client (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
@@ -83,13 +102,7 @@ def local_train(
     torch.set_num_threads(max(1, cfg.train.threads))
     task = client_task(cfg.data, partition_id)
     module = build_simclr(cfg, lr=round_lr(cfg, server_round))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    wanted = set(shared_state(module))
-    if unexpected or wanted & set(missing):
-        raise ValueError(
-            f"received weights do not fit the configured backbone {cfg.model.backbone!r}: "
-            f"missing {sorted(wanted & set(missing))[:3]}, unexpected {sorted(unexpected)[:3]}"
-        )
+    load_shared(module, state, cfg)
     t = cfg.train
     views = simclr_transform(
         cfg.model.image_size,
@@ -163,7 +176,7 @@ def local_evaluate(
     """kNN accuracy of the received (merged) backbone on this client's data."""
     torch.set_num_threads(max(1, cfg.train.threads))
     module = build_simclr(cfg)
-    module.load_state_dict(state, strict=False)
+    load_shared(module, state, cfg)
     t0 = time.perf_counter()
     acc = backbone_knn(cfg, partition_id, module)
     task = client_task(cfg.data, partition_id)

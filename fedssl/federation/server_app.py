@@ -31,6 +31,7 @@ from fedssl.tracking import Tracker
 __all__ = ["app", "make_server_app", "run_server", "config_from_run_config"]
 
 log = logging.getLogger(__name__)
+VELOCITY_FILE = "server_momentum.safetensors"  # FedAvgM's momentum buffer, for --resume
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -132,8 +133,10 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     task = get_task(cfg)
     rd = RunDir(cfg.run_dir())
     start_round = 0
+    velocity = None
     if resume:
         start_round, state = rd.load_checkpoint()
+        velocity = rd.load_tensors(VELOCITY_FILE)
         rd.truncate_metrics(start_round)
         print(f"[fedssl] resuming {rd.path} after round {start_round}", flush=True)
     else:
@@ -160,6 +163,9 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         round_offset=start_round,
         eval_every=f.eval_every,
         total_rounds=f.rounds,
+        server_momentum=f.server_momentum,
+        server_lr=f.server_lr,
+        velocity=velocity,
         fraction_train=f.fraction_train,
         min_train_nodes=min(f.min_clients, n_clients),
         min_available_nodes=min(f.min_clients, n_clients),
@@ -183,6 +189,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         row = _row(rnd, server, strategy, task, now - clock["t"])
         clock["t"] = now
         rd.log_metrics(row)
+        if strategy.velocity:
+            rd.save_tensors(VELOCITY_FILE, strategy.velocity)
         rd.save_checkpoint(rnd, sd)
         task.on_checkpoint(cfg, rd.path, rnd, sd)
         tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)

@@ -73,6 +73,9 @@ class MergeStrategy(FedAvg):
         round_offset: rounds already completed (resume); added to Flower's round counter.
         eval_every: federated evaluation (when ``fraction_evaluate`` > 0) every k rounds.
         total_rounds: the run's last round (always evaluated); 0: unknown.
+        server_momentum: FedAvgM's server momentum (0: plain FedAvg / merge).
+        server_lr: server learning rate applied to the merged update (1: take the merge).
+        velocity: the server momentum buffer to resume from.
         **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
     """
 
@@ -84,6 +87,9 @@ class MergeStrategy(FedAvg):
         round_offset: int = 0,
         eval_every: int = 1,
         total_rounds: int = 0,
+        server_momentum: float = 0.0,
+        server_lr: float = 1.0,
+        velocity: dict[str, torch.Tensor] | None = None,
         **fedavg_kwargs,
     ):
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
@@ -94,12 +100,42 @@ class MergeStrategy(FedAvg):
         self.keys = None if keys is None else list(keys)
         self.round_offset = round_offset
         self.eval_every = max(1, eval_every)
+        if not 0.0 <= server_momentum < 1.0:
+            raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        if server_lr <= 0:
+            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        self.server_momentum, self.server_lr = server_momentum, server_lr
+        self.velocity: dict[str, torch.Tensor] = dict(velocity or {})
+        self._global: dict[str, torch.Tensor] = {}
         self.total_rounds = total_rounds
         self.client_metrics: dict[int, list[dict]] = {}
         self.eval_metrics: dict[int, list[dict]] = {}
         self.failures: dict[int, int] = {}
         self.round_info: dict[int, dict] = {}
         self._t0 = 0.0
+
+    @property
+    def uses_server_optimizer(self) -> bool:
+        """Whether the merge result is applied through server momentum / learning rate."""
+        return self.server_momentum > 0.0 or self.server_lr != 1.0
+
+    def server_step(self, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """FedAvgM (Hsu et al. 2019): treat ``merged - global`` as the round's update ``d``;
+        ``v = momentum * v + d``; new global = ``global + server_lr * v``. Non-float tensors
+        (BatchNorm counters) take the merged value. Without momentum and with lr 1 this is the
+        merge itself."""
+        out = {}
+        for k, m in merged.items():
+            g = self._global.get(k)
+            if g is None or not m.is_floating_point():
+                out[k] = m
+                continue
+            d = m.to(torch.float32) - g.to(torch.float32)
+            v = self.velocity.get(k)
+            v = d if v is None else v.mul_(self.server_momentum).add_(d)
+            self.velocity[k] = v
+            out[k] = (g.to(torch.float32) + self.server_lr * v).to(m.dtype)
+        return out
 
     def is_eval_round(self, rnd: int) -> bool:
         """Evaluate every ``eval_every`` rounds and always after the last one."""
@@ -110,6 +146,8 @@ class MergeStrategy(FedAvg):
     ) -> Iterable[Message]:
         """FedAvg's sampling, with the global round number in ``config["server-round"]``."""
         self._t0 = time.perf_counter()
+        if self.uses_server_optimizer:
+            self._global = from_record(arrays)
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rnd = server_round + self.round_offset
         self.round_info.setdefault(rnd, {})["bytes_down"] = len(msgs) * _record_bytes(arrays)
@@ -195,6 +233,8 @@ class MergeStrategy(FedAvg):
             merged, metrics = merge_contents(
                 contents, self.method, self.weighted, self.weighted_by_key, self.keys
             )
+        if self.uses_server_optimizer:
+            merged = self.server_step(merged)
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info.setdefault(rnd, {}).update(

@@ -255,7 +255,10 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
         small_input=meta.get("small_input", "False") == "True",
     )
     state = load_file(str(p))
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{p} does not fit {meta['backbone']!r}: {err}") from err
     if missing or unexpected:
         raise ValueError(
             f"{p} does not fit {meta['backbone']!r}: missing {missing[:3]}, "

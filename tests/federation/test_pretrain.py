@@ -1,0 +1,82 @@
+"""Stage one end to end in Flower's simulation engine on tiny data: SimCLR rounds, the kNN
+monitor reported by every client, the exported backbone, what travels, and resume."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedssl.config import load_config
+from fedssl.federation import pretraining
+from fedssl.federation.classification import weights_fingerprint
+from fedssl.federation.simulation import simulate
+from fedssl.models.simclr import TRAVELLING_PREFIXES, load_backbone
+from fedssl.runs import RunDir
+
+ROOT_CONFIG = "configs/pretrain/default.yaml"
+
+
+@pytest.fixture
+def cfg(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return load_config(
+        ROOT_CONFIG,
+        [
+            "name=pt",
+            f"out_dir={tmp_path}",
+            f"data.root={tiny_fashion}",
+            "data.clients=[fashion_mnist,fashion_mnist]",
+            "data.max_per_client=240",
+            "model.backbone=test_resnet",
+            "model.proj_hidden=32",
+            "model.proj_out=16",
+            "train.batch_size=32",
+            "train.local_steps=3",
+            "ssl.knn_queries=60",
+            "federation.rounds=1",
+            "tracking.wandb=offline",
+        ],
+    )
+
+
+def test_local_train_sends_only_the_shared_keys_and_rejects_other_backbones(cfg):
+    state = pretraining.initial_state(cfg)
+    assert state and all(k.startswith(TRAVELLING_PREFIXES) for k in state)
+    new, metrics = pretraining.local_train(cfg, 1, state, 1)
+    assert set(new) == set(state)
+    assert metrics["num-examples"] == 180 and metrics["steps"] == 3  # 75% of 240
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    assert not all(torch.equal(new[k], state[k]) for k in state)
+    cfg.model.backbone = "resnet18"
+    with pytest.raises(ValueError, match="do not fit the configured backbone 'resnet18'"):
+        pretraining.local_train(cfg, 0, state, 1)
+
+
+def test_pretrain_rounds_knn_backbone_and_resume(cfg):
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    rows = rd.metrics()
+    assert [r["round"] for r in rows] == [1]
+    r1 = rows[0]
+    for c in ("c0", "c1"):
+        assert 0.0 <= r1[f"knn_acc_{c}"] <= 1.0
+        assert 0.0 <= r1[f"knn_init_{c}"] <= 1.0
+        assert r1[f"train_loss_{c}"] > 0
+    assert r1["knn_acc_mean"] == pytest.approx((r1["knn_acc_c0"] + r1["knn_acc_c1"]) / 2)
+    ckpt1 = load_file(str(rd.path / rd.state()["checkpoint"]))
+    assert all(k.startswith(TRAVELLING_PREFIXES) for k in ckpt1)
+    assert r1["bytes_up"] == 2 * sum(t.numel() * t.element_size() for t in ckpt1.values())
+    net, meta = load_backbone(rd.path / "backbone.safetensors")
+    assert meta["backbone"] == "test_resnet" and meta["round"] == "1"
+    assert torch.equal(net.state_dict()["conv1.0.weight"], ckpt1["backbone.conv1.0.weight"])
+    assert (rd.path / "accuracy.png").stat().st_size > 1000
+    assert list((rd.path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+    cfg.federation.rounds = 2
+    simulate(cfg, resume=True)
+    rows = rd.metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rd.state()["round"] == 2
+    expected = weights_fingerprint(ckpt1)
+    assert rows[1]["received_fingerprint_c0"] == pytest.approx(expected, rel=1e-9)
+    assert rows[1]["received_fingerprint_c1"] == pytest.approx(expected, rel=1e-9)
+    assert rows[1].get("knn_init_c0") is None  # the random-init baseline is round 1's only

@@ -1,0 +1,95 @@
+"""SimCLR module: timm backbones, lightly views for small grayscale images, learning, export."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fedssl.models.simclr import (
+    TRAVELLING_PREFIXES,
+    SimCLR,
+    build_backbone,
+    export_backbone,
+    load_backbone,
+    simclr_transform,
+)
+
+
+def test_backbone_any_timm_name_and_errors():
+    net = build_backbone("test_resnet", in_chans=1)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, net.num_features)
+    with pytest.raises(ValueError, match="unknown timm model 'no_such_net'"):
+        build_backbone("no_such_net")
+    with pytest.raises(ValueError, match="ResNet-style stem"):
+        build_backbone("test_vit", small_input=True)
+
+
+def test_small_input_stem_keeps_resolution():
+    plain = build_backbone("resnet18", in_chans=1)
+    small = build_backbone("resnet18", in_chans=1, small_input=True)
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, torch.nn.Identity)
+    x = torch.randn(2, 1, 28, 28)
+    small.eval(), plain.eval()
+    feats = {}
+    small.layer1.register_forward_hook(lambda m, i, o: feats.__setitem__("small", o.shape))
+    plain.layer1.register_forward_hook(lambda m, i, o: feats.__setitem__("plain", o.shape))
+    small(x), plain(x)
+    assert feats["small"][-1] == 28 and feats["plain"][-1] == 7
+
+
+@pytest.mark.parametrize(("mode", "chans"), [("L", 1), ("RGB", 3)])
+def test_views_for_small_images(mode, chans):
+    tf = simclr_transform(28, chans, min_scale=0.3)
+    img = Image.new(mode, (28, 28), color=128 if mode == "L" else (10, 200, 30))
+    views = tf(img)
+    assert len(views) == 2
+    assert all(v.shape == (chans, 28, 28) for v in views)
+
+
+def test_simclr_learns_to_match_views():
+    torch.manual_seed(0)
+    module = SimCLR(
+        "test_resnet", in_chans=1, proj_hidden=32, proj_out=16, optimizer="adam", lr=3e-3
+    )
+    opt = module.configure_optimizers()
+    x = torch.rand(32, 1, 28, 28)
+
+    def views():
+        noise = 0.05 * torch.randn_like(x)
+        return [x + noise, x + 0.05 * torch.randn_like(x)]
+
+    with torch.no_grad():
+        module.eval()
+        before = module.loss(views()).item()
+    module.train()
+    for _ in range(40):
+        loss = module.loss(views())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    with torch.no_grad():
+        after = module.loss(views()).item()
+    assert after < before - 0.5, (before, after)
+    assert all(k.startswith(TRAVELLING_PREFIXES) for k in module.state_dict())
+
+
+def test_export_and_load_backbone_roundtrip(tmp_path):
+    module = SimCLR("test_resnet", in_chans=1, proj_hidden=16, proj_out=8)
+    meta = {"backbone": "test_resnet", "in_chans": 1, "small_input": False, "round": 3}
+    path = export_backbone(module.state_dict(), tmp_path / "backbone.safetensors", meta)
+    net, got = load_backbone(path)
+    assert got["round"] == "3" and got["backbone"] == "test_resnet"
+    x = torch.randn(4, 1, 28, 28)
+    module.backbone.eval(), net.eval()
+    assert torch.allclose(module.backbone(x), net(x))
+
+
+def test_load_backbone_mismatch_is_clear(tmp_path):
+    module = SimCLR("test_resnet", in_chans=1, proj_hidden=16, proj_out=8)
+    path = export_backbone(
+        module.state_dict(), tmp_path / "b.safetensors", {"backbone": "resnet18", "in_chans": 1}
+    )
+    with pytest.raises(ValueError, match="does not fit 'resnet18'"):
+        load_backbone(path)
+    with pytest.raises(FileNotFoundError):
+        load_backbone(tmp_path / "missing.safetensors")
