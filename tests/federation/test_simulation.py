@@ -37,8 +37,11 @@ def cfg(tiny_fashion, tmp_path, monkeypatch):
 
 def test_rounds_metrics_checkpoints_and_resume(cfg):
     cfg.federation.rounds = 1
+    cfg.federation.server_momentum = 0.5  # FedAvgM: its momentum buffer must survive resume
     simulate(cfg)
     rd = RunDir(cfg.run_dir())
+    velocity1 = rd.load_tensors("server_momentum.safetensors")
+    assert velocity1 and all(v.is_floating_point() for v in velocity1.values())
     rows = rd.metrics()
     assert [r["round"] for r in rows] == [0, 1]
     assert rows[1]["clients"] == 2 and rows[1]["failures"] == 0
@@ -65,6 +68,11 @@ def test_rounds_metrics_checkpoints_and_resume(cfg):
     ckpt2 = load_file(str(rd.path / rd.state()["checkpoint"]))
     assert set(ckpt2) == set(ckpt1)
     assert not all(torch.equal(ckpt1[k], ckpt2[k]) for k in ckpt1)
+    # the saved buffer is the one that produced round 2's weights (server_lr 1: new = old + v)
+    velocity2 = rd.load_tensors("server_momentum.safetensors")
+    key = next(k for k in velocity1 if k.endswith("weight"))
+    assert torch.allclose(velocity2[key], ckpt2[key] - ckpt1[key], atol=1e-6)
+    assert not torch.allclose(velocity2[key], velocity1[key])
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

@@ -80,3 +80,33 @@ def test_records_round_trip_zero_copy():
     copied["a"].add_(1.0)  # copies are writable and independent
     assert torch.equal(from_record(rec)["a"], sd["a"])
     assert num_bytes(sd) == 48 + 40 + 8 + 4
+
+
+def test_server_momentum_is_fedavgm():
+    """v = beta * v + (merged - global); new global = global + lr * v (hand-computed)."""
+    s = MergeStrategy(server_momentum=0.5, server_lr=2.0)
+    assert s.uses_server_optimizer
+    s._global = {"w": torch.tensor([1.0, 0.0]), "n": torch.tensor(3)}
+    out = s.server_step({"w": torch.tensor([2.0, -1.0]), "n": torch.tensor(5)})
+    # d = [1, -1]; v = d; global + 2 v
+    assert torch.equal(out["w"], torch.tensor([3.0, -2.0])) and int(out["n"]) == 5
+    s._global = {"w": out["w"], "n": out["n"]}
+    out = s.server_step({"w": torch.tensor([3.0, -1.0]), "n": torch.tensor(5)})
+    # d = [0, 1]; v = 0.5 * [1, -1] + [0, 1] = [0.5, 0.5]; global + 2 v = [4, -1]
+    assert torch.equal(out["w"], torch.tensor([4.0, -1.0]))
+    assert torch.equal(s.velocity["w"], torch.tensor([0.5, 0.5]))
+
+
+def test_plain_merge_uses_no_server_optimizer_and_bad_values_fail():
+    assert not MergeStrategy().uses_server_optimizer
+    with pytest.raises(ValueError, match="server_momentum"):
+        MergeStrategy(server_momentum=1.0)
+    with pytest.raises(ValueError, match="server_lr"):
+        MergeStrategy(server_lr=0.0)
+
+
+def test_resumed_velocity_is_used():
+    s = MergeStrategy(server_momentum=0.5, velocity={"w": torch.tensor([2.0])})
+    s._global = {"w": torch.tensor([0.0])}
+    out = s.server_step({"w": torch.tensor([1.0])})
+    assert torch.equal(out["w"], torch.tensor([2.0]))  # 0.5 * 2 + 1
