@@ -80,3 +80,27 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg):
     assert rows[1]["received_fingerprint_c0"] == pytest.approx(expected, rel=1e-9)
     assert rows[1]["received_fingerprint_c1"] == pytest.approx(expected, rel=1e-9)
     assert rows[1].get("knn_init_c0") is None  # the random-init baseline is round 1's only
+
+
+def test_paper_config_runs_one_step_on_fixture_data(tiny_flowers, tiny_intel, tmp_path):
+    """configs/pretrain/paper.yaml as shipped (ResNet-50, 224 px, Flowers102 + Intel), pointed at
+    tiny files in the real on-disk formats: one local SimCLR step per client on the CPU."""
+    cfg = load_config(
+        "configs/pretrain/paper.yaml",
+        [
+            f"data.roots.flower102={tiny_flowers}",
+            f"data.roots.intel_scene={tiny_intel}",
+            "train.batch_size=4",
+            "train.local_steps=1",
+            "train.workers=0",
+            "train.threads=2",
+        ],
+    )
+    assert cfg.model.backbone == "resnet50" and cfg.model.image_size == 224
+    state = pretraining.initial_state(cfg)
+    assert sum(v.numel() for k, v in state.items() if k.startswith("backbone.")) > 23_000_000
+    for pid, n_unlabeled in ((0, 12), (1, 18)):  # 15 flowers / 24 intel images, 25% labeled
+        new, metrics = pretraining.local_train(cfg, pid, state, 1)
+        assert metrics["num-examples"] == n_unlabeled and metrics["steps"] == 1
+        assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+        assert set(new) == set(state)
