@@ -7,7 +7,8 @@ split stratified into a **labeled** part (``labeled_fraction``, 25% in the paper
 as the kNN monitor's bank; stage two trains the task head on the labeled part. The dataset's own
 test split is the client's test set. Everything is deterministic for ``data.seed``, so server
 and clients compute the same split without exchanging indices, and a client only ever loads its
-own dataset.
+own dataset. A dataset listed for several clients (``[fashion_mnist, fashion_mnist]``) is split
+IID into disjoint shards, one per such client (the IID case of the benchmarks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from fedssl.config import ConfigError, DataConfig
 from fedssl.data.datasets import DATASETS, Dataset, build_dataset
-from fedssl.data.partition import labeled_unlabeled
+from fedssl.data.partition import iid, labeled_unlabeled
 
 __all__ = [
     "ClientTask",
@@ -92,7 +93,12 @@ def _cached(cfg_key: str, partition_id: int) -> ClientTask:
     train = build_dataset(name, "train", root=root)
     test = build_dataset(name, "test", root=root)
     seed = cfg.seed * 1000 + partition_id
-    keep = subsample(train.labels, cfg.max_per_client, seed)
+    # A dataset listed k times is split IID into k disjoint shards, one per such client.
+    holders = [i for i, n in enumerate(cfg.clients) if n == name]
+    pool = np.arange(len(train))
+    if len(holders) > 1:
+        pool = np.sort(iid(train.labels, len(holders), seed=cfg.seed)[holders.index(partition_id)])
+    keep = pool[subsample(train.labels[pool], cfg.max_per_client, seed)]
     lab, unl = labeled_unlabeled(train.labels[keep], cfg.labeled_fraction, seed=seed + 1)
     return ClientTask(name, train, test, np.sort(keep[lab]), np.sort(keep[unl]))
 

@@ -29,6 +29,9 @@ __all__ = [
     "local_train",
     "local_evaluate",
     "backbone_knn",
+    "views_transform",
+    "views_loader",
+    "pretrain_centralized",
 ]
 
 
@@ -87,8 +90,33 @@ def round_lr(cfg: ExperimentConfig, server_round: int) -> float:
     return t.lr * t.lr_decay ** max(0, server_round - 1)
 
 
-def _mode(cfg: ExperimentConfig) -> str:
+def image_mode(cfg: ExperimentConfig) -> str:
     return "RGB" if (cfg.model.in_chans or task_in_chans(cfg.data)) == 3 else "L"
+
+
+def views_transform(cfg: ExperimentConfig):
+    """lightly's SimCLR views for the configured image size, channels and augmentation."""
+    return simclr_transform(
+        cfg.model.image_size,
+        cfg.model.in_chans or task_in_chans(cfg.data),
+        min_scale=cfg.ssl.min_scale,
+        cj_prob=cfg.ssl.cj_prob,
+        cj_strength=cfg.ssl.cj_strength,
+        hf_prob=cfg.ssl.hf_prob,
+    )
+
+
+def views_loader(cfg: ExperimentConfig, ds, seed: int) -> DataLoader:
+    """Shuffled batches of view pairs (last partial batch dropped: NT-Xent wants full batches)."""
+    t = cfg.train
+    return DataLoader(
+        ds,
+        batch_size=t.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=t.workers,
+    )
 
 
 def local_train(
@@ -104,30 +132,14 @@ def local_train(
     module = build_simclr(cfg, lr=round_lr(cfg, server_round))
     load_shared(module, state, cfg)
     t = cfg.train
-    views = simclr_transform(
-        cfg.model.image_size,
-        module.backbone_in_chans,
-        min_scale=cfg.ssl.min_scale,
-        cj_prob=cfg.ssl.cj_prob,
-        cj_strength=cfg.ssl.cj_strength,
-        hf_prob=cfg.ssl.hf_prob,
-    )
-    ds = ImageDataset(task.train, task.unlabeled, views, mode=_mode(cfg))
+    ds = ImageDataset(task.train, task.unlabeled, views_transform(cfg), mode=image_mode(cfg))
     if len(ds) < t.batch_size:
         raise ValueError(
             f"client {partition_id} has {len(ds)} unlabeled images, fewer than one batch "
             f"({t.batch_size}); lower train.batch_size"
         )
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
-    loader = DataLoader(
-        ds,
-        batch_size=t.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=g,
-        num_workers=t.workers,
-        persistent_workers=False,
-    )
+    seed = cfg.seed * 1_000_003 + server_round * 1009 + partition_id
+    loader = views_loader(cfg, ds, seed)
     trainer = (
         quiet_trainer(max_steps=t.local_steps, max_epochs=-1)
         if t.local_steps > 0
@@ -157,7 +169,7 @@ def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> fl
     seed = cfg.data.seed * 1000 + partition_id
     bank_idx = task.labeled[subsample(task.train.labels[task.labeled], s.knn_bank, seed)]
     query_idx = subsample(task.test.labels, s.knn_queries, seed)
-    mode = _mode(cfg)
+    mode = image_mode(cfg)
     bs = cfg.train.eval_batch_size
 
     def feats(data, idx: np.ndarray):
@@ -186,3 +198,35 @@ def local_evaluate(
         "num-examples": int(min(len(task.test), cfg.ssl.knn_queries or len(task.test))),
         "eval_s": time.perf_counter() - t0,
     }
+
+
+def pretrain_centralized(cfg: ExperimentConfig, epochs: int) -> dict:
+    """The centralized reference: one SimCLR model on the union of every client's unlabeled
+    images, ``epochs`` epochs with the federated run's per-round learning rate schedule (one
+    epoch here = one round there: the same images, batch size and optimizer), then each client's
+    kNN accuracy with its own labeled bank and test queries, exactly as the federated monitor.
+
+    Returns ``{"knn_acc_c<i>": ..., "knn_acc_mean": ..., "train_s": ..., "images": ...}``.
+    """
+    from torch.utils.data import ConcatDataset
+
+    torch.set_num_threads(max(1, cfg.train.threads))
+    torch.manual_seed(cfg.seed)
+    module = build_simclr(cfg)
+    tf = views_transform(cfg)
+    parts = []
+    for pid in range(len(cfg.data.clients)):
+        task = client_task(cfg.data, pid)
+        parts.append(ImageDataset(task.train, task.unlabeled, tf, mode=image_mode(cfg)))
+    ds = ConcatDataset(parts)
+    t0, images = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        module.lr = round_lr(cfg, epoch)  # a fresh optimizer each epoch, as each round has
+        trainer = quiet_trainer(max_epochs=1)
+        trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch))
+        images += int(trainer.global_step) * cfg.train.batch_size
+    out: dict = {"train_s": time.perf_counter() - t0, "images": images}
+    accs = [backbone_knn(cfg, pid, module) for pid in range(len(cfg.data.clients))]
+    out.update({f"knn_acc_c{i}": a for i, a in enumerate(accs)})
+    out["knn_acc_mean"] = sum(accs) / len(accs)
+    return out

@@ -114,3 +114,11 @@ def test_image_dataset_converts_mode(tiny_fashion):
     ds = build_dataset("fashion_mnist", "test", root=tiny_fashion)
     item, label = ImageDataset(ds, np.array([3]), lambda im: im, mode="RGB")[0]
     assert item.mode == "RGB" and int(label) == int(ds.labels[3])
+
+
+def test_a_dataset_listed_twice_is_split_into_disjoint_shards(tiny_fashion):
+    cfg = _cfg(clients=["fashion_mnist", "fashion_mnist"], root=str(tiny_fashion))
+    a, b = client_task(cfg, 0), client_task(cfg, 1)
+    ia = set(a.labeled) | set(a.unlabeled)
+    ib = set(b.labeled) | set(b.unlabeled)
+    assert len(ia) == len(ib) == 300 and not ia & ib
