@@ -267,7 +267,7 @@ def memory(overrides: list[str], rounds: int | None) -> dict:
     summary = [line for line in log.splitlines() if "random init" in line or "mean:" in line]
     print(f"[memory] peak RSS of the process tree {peak['rss'] / 2**30:.2f} GiB, wall {wall:.0f}s")
     return {
-        "command": " ".join(["python launch/pretrain.py", *cmd[3:]]),
+        "launched": " ".join(["python launch/pretrain.py", *cmd[2:]]).replace(tmp, "<tmp>"),
         "peak_rss_gib": peak["rss"] / 2**30,
         "wall_s": wall,
         "summary": summary,
@@ -296,8 +296,12 @@ def render(results: dict) -> str:
         lines += [
             "## The embedded default (`python launch/pretrain.py`)",
             "",
-            f"Command: `{d['command']}` ({d['date']}): wall time {d['wall_s']:.0f} s, "
-            f"peak memory (whole process tree, sampled every 0.5 s) {d['peak_rss_gib']:.2f} GiB.",
+            f"Command: `{d['command']}` ({d['date']}), which runs "
+            f"`{d.get('launched', 'python launch/pretrain.py')}`: wall time {d['wall_s']:.0f} s "
+            f"(target < 15 min), peak memory {d['peak_rss_gib']:.2f} GiB — the sum of the "
+            "resident sizes of the launcher, Ray's processes and the two client workers, sampled "
+            "every 0.5 s (pages shared between processes, e.g. torch's libraries, count once per "
+            "process, so this overstates the physical memory used).",
             "",
             "```",
             *d["summary"],

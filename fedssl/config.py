@@ -9,6 +9,7 @@ the dotted key and what is allowed. The resolved config is saved beside every ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "SSLConfig",
     "ExperimentConfig",
     "load_config",
+    "round_lr",
     "from_dict",
     "to_dict",
     "apply_overrides",
@@ -182,6 +184,15 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         """The run directory ``<out_dir>/<name>``."""
         return Path(self.out_dir) / self.name
+
+
+def round_lr(cfg: ExperimentConfig, server_round: int) -> float:
+    """Learning rate of a round: ``exp`` (``lr * lr_decay ** (r - 1)``) or ``cosine`` from ``lr``
+    at round 1 towards 0 over ``federation.rounds``."""
+    t, rounds = cfg.train, max(1, cfg.federation.rounds)
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return t.lr * t.lr_decay ** max(0, server_round - 1)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

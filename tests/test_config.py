@@ -52,3 +52,13 @@ def test_shipped_configs_load():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_round_lr_schedules():
+    from fedssl.config import round_lr
+
+    cfg = load_config(None, ["train.lr=0.1", "train.lr_decay=0.5", "federation.rounds=4"])
+    assert [round_lr(cfg, r) for r in (1, 2, 3)] == pytest.approx([0.1, 0.05, 0.025])
+    cfg.train.lr_schedule = "cosine"
+    assert [round_lr(cfg, r) for r in (1, 3)] == pytest.approx([0.1, 0.05])
+    assert round_lr(cfg, 4) < round_lr(cfg, 3)

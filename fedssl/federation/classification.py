@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedssl.config import ExperimentConfig
+from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.clients import client_tensors, dataset_and_splits, server_test_tensors
 from fedssl.models.classifier import Classifier, accuracy
 from fedssl.models.small import build_small_model
@@ -90,7 +90,7 @@ def local_train(
     net.load_state_dict(state, strict=True)
     received = weights_fingerprint(state)
     allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
-    lr = cfg.train.lr * cfg.train.lr_decay ** max(0, server_round - 1)
+    lr = round_lr(cfg, server_round)
     module = Classifier(
         net,
         optimizer=cfg.train.optimizer,

@@ -3,24 +3,24 @@
 What a client does in a round (:func:`local_train`), how it scores the merged backbone
 (:func:`local_evaluate`: weighted kNN with its labeled part as the bank and its test split as
 queries), and the initial weights every client starts from (:func:`initial_state`). Only the keys
-under :data:`fedssl.models.simclr.TRAVELLING_PREFIXES` (backbone + projection head) travel.
+under ``SHARED_KEYS["pretrain"]`` (:mod:`fedssl.federation.records`: backbone + projection head)
+travel.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fedssl.config import ExperimentConfig
+from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.tasks import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.evaluation import extract_features, knn_accuracy
 from fedssl.federation.classification import quiet_trainer
-from fedssl.federation.records import travelling_keys
-from fedssl.models.simclr import TRAVELLING_PREFIXES, SimCLR, eval_transform, simclr_transform
+from fedssl.federation.records import SHARED_KEYS, travelling_keys
+from fedssl.models.simclr import SimCLR, eval_transform, simclr_transform
 
 __all__ = [
     "build_simclr",
@@ -54,7 +54,7 @@ def build_simclr(cfg: ExperimentConfig, lr: float | None = None) -> SimCLR:
 def shared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The travelling part of a module's state dict (backbone + projection head), detached."""
     sd = module.state_dict()
-    return {k: sd[k].detach() for k in travelling_keys(sd, include=TRAVELLING_PREFIXES)}
+    return {k: sd[k].detach() for k in travelling_keys(sd, include=SHARED_KEYS["pretrain"])}
 
 
 def load_shared(module: SimCLR, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
@@ -80,14 +80,6 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     """Initial shared weights, identical for every client (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
     return shared_state(build_simclr(cfg))
-
-
-def round_lr(cfg: ExperimentConfig, server_round: int) -> float:
-    """The learning rate of a round: ``exp`` (lr * lr_decay^(r-1)) or ``cosine`` over the rounds."""
-    t, rounds = cfg.train, max(1, cfg.federation.rounds)
-    if t.lr_schedule == "cosine":
-        return t.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
-    return t.lr * t.lr_decay ** max(0, server_round - 1)
 
 
 def image_mode(cfg: ExperimentConfig) -> str:

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-__all__ = ["travelling_keys", "to_record", "from_record", "num_bytes"]
+__all__ = ["SHARED_KEYS", "travelling_keys", "to_record", "from_record", "num_bytes"]
+
+#: What leaves a client, per experiment: state-dict prefixes (None: every key). Stage one shares
+#: the SimCLR backbone and projection head; a stage-two task head will never be listed here.
+SHARED_KEYS: dict[str, tuple[str, ...] | None] = {
+    "merge": None,
+    "pretrain": ("backbone.", "projection_head."),
+}
 
 
 def travelling_keys(

@@ -1,7 +1,8 @@
 """SimCLR as a LightningModule: a timm backbone, lightly's projection head, NT-Xent loss, views.
 
-Paper 003 (stage one): every client trains this module on its unlabeled images; only the backbone
-and projection head travel (:data:`TRAVELLING_PREFIXES`) and are merged by FedAvg.
+Paper 003 (stage one): every client trains this module on its unlabeled images; the backbone and
+projection head travel (``fedssl.federation.records.SHARED_KEYS["pretrain"]``) and are merged by
+FedAvg.
 
 The backbone is ``timm.create_model(name, num_classes=0, in_chans=...)``: any timm name works
 (``resnet50`` in the paper config). ``small_input=True`` adapts a ResNet-family stem to small
@@ -30,13 +31,9 @@ __all__ = [
     "build_backbone",
     "simclr_transform",
     "eval_transform",
-    "TRAVELLING_PREFIXES",
     "export_backbone",
     "load_backbone",
 ]
-
-#: State-dict prefixes that leave a client in stage one (everything else stays local).
-TRAVELLING_PREFIXES = ("backbone.", "projection_head.")
 
 
 def build_backbone(

@@ -8,9 +8,12 @@ from safetensors.torch import load_file
 from fedssl.config import load_config
 from fedssl.federation import pretraining
 from fedssl.federation.classification import weights_fingerprint
+from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
-from fedssl.models.simclr import TRAVELLING_PREFIXES, load_backbone
+from fedssl.models.simclr import load_backbone
 from fedssl.runs import RunDir
+
+TRAVELLING_PREFIXES = SHARED_KEYS["pretrain"]
 
 ROOT_CONFIG = "configs/pretrain/default.yaml"
 
