@@ -195,6 +195,7 @@ def fed_vs_central(overrides: list[str], rounds: int) -> dict:
             init = {k: v for k, v in rows[0].items() if k.startswith("knn_init_c")}
             fed = {k: v for k, v in last.items() if k.startswith("knn_acc_")}
             t = time.perf_counter()
+            cfg.train.threads = os.cpu_count() or 1  # one model: it may use every core
             cen = pretrain_centralized(cfg, rounds)
             cen_s = time.perf_counter() - t
             out[label] = {

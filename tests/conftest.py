@@ -90,3 +90,28 @@ def tiny_intel(tmp_path_factory) -> Path:
         _write_jpgs(root / "seg_train" / "seg_train" / c, 4, seed=10 + k, size=(36, 36))
         _write_jpgs(root / "seg_test" / "seg_test" / c, 2, seed=20 + k, size=(36, 36))
     return root
+
+
+@pytest.fixture
+def tiny_pretrain(tiny_fashion):
+    """``overrides(out_dir, name)``: stage one on the tiny Fashion-MNIST files, split over two
+    clients, with timm's ``test_resnet`` — seconds per round on a CPU."""
+    return lambda out_dir, name: _tiny_pretrain_overrides(tiny_fashion, out_dir, name)
+
+
+def _tiny_pretrain_overrides(data_root, out_dir, name: str) -> list[str]:
+    return [
+        f"name={name}",
+        f"out_dir={out_dir}",
+        f"data.root={data_root}",
+        "data.clients=[fashion_mnist,fashion_mnist]",
+        "data.max_per_client=240",
+        "model.backbone=test_resnet",
+        "model.proj_hidden=32",
+        "model.proj_out=16",
+        "train.batch_size=32",
+        "train.local_steps=3",
+        "ssl.knn_queries=60",
+        "federation.rounds=1",
+        "tracking.wandb=disabled",
+    ]

@@ -57,8 +57,23 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk and could not be downloaded; the message says how to get it."""
 
 
+class _Labeled:
+    """What every dataset offers: ``labels``, ``classes`` (and its subclass's ``pil(i)``)."""
+
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
 @dataclass(frozen=True)
-class ArrayDataset:
+class ArrayDataset(_Labeled):
     """Images ``(N, H, W)`` or ``(N, H, W, C)`` uint8 and labels ``(N,)`` int64 of one split."""
 
     name: str
@@ -73,14 +88,6 @@ class ArrayDataset:
                 f"{self.name}: {len(self.images)} images but {len(self.labels)} labels"
             )
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
-
     @property
     def in_chans(self) -> int:
         """Image channels (1 for ``(N, H, W)`` arrays)."""
@@ -94,7 +101,7 @@ class ArrayDataset:
 
 
 @dataclass(frozen=True)
-class FileDataset:
+class FileDataset(_Labeled):
     """Images stored as files (decoded on access) with int64 labels, for datasets too large to
     hold decoded in memory (Flowers102, Intel Image Classification)."""
 
@@ -107,14 +114,6 @@ class FileDataset:
     def __post_init__(self):
         if len(self.paths) != len(self.labels):
             raise ValueError(f"{self.name}: {len(self.paths)} files but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
 
     @property
     def in_chans(self) -> int:

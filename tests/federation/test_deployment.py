@@ -42,7 +42,7 @@ def wait_for(text: str, log: Path, timeout: float) -> None:
     raise AssertionError(f"{text!r} not in {log}:\n{log.read_text(errors='replace')[-2000:]}")
 
 
-def test_superlink_two_supernodes_flwr_run(tiny_fashion, tmp_path):
+def test_superlink_two_supernodes_flwr_run(tiny_fashion, tiny_pretrain, tmp_path):
     home, out = tmp_path / "flwr_home", tmp_path / "runs"
     home.mkdir()
     port = free_port()
@@ -77,23 +77,7 @@ def test_superlink_two_supernodes_flwr_run(tiny_fashion, tmp_path):
                 )
             )  # fmt: skip
         wait_for("Activated node_id", link_log, 60)
-        overrides = " ".join(
-            [
-                "name=deployed",
-                f"out_dir={out}",
-                f"data.root={tiny_fashion}",
-                "data.clients=[fashion_mnist,fashion_mnist]",
-                "data.max_per_client=240",
-                "model.backbone=test_resnet",
-                "model.proj_hidden=32",
-                "model.proj_out=16",
-                "train.batch_size=32",
-                "train.local_steps=3",
-                "ssl.knn_queries=60",
-                "federation.rounds=1",
-                "tracking.wandb=disabled",
-            ]
-        )
+        overrides = " ".join(tiny_pretrain(out, "deployed"))
         config = ROOT / "configs" / "pretrain" / "default.yaml"
         run = subprocess.run(
             [str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream",

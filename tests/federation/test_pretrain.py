@@ -19,25 +19,11 @@ ROOT_CONFIG = "configs/pretrain/default.yaml"
 
 
 @pytest.fixture
-def cfg(tiny_fashion, tmp_path, monkeypatch):
+def cfg(tiny_pretrain, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     return load_config(
         ROOT_CONFIG,
-        [
-            "name=pt",
-            f"out_dir={tmp_path}",
-            f"data.root={tiny_fashion}",
-            "data.clients=[fashion_mnist,fashion_mnist]",
-            "data.max_per_client=240",
-            "model.backbone=test_resnet",
-            "model.proj_hidden=32",
-            "model.proj_out=16",
-            "train.batch_size=32",
-            "train.local_steps=3",
-            "ssl.knn_queries=60",
-            "federation.rounds=1",
-            "tracking.wandb=offline",
-        ],
+        [*tiny_pretrain(tmp_path, "pt"), "tracking.wandb=offline"],
     )
 
 
