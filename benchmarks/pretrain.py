@@ -316,7 +316,7 @@ def render(results: dict) -> str:
             "",
             f"Command: `{r['command']}` ({r['date']}). {r['backbone']} at {r['image_size']} px, "
             f"batch {r['batch_size']}, {r['threads']} thread(s), client 0's unlabeled images, "
-            f"best of {r['repeats']} alternating repeats.",
+            f"best of {r['repeats']} alternating repeats. {r.get('note', '')}",
             "",
             "| loop | images/s |",
             "|---|---|",
@@ -332,7 +332,8 @@ def render(results: dict) -> str:
             "",
             f"Command: `{r['command']}` ({r['date']}). Overhead = the round's train phase "
             "(messages out, clients train, replies back and merged) minus the slowest client's "
-            "training time; mean over rounds 2+ (round 1 also starts Ray actors and loads data).",
+            "training time; mean over rounds 2+ (round 1 also starts Ray actors and loads data). "
+            + r.get("note", ""),
             "",
             "| case | MB per client per direction | train phase s | slowest client s | "
             "overhead s | share of the round |",
@@ -353,7 +354,8 @@ def render(results: dict) -> str:
             f"Command: `{r['command']}` ({r['date']}). Federated: FedAvg over the clients, one "
             "local epoch per round; centralized: one model on the union of the clients' "
             "unlabeled images, one epoch per round, same learning-rate schedule, batch size and "
-            "optimizer. kNN: each client's labeled 25% as the bank, its test split as queries.",
+            "optimizer. kNN: each client's labeled 25% as the bank, its test split as queries. "
+            + r.get("note", ""),
             "",
             "| case | client | random init | federated | centralized | fed / central |",
             "|---|---|---|---|---|---|",
@@ -380,6 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, help="rounds (default: the config's; overhead: 3)")
     p.add_argument("--repeats", type=int, default=2, help="throughput repeats")
+    p.add_argument("--note", default="", help="a remark stored with the section (e.g. the load)")
     args = p.parse_args(argv)
     cmd = "python benchmarks/pretrain.py " + " ".join(argv or sys.argv[1:])
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -389,7 +392,7 @@ def main(argv=None) -> int:
         else torch.cuda.get_device_name(0),
         "torch": torch.__version__,
     }
-    stamp = {"command": cmd.strip(), "date": time.strftime("%Y-%m-%d")}
+    stamp = {"command": cmd.strip(), "date": time.strftime("%Y-%m-%d"), "note": args.note}
     sections = (
         ["throughput", "overhead", "fed-vs-central", "memory"]
         if args.section == "all"
