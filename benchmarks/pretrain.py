@@ -174,14 +174,24 @@ def overhead(overrides: list[str], rounds: int) -> dict:
     return out
 
 
-def fed_vs_central(overrides: list[str], rounds: int) -> dict:
+FVC_CASES = {
+    "iid": (
+        "IID: Fashion-MNIST split over 2 clients",
+        ["data.clients=[fashion_mnist,fashion_mnist]"],
+    ),
+    "noniid": ("non-IID: client 0 Fashion-MNIST, client 1 MNIST", []),
+}
+
+
+def fed_vs_central(overrides: list[str], rounds: int, which: list[str]) -> dict:
     from fedssl.federation.pretraining import pretrain_centralized
 
     out = {}
-    cases = {
-        "IID: Fashion-MNIST split over 2 clients": ["data.clients=[fashion_mnist,fashion_mnist]"],
-        "non-IID: client 0 Fashion-MNIST, client 1 MNIST": [],
-    }
+    cases = {}
+    for key in which:
+        label, extra = FVC_CASES[key]
+        fed_only = [o for o in overrides if o.startswith("federation.server")]
+        cases[label + (f" — {' '.join(fed_only)}" if fed_only else "")] = extra
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, extra) in enumerate(cases.items()):
             cfg = config(
@@ -199,6 +209,7 @@ def fed_vs_central(overrides: list[str], rounds: int) -> dict:
             cen = pretrain_centralized(cfg, rounds)
             cen_s = time.perf_counter() - t
             out[label] = {
+                "overrides": overrides,
                 "rounds": rounds,
                 "clients": cfg.data.clients,
                 "init": init,
@@ -351,7 +362,7 @@ def render(results: dict) -> str:
         lines += [
             "## Federated vs centralized SimCLR (kNN accuracy, same data and budget)",
             "",
-            f"Command: `{r['command']}` ({r['date']}). Federated: FedAvg over the clients, one "
+            "Commands: below the table. Federated: FedAvg over the clients, one "
             "local epoch per round; centralized: one model on the union of the clients' "
             "unlabeled images, one epoch per round, same learning-rate schedule, batch size and "
             "optimizer. kNN: each client's labeled 25% as the bank, its test split as queries. "
@@ -371,6 +382,11 @@ def render(results: dict) -> str:
             f, c = v["federated"]["knn_acc_mean"], v["centralized"]["knn_acc_mean"]
             lines.append(f"| {label} | **mean** | | **{f:.4f}** | **{c:.4f}** | **{f / c:.3f}** |")
         lines += ["", "Target: federated >= 0.95x centralized in the IID case.", ""]
+        for label, v in r["cases"].items():
+            lines.append(
+                f"- {label}: `{v.get('command', r['command'])}` ({v.get('date', r['date'])})"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -382,6 +398,13 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, help="rounds (default: the config's; overhead: 3)")
     p.add_argument("--repeats", type=int, default=2, help="throughput repeats")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        choices=sorted(FVC_CASES),
+        default=sorted(FVC_CASES),
+        help="fed-vs-central cases to (re)run; the others' results are kept",
+    )
     p.add_argument("--note", default="", help="a remark stored with the section (e.g. the load)")
     args = p.parse_args(argv)
     cmd = "python benchmarks/pretrain.py " + " ".join(argv or sys.argv[1:])
@@ -405,7 +428,11 @@ def main(argv=None) -> int:
             results["overhead"] = {"cases": overhead(args.set, args.rounds or 3), **stamp}
         elif section == "fed-vs-central":
             rounds = args.rounds or config(args.set).federation.rounds
-            results["fed_vs_central"] = {"cases": fed_vs_central(args.set, rounds), **stamp}
+            new = fed_vs_central(args.set, rounds, args.cases)
+            old = results.get("fed_vs_central", {}).get("cases", {})
+            for v in new.values():
+                v.update(stamp)
+            results["fed_vs_central"] = {"cases": {**old, **new}, **stamp}
         elif section == "memory":
             results["default_run"] = {**memory(args.set, args.rounds), **stamp}
         RESULTS.write_text(json.dumps(results, indent=1))
