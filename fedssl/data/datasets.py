@@ -163,6 +163,23 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _try_download(name: str) -> bool:
+    """Download torchvision dataset ``name`` into the cache; False (logged) when offline."""
+    try:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, name)(str(CACHE), download=True)
+        return True
+    except Exception as err:  # noqa: BLE001 - any download failure means "not available"
+        log.debug("torchvision %s download failed: %s", name, err)
+        return False
+
+
+def _not_found(what: str, looked_in: list[Path], howto: str) -> DatasetNotFoundError:
+    places = ", ".join(str(c) for c in looked_in)
+    return DatasetNotFoundError(f"{what} not found. Looked in: {places}. {howto}")
+
+
 def _find_idx_dir(candidates: list[Path]) -> Path | None:
     for d in candidates:
         for sub in (d, d / "fashion-mnist", d / "FashionMNIST" / "raw"):
@@ -192,21 +209,16 @@ def _fashion_mnist(root: str | None, split: str) -> ArrayDataset:
         candidates.append(Path(os.environ["FEDSSL_DATA"]))
     candidates += [SYSTEM_FASHION, CACHE]
     folder = _find_idx_dir(candidates)
-    if folder is None:
-        try:  # the online path: torchvision's downloader writes the same idx files
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(CACHE), download=True)
+    if folder is None:  # the online path: torchvision's downloader writes the same idx files
+        if _try_download("FashionMNIST"):
             folder = _find_idx_dir([CACHE])
-        except Exception as err:  # noqa: BLE001 - any download failure means "not available"
-            log.debug("torchvision download failed: %s", err)
     if folder is None:
-        raise DatasetNotFoundError(
-            "Fashion-MNIST not found. Looked in: "
-            + ", ".join(str(c) for c in candidates)
-            + ". Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
+        raise _not_found(
+            "Fashion-MNIST",
+            candidates,
+            "Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
             "four idx .gz files (train-images-idx3-ubyte.gz, ...) in a folder and pass "
-            "data.root=<folder> or set FEDSSL_DATA; online, torchvision downloads it."
+            "data.root=<folder> or set FEDSSL_DATA; online, torchvision downloads it.",
         )
     splits = ["train", "test"] if split == "all" else [split]
     parts = [_load_idx_split(folder, s) for s in splits]
@@ -290,21 +302,10 @@ def _flowers_dir(candidates: list[Path]) -> Path | None:
 def _flower102(root: str | None, split: str) -> FileDataset:
     candidates = _data_candidates(root, "flowers-102", "flowers102")
     folder = _flowers_dir(candidates)
-    if folder is None and not root:
-        try:
-            from torchvision.datasets import Flowers102
-
-            Flowers102(str(CACHE), download=True)
-            folder = _flowers_dir(candidates)
-        except Exception as err:  # noqa: BLE001 - any download failure means "not available"
-            log.debug("torchvision Flowers102 download failed: %s", err)
+    if folder is None and not root and _try_download("Flowers102"):
+        folder = _flowers_dir(candidates)
     if folder is None:
-        raise DatasetNotFoundError(
-            "Flowers102 not found. Looked in: "
-            + ", ".join(str(c) for c in candidates)
-            + ". "
-            + FLOWERS_HOWTO
-        )
+        raise _not_found("Flowers102", candidates, FLOWERS_HOWTO)
     from scipy.io import loadmat
 
     labels = loadmat(folder / "imagelabels.mat")["labels"].reshape(-1).astype(np.int64) - 1
@@ -354,12 +355,7 @@ def _intel_scene(root: str | None, split: str) -> FileDataset:
         None,
     )
     if folder is None:
-        raise DatasetNotFoundError(
-            "Intel Image Classification not found. Looked in: "
-            + ", ".join(str(c) for c in candidates)
-            + ". "
-            + INTEL_HOWTO
-        )
+        raise _not_found("Intel Image Classification", candidates, INTEL_HOWTO)
     paths, labels = [], []
     for s in ("train", "test") if split == "all" else (split,):
         d = _intel_split_dir(folder, s)
