@@ -373,8 +373,7 @@ def render(results: dict) -> str:
             "setting named in the case, if any), one "
             "local epoch per round; centralized: one model on the union of the clients' "
             "unlabeled images, one epoch per round, same learning-rate schedule, batch size and "
-            "optimizer. kNN: each client's labeled 25% as the bank, its test split as queries. "
-            + r.get("note", ""),
+            "optimizer. kNN: each client's labeled 25% as the bank, its test split as queries.",
             "",
             "| case | client | random init | federated | centralized | fed / central |",
             "|---|---|---|---|---|---|",
@@ -390,6 +389,8 @@ def render(results: dict) -> str:
             f, c = v["federated"]["knn_acc_mean"], v["centralized"]["knn_acc_mean"]
             lines.append(f"| {label} | **mean** | | **{f:.4f}** | **{c:.4f}** | **{f / c:.3f}** |")
         lines += ["", "Target: federated >= 0.95x centralized in the IID case.", ""]
+        if r.get("note"):
+            lines += [r["note"], ""]
         for label, v in r["cases"].items():
             lines.append(
                 f"- {label}: `{v.get('command', r['command'])}` ({v.get('date', r['date'])})"
