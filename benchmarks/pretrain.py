@@ -53,12 +53,17 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     from lightly.models.modules import SimCLRProjectionHead
 
     from fedssl.data.tasks import ImageDataset, client_task
-    from fedssl.federation.pretraining import image_mode, views_loader, views_transform
+    from fedssl.federation.pretraining import (
+        image_mode,
+        model_in_chans,
+        views_loader,
+        views_transform,
+    )
     from fedssl.models.simclr import build_backbone
 
     torch.manual_seed(seed)
     m = cfg.model
-    backbone = build_backbone(m.backbone, in_chans=m.in_chans or 1, small_input=m.small_input)
+    backbone = build_backbone(m.backbone, in_chans=model_in_chans(cfg), small_input=m.small_input)
     head = SimCLRProjectionHead(backbone.num_features, m.proj_hidden, m.proj_out)
     criterion = NTXentLoss(temperature=cfg.ssl.temperature)
     params = list(backbone.parameters()) + list(head.parameters())

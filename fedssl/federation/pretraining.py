@@ -25,7 +25,7 @@ from fedssl.models.simclr import SimCLR, eval_transform, simclr_transform
 __all__ = [
     "build_simclr",
     "initial_state",
-    "round_lr",
+    "model_in_chans",
     "local_train",
     "local_evaluate",
     "backbone_knn",
@@ -35,12 +35,17 @@ __all__ = [
 ]
 
 
+def model_in_chans(cfg: ExperimentConfig) -> int:
+    """The backbone's input channels: ``model.in_chans``, or (0) the most any client's data has."""
+    return cfg.model.in_chans or task_in_chans(cfg.data)
+
+
 def build_simclr(cfg: ExperimentConfig, lr: float | None = None) -> SimCLR:
     """The configured SimCLR module (backbone from timm, lightly head and loss)."""
     m, t = cfg.model, cfg.train
     return SimCLR(
         m.backbone,
-        in_chans=m.in_chans or task_in_chans(cfg.data),
+        in_chans=model_in_chans(cfg),
         small_input=m.small_input,
         proj_hidden=m.proj_hidden,
         proj_out=m.proj_out,
@@ -83,14 +88,14 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
 
 
 def image_mode(cfg: ExperimentConfig) -> str:
-    return "RGB" if (cfg.model.in_chans or task_in_chans(cfg.data)) == 3 else "L"
+    return "RGB" if (model_in_chans(cfg)) == 3 else "L"
 
 
 def views_transform(cfg: ExperimentConfig):
     """lightly's SimCLR views for the configured image size, channels and augmentation."""
     return simclr_transform(
         cfg.model.image_size,
-        cfg.model.in_chans or task_in_chans(cfg.data),
+        model_in_chans(cfg),
         min_scale=cfg.ssl.min_scale,
         cj_prob=cfg.ssl.cj_prob,
         cj_strength=cfg.ssl.cj_strength,

@@ -85,39 +85,26 @@ def _row(
 
 def _plot(rd: RunDir, title: str, task: Task) -> None:
     rows = rd.metrics()
-    if task.headline == "merged_acc":
-        rows = [r for r in rows if r.get("merged_acc") is not None]
-        series = {
-            "merged (server test)": ([r["round"] for r in rows], [r["merged_acc"] for r in rows])
-        }
-        cols = sorted({k for r in rows for k in r if k.startswith("local_acc_c")})
-        labels = {c: f"local {c[-2:]}" for c in cols}
-        ylabel = "accuracy"
-    else:
-        series = {}
-        cols = sorted({k for r in rows for k in r for e in task.eval_columns if k.startswith(e)})
-        labels = {c: c.replace("_", " ") for c in cols}
-        ylabel = ", ".join(task.eval_columns)
+    cols = [task.headline] + sorted(
+        {k for r in rows for k in r for c in task.plot_columns if k.startswith(f"{c}_c")}
+    )
+    series = {}
     for col in cols:
         pts = [(r["round"], r[col]) for r in rows if r.get(col) is not None]
         if pts:
-            series[labels[col]] = ([p[0] for p in pts], [p[1] for p in pts])
+            series[col.replace("_", " ")] = ([p[0] for p in pts], [p[1] for p in pts])
     if series:
-        plot_curves(series, rd.path / "accuracy.png", title=title, ylabel=ylabel)
+        plot_curves(series, rd.path / "accuracy.png", title=title, ylabel=task.ylabel)
 
 
 def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
-    head = row.get(task.headline)
     parts = [f"[fedssl] {cfg.name} round {row['round']}/{cfg.federation.rounds}"]
-    if head is not None:
-        parts.append(f"{task.headline}={head:.4f}")
-    for k, v in row.items():
-        if v is None or k == task.headline:
-            continue
-        if k.startswith(("local_acc_c", *(f"{c}_c" for c in task.eval_columns))):
-            parts.append(f"{k}={v:.4f}")
-        elif k.startswith("train_loss_c") and task.name == "pretrain":
-            parts.append(f"{k[6:]}={v:.3f}")
+    if row.get(task.headline) is not None:
+        parts.append(f"{task.headline}={row[task.headline]:.4f}")
+    for col, fmt in task.progress_columns:
+        parts += [
+            f"{k}={v:{fmt}}" for k, v in row.items() if k.startswith(f"{col}_c") and v is not None
+        ]
     parts.append(f"({row.get('round_s') or 0:.1f}s)")
     return " ".join(parts)
 

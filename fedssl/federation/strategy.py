@@ -59,10 +59,6 @@ def _non_finite_key(content: RecordDict) -> str | None:
     return None
 
 
-def _record_bytes(record: ArrayRecord) -> int:
-    return sum(len(record[k].data) for k in record)
-
-
 class MergeStrategy(FedAvg):
     """FedAvg's sampling and messaging; merging by any fedssl aggregation method.
 
@@ -150,7 +146,9 @@ class MergeStrategy(FedAvg):
             self._global = from_record(arrays)
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rnd = server_round + self.round_offset
-        self.round_info.setdefault(rnd, {})["bytes_down"] = len(msgs) * _record_bytes(arrays)
+        self.round_info.setdefault(rnd, {})["bytes_down"] = len(msgs) * num_bytes(
+            from_record(arrays)
+        )
         return msgs
 
     def configure_evaluate(

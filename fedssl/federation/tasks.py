@@ -33,6 +33,10 @@ class Task:
     eval_columns: tuple[str, ...] = ()
     #: the number that sums up a round, for progress lines and plots
     headline = ""
+    #: per-client columns printed each evaluated round (with their format) and plotted
+    progress_columns: tuple[tuple[str, str], ...] = ()
+    plot_columns: tuple[str, ...] = ()
+    ylabel = "accuracy"
 
     def initial_state(self, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -69,6 +73,8 @@ class ClassificationTask(Task):
     name = "merge"
     train_columns = ("local_acc", "train_loss", "train_s", "received_fingerprint")
     headline = "merged_acc"
+    progress_columns = (("local_acc", ".4f"),)
+    plot_columns = ("local_acc",)
 
     def initial_state(self, cfg):
         from fedssl.federation.classification import initial_state
@@ -111,6 +117,9 @@ class PretrainTask(Task):
     )
     eval_columns = ("knn_acc",)
     headline = "knn_acc_mean"
+    progress_columns = (("train_loss", ".3f"), ("knn_acc", ".4f"))
+    plot_columns = ("knn_acc",)
+    ylabel = "kNN accuracy"
 
     def initial_state(self, cfg):
         from fedssl.federation.pretraining import initial_state
@@ -139,7 +148,7 @@ class PretrainTask(Task):
     def on_checkpoint(self, cfg, run_dir, rnd, state):
         """Keep ``<run>/backbone.safetensors`` (the latest merged backbone, with its architecture
         in the metadata) for stage two and for users."""
-        from fedssl.data.tasks import task_in_chans
+        from fedssl.federation.pretraining import model_in_chans
         from fedssl.models.simclr import export_backbone
 
         m = cfg.model
@@ -148,7 +157,7 @@ class PretrainTask(Task):
             Path(run_dir) / "backbone.safetensors",
             {
                 "backbone": m.backbone,
-                "in_chans": m.in_chans or task_in_chans(cfg.data),
+                "in_chans": model_in_chans(cfg),
                 "small_input": m.small_input,
                 "image_size": m.image_size,
                 "round": rnd,

@@ -14,7 +14,6 @@ suit 28x28 single-channel images (no blur, no grayscale, one-channel normalisati
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,7 +133,6 @@ class SimCLR(pl.LightningModule):
         optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
         lr: learning rate.
         weight_decay: L2 penalty.
-        max_epochs: for the cosine schedule over this module's ``fit`` (0: constant lr).
 
     The batch is ``(views, labels)`` with ``views`` a list of two image tensors (what lightly's
     transforms produce); labels are ignored.
@@ -151,7 +149,6 @@ class SimCLR(pl.LightningModule):
         optimizer: str = "sgd",
         lr: float = 0.06,
         weight_decay: float = 5e-4,
-        max_epochs: int = 0,
     ):
         super().__init__()
         if isinstance(backbone, str):
@@ -167,7 +164,6 @@ class SimCLR(pl.LightningModule):
         )
         self.criterion = NTXentLoss(temperature=temperature)
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
-        self.max_epochs = max_epochs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, num_features)``."""
@@ -188,20 +184,14 @@ class SimCLR(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        """The configured optimizer, with a cosine decay over ``max_epochs`` when set."""
+        """The configured optimizer at ``self.lr`` (the round's learning rate is set by the
+        caller, see :func:`fedssl.config.round_lr`)."""
         params = self.parameters()
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        elif self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.max_epochs <= 0:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, self.max_epochs) / self.max_epochs))
-        )
-        return {"optimizer": opt, "lr_scheduler": sched}
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 def export_backbone(
