@@ -26,6 +26,7 @@ __all__ = [
     "FederationConfig",
     "TrackingConfig",
     "SSLConfig",
+    "FinetuneConfig",
     "ExperimentConfig",
     "load_config",
     "round_lr",
@@ -155,6 +156,36 @@ class FederationConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Stage two (paper 003): a client's task head on the shared backbone (experiment: finetune).
+
+    ``backbone`` is a stage-one run directory or a ``backbone.safetensors`` file; empty: the most
+    recent run under ``out_dir`` holding one; ``none``: a randomly initialised backbone of
+    ``model.*`` (the paper's supervised "CL" baseline, normally with ``mode: full``).
+    """
+
+    backbone: str = ""
+    mode: str = "linear"  # linear: backbone frozen; partial: its last stage trains; full
+    epochs: int = 30  # local epochs (federated: per round, see local_epochs)
+    local_epochs: int = 1  # federated fine-tuning: epochs per round
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    labels_per_class: int = 0  # > 0: use only this many labeled images per class (label-scarce)
+    augment: str = "crop"  # none | crop | crop_flip (partial/full modes; linear uses none)
+    eval_max: int = 0  # cap on images scored per evaluation set (0: all)
+
+    _choices = {
+        "mode": ("linear", "partial", "full"),
+        "optimizer": ("sgd", "adam", "adamw"),
+        "augment": ("none", "crop", "crop_flip"),
+    }
+
+
+@dataclass
 class TrackingConfig:
     """Weights & Biases; ``auto`` = online with credentials, else offline."""
 
@@ -177,9 +208,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    _choices = {"experiment": ("merge", "pretrain")}
+    _choices = {"experiment": ("merge", "pretrain", "finetune")}
 
     def run_dir(self) -> Path:
         """The run directory ``<out_dir>/<name>``."""

@@ -57,7 +57,11 @@ def train(msg: Message, context: Context) -> Message:
     from fedssl.federation.tasks import get_task
 
     state, metrics = get_task(cfg).train(
-        cfg, partition_id(context), from_record(msg.content["arrays"]), server_round
+        cfg,
+        partition_id(context),
+        from_record(msg.content["arrays"]),
+        server_round,
+        store=context.state,
     )
     content = RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
@@ -69,5 +73,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = _config(msg, context)
     from fedssl.federation.tasks import get_task
 
-    metrics = get_task(cfg).evaluate(cfg, partition_id(context), from_record(msg.content["arrays"]))
+    metrics = get_task(cfg).evaluate(
+        cfg, partition_id(context), from_record(msg.content["arrays"]), store=context.state
+    )
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

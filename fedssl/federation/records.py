@@ -21,6 +21,9 @@ __all__ = ["SHARED_KEYS", "travelling_keys", "to_record", "from_record", "num_by
 SHARED_KEYS: dict[str, tuple[str, ...] | None] = {
     "merge": None,
     "pretrain": ("backbone.", "projection_head."),
+    # Stage two: at most the backbone, and only its trainable part
+    # (BackboneClassifier.trainable_state_keys); "head." never travels.
+    "finetune": ("backbone.",),
 }
 
 

@@ -11,7 +11,8 @@ __all__ = ["simulate"]
 
 
 def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False) -> None:
-    """Run ``cfg``'s rounds with ``cfg.data.num_clients`` virtual clients.
+    """Run ``cfg``'s rounds with one virtual client per ``data.clients`` entry (or
+    ``data.num_clients`` for the partitioned single-dataset experiments).
 
     Each client gets ``federation.cpus_per_client`` CPUs from Ray, so on a 2-core machine two
     clients train at once with one thread each (``train.threads``).
@@ -32,7 +33,7 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
     run_simulation(
         server_app=make_server_app(cfg, resume),
         client_app=client_app,
-        num_supernodes=cfg.data.num_clients,
+        num_supernodes=len(cfg.data.clients) or cfg.data.num_clients,
         backend_config=backend_config,
         verbose_logging=verbose,
     )

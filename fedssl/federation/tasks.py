@@ -10,6 +10,8 @@ columns and headline of the run log.
 * ``pretrain`` (paper 003, stage one): SimCLR on each client's unlabeled images; every client
   scores the merged backbone by kNN on its own labeled/test data (``knn_acc``), so no data leaves
   a client, not even for evaluation.
+* ``finetune`` (paper 003, stage two, ``--federated``): each client's task head stays on the
+  client; only the trainable part of the backbone travels and is merged.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from flwr.app import RecordDict
 
 from fedssl.config import ConfigError, ExperimentConfig
 
-__all__ = ["Task", "ClassificationTask", "PretrainTask", "get_task"]
+__all__ = ["Task", "ClassificationTask", "PretrainTask", "FinetuneTask", "get_task"]
 
 
 class Task:
@@ -42,12 +45,23 @@ class Task:
         raise NotImplementedError
 
     def train(
-        self, cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], rnd: int
+        self,
+        cfg: ExperimentConfig,
+        pid: int,
+        state: dict[str, torch.Tensor],
+        rnd: int,
+        store: RecordDict | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One round on client ``pid``; ``store`` is the node's persistent Flower
+        ``Context.state`` (what a client keeps between rounds and never sends)."""
         raise NotImplementedError
 
     def evaluate(
-        self, cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor]
+        self,
+        cfg: ExperimentConfig,
+        pid: int,
+        state: dict[str, torch.Tensor],
+        store: RecordDict | None = None,
     ) -> dict[str, float]:
         raise NotImplementedError(f"{self.name} has no client-side evaluation")
 
@@ -81,7 +95,7 @@ class ClassificationTask(Task):
 
         return initial_state(cfg)
 
-    def train(self, cfg, pid, state, rnd):
+    def train(self, cfg, pid, state, rnd, store=None):
         from fedssl.federation.classification import local_train
 
         return local_train(cfg, pid, state, rnd)
@@ -126,7 +140,7 @@ class PretrainTask(Task):
 
         return initial_state(cfg)
 
-    def train(self, cfg, pid, state, rnd):
+    def train(self, cfg, pid, state, rnd, store=None):
         from fedssl.federation.classification import weights_fingerprint
         from fedssl.federation.pretraining import local_evaluate, local_train
 
@@ -140,7 +154,7 @@ class PretrainTask(Task):
             metrics["knn_init"] = init
         return new, metrics
 
-    def evaluate(self, cfg, pid, state):
+    def evaluate(self, cfg, pid, state, store=None):
         from fedssl.federation.pretraining import local_evaluate
 
         return local_evaluate(cfg, pid, state)
@@ -203,7 +217,45 @@ class PretrainTask(Task):
         }
 
 
-_TASKS: dict[str, Task] = {"merge": ClassificationTask(), "pretrain": PretrainTask()}
+class FinetuneTask(Task):
+    """Stage two, federated: every client trains its own head (kept in its ``Context.state``
+    and saved under ``<run>/heads/``, never sent) and the trainable backbone part, which is
+    merged by FedAvg each round."""
+
+    name = "finetune"
+    train_columns = ("train_loss", "train_s", "received_fingerprint")
+    eval_columns = ("test_acc", "unlabeled_acc")
+    headline = "test_acc_mean"
+    progress_columns = (("train_loss", ".3f"), ("test_acc", ".4f"))
+    plot_columns = ("test_acc",)
+
+    def initial_state(self, cfg):
+        from fedssl.finetuning import federated_initial_state
+
+        return federated_initial_state(cfg)
+
+    def train(self, cfg, pid, state, rnd, store=None):
+        from fedssl.federation.classification import weights_fingerprint
+        from fedssl.finetuning import federated_train
+
+        new, metrics = federated_train(cfg, pid, state, rnd, store)
+        metrics["received_fingerprint"] = weights_fingerprint(state)
+        return new, metrics
+
+    def evaluate(self, cfg, pid, state, store=None):
+        from fedssl.finetuning import federated_evaluate
+
+        return federated_evaluate(cfg, pid, state, store)
+
+    def manifest(self, cfg):
+        return PretrainTask().manifest(cfg)
+
+
+_TASKS: dict[str, Task] = {
+    "merge": ClassificationTask(),
+    "pretrain": PretrainTask(),
+    "finetune": FinetuneTask(),
+}
 
 
 def get_task(cfg_or_name: ExperimentConfig | str) -> Task:

@@ -1,12 +1,19 @@
-"""Supervised classification as a LightningModule composed around any network.
+"""Supervised classification as LightningModules.
 
 ``Classifier(net, ...)`` trains ``net`` (logits out) with cross-entropy. With ``allowed_labels``
 the softmax runs over those labels only, so a client that never sees some classes does not push
 their logits down (a label-skew remedy for federated clients; see docs/results/merge.md).
+
+``BackboneClassifier(backbone, num_classes, mode)`` is stage two of paper 003: a client's own
+linear task head on the shared (stage-one) backbone. ``mode`` says how much of the backbone
+trains: ``linear`` (frozen: a linear probe), ``partial`` (its last stage, the paper's "minimal
+retraining") or ``full``. Frozen parts stay in eval mode, so their BatchNorm statistics are the
+pretrained ones.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -14,7 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Classifier", "accuracy"]
+__all__ = [
+    "Classifier",
+    "BackboneClassifier",
+    "MODES",
+    "trainable_prefixes",
+    "accuracy",
+]
+
+#: How much of the backbone a :class:`BackboneClassifier` trains.
+MODES = ("linear", "partial", "full")
 
 
 class Classifier(pl.LightningModule):
@@ -134,3 +150,153 @@ def accuracy(
         )
     net.train(was_training)
     return correct / len(labels)
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def trainable_prefixes(backbone: nn.Module, mode: str) -> tuple[str, ...]:
+    """Module paths of ``backbone`` that train in ``mode`` (``("",)``: all; ``()``: none).
+
+    ``partial`` is the backbone's last stage (the last entry of timm's ``feature_info``, e.g.
+    ``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``blocks.11`` of a ViT) plus every
+    top-level module after it that holds weights (a final norm, ``conv_head``).
+
+    Raises:
+        ValueError: unknown mode, or ``partial`` on a backbone without ``feature_info``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "full":
+        return ("",)
+    if mode == "linear":
+        return ()
+    info = getattr(backbone, "feature_info", None)
+    names = [d["module"] for d in info] if isinstance(info, list) else []
+    if not names:
+        raise ValueError(
+            f"mode 'partial' needs the backbone's stages (timm's feature_info); "
+            f"{type(backbone).__name__} has none: use linear or full"
+        )
+    last = names[-1]
+    top = [n for n, _ in backbone.named_children()]
+    first = last.split(".")[0]
+    after = top[top.index(first) + 1 :] if first in top else []
+    later = [n for n in after if any(True for _ in getattr(backbone, n).parameters())]
+    return (last, *later)
+
+
+class BackboneClassifier(pl.LightningModule):
+    """A backbone (pooled features, ``num_features`` wide) and a linear task head
+    (``head``: feature standardisation + ``nn.Linear``).
+
+    Args:
+        backbone: e.g. a timm model with ``num_classes=0`` (see :mod:`fedssl.models.simclr`).
+        num_classes: the client's classes.
+        mode: ``linear``, ``partial`` or ``full`` (see :func:`trainable_prefixes`).
+        optimizer: ``sgd`` (with ``momentum``), ``adam`` or ``adamw``.
+        lr: the head's learning rate (cosine-annealed to 0 over the fit).
+        backbone_lr_scale: the trainable backbone's learning rate is ``lr`` times this.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty / decoupled decay.
+
+    The batch is ``(images, labels)``; a batch of pooled features ``(B, num_features)`` may be
+    given instead when ``mode == "linear"`` (set ``features_input = True``): the frozen backbone's
+    features can then be computed once and reused every epoch.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        mode: str = "linear",
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        backbone_lr_scale: float = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        if not hasattr(backbone, "num_features"):
+            raise ValueError("backbone must expose num_features (timm models do)")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd, adam or adamw")
+        self.backbone = backbone
+        width = int(backbone.num_features)
+        # Features are standardised before the linear layer (BatchNorm without affine, as in
+        # MAE's linear probing): a frozen backbone's features can be tiny or badly scaled, and
+        # at inference this is still one linear map. momentum=None: the running statistics are
+        # the average over every batch seen, right from the first (a short fit would otherwise
+        # leave them near their initial values and squash the features at evaluation).
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(width, affine=False, momentum=None), nn.Linear(width, num_classes)
+        )
+        self.mode = mode
+        self.trainable = trainable_prefixes(backbone, mode)
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(_under(name, self.trainable))
+        self.optimizer_name, self.lr, self.backbone_lr_scale = optimizer, lr, backbone_lr_scale
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.features_input = False
+        self.anneal = True  # cosine to 0 over one fit; False: constant lr (federated rounds)
+        self.train(self.training)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head[1].out_features
+
+    def train(self, mode: bool = True):
+        """Set train/eval mode; frozen backbone modules always stay in eval mode."""
+        super().train(mode)
+        for name, m in self.backbone.named_modules():
+            if name and not _under(name, self.trainable):
+                m.training = False
+        if not self.trainable:
+            self.backbone.training = False
+        return self
+
+    def trainable_state_keys(self) -> list[str]:
+        """State-dict names of the trainable backbone part (``backbone.*``): what a federated
+        fine-tuning round shares (the head never does)."""
+        return [f"backbone.{k}" for k in self.backbone.state_dict() if _under(k, self.trainable)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images (or for pooled features when ``features_input``)."""
+        if self.features_input:
+            return self.head(x)
+        if not self.trainable:
+            with torch.no_grad():
+                f = self.backbone(x)
+            return self.head(f)
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch, batch_idx):
+        """Cross-entropy on one mini-batch; logs ``train_loss``."""
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def configure_optimizers(self):
+        """The optimizer over the head and the trainable backbone part; the learning rate is
+        annealed to 0 over the fit (cosine) unless ``anneal`` is off."""
+        groups = [{"params": list(self.head.parameters()), "lr": self.lr}]
+        bb = [p for p in self.backbone.parameters() if p.requires_grad]
+        if bb:
+            groups.append({"params": bb, "lr": self.lr * self.backbone_lr_scale})
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, momentum=self.momentum, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "adam":
+            opt = torch.optim.Adam(groups, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        if not self.anneal:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,542 @@
+"""Stage two (paper 003): a client's own linear task head on the shared backbone.
+
+A client attaches a linear head (its own classes) to the stage-one backbone and trains it on its
+**labeled** part (25% of its data in the paper); the backbone is frozen (``linear``), retrained in
+its last stage only (``partial``, the paper's "minimal retraining") or entirely (``full``).
+It is scored twice, and both numbers are always reported under these names:
+
+* ``unlabeled_acc``: on the client's unlabeled 75% (the images stage one trained SimCLR on,
+  never their labels): paper 003's evaluation;
+* ``test_acc``: on the dataset's own test split (never seen in either stage).
+
+The labeled/unlabeled split is the stage-one run's (same ``data`` config and client position),
+so the head never trains on an image it is scored on. ``finetune.labels_per_class`` keeps only
+that many labeled images per class (label-scarce runs; the evaluation sets do not change).
+``finetune.backbone: none`` trains the same architecture from random weights: the paper's
+supervised "CL" baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedssl.config import ConfigError, ExperimentConfig, save_config
+from fedssl.data.tasks import ClientTask, ImageDataset, client_task, subsample
+from fedssl.federation.classification import quiet_trainer
+from fedssl.models.classifier import BackboneClassifier
+from fedssl.models.simclr import build_backbone, eval_transform, load_backbone
+
+__all__ = [
+    "BACKBONE_FILE",
+    "resolve_backbone",
+    "finetune_config",
+    "client_index",
+    "build_classifier",
+    "labeled_indices",
+    "fit",
+    "evaluate",
+    "finetune",
+    "save_head",
+    "load_head",
+    "HEAD_KEY",
+    "head_file",
+    "federated_initial_state",
+    "federated_train",
+    "federated_evaluate",
+]
+
+BACKBONE_FILE = "backbone.safetensors"
+
+
+def resolve_backbone(spec: str, out_dir: str | Path = "runs") -> Path | None:
+    """The backbone file ``finetune.backbone`` names.
+
+    ``""``: the newest ``<out_dir>/*/backbone.safetensors``; a directory: its
+    ``backbone.safetensors``; a file: itself; ``none``: no backbone (random init, returns None).
+
+    Raises:
+        FileNotFoundError: nothing there (the message says how to make one).
+    """
+    if spec.lower() == "none":
+        return None
+    if not spec:
+        found = sorted(Path(out_dir).glob(f"*/{BACKBONE_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"no stage-one backbone under {out_dir}/*/{BACKBONE_FILE}; run "
+                f"`python launch/pretrain.py` first, or pass --backbone RUN_DIR_OR_FILE "
+                f"(--backbone none trains from random weights)"
+            )
+        return found[-1]
+    p = Path(spec)
+    if p.is_dir():
+        p = p / BACKBONE_FILE
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{spec} holds no {BACKBONE_FILE}: not a finished stage-one run directory"
+            )
+    if not p.is_file():
+        raise FileNotFoundError(f"no backbone file or run directory at {spec}")
+    return p
+
+
+def finetune_config(
+    path: str | Path, overrides: list[str] | None = None
+) -> tuple[ExperimentConfig, Path | None]:
+    """The fine-tuning config and the backbone file it uses.
+
+    ``path`` (e.g. ``configs/finetune/default.yaml``) gives the ``finetune`` settings; the
+    ``data``, ``model`` and ``seed`` come from the stage-one run that produced the backbone (its
+    ``config.yaml``), so every client's labeled/unlabeled split is the one stage one used. With
+    ``finetune.backbone: none`` they come from the newest stage-one run when there is one, else
+    from ``configs/pretrain/default.yaml``. ``overrides`` apply last (``data.*`` too).
+    """
+    import yaml
+
+    from fedssl.config import apply_overrides, from_dict, load_config, to_dict
+
+    ov = list(overrides or [])
+    cfg = load_config(path, ov)
+    bb = resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
+    source = bb if bb is not None else _newest_backbone(cfg.out_dir)
+    run_cfg = source.parent / "config.yaml" if source is not None else None
+    if run_cfg is None or not run_cfg.is_file():
+        run_cfg = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "default.yaml"
+    if run_cfg.is_file():
+        run = load_config(run_cfg)
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({"data": to_dict(run.data), "model": to_dict(run.model), "seed": run.seed})
+        cfg = from_dict(ExperimentConfig, apply_overrides(data, ov))
+    cfg.experiment = "finetune"
+    return cfg, bb
+
+
+def _newest_backbone(out_dir: str | Path) -> Path | None:
+    try:
+        return resolve_backbone("", out_dir)
+    except FileNotFoundError:
+        return None
+
+
+def client_index(cfg: ExperimentConfig, client: str | int) -> int:
+    """Position of ``client`` (a dataset name or a partition id) in ``data.clients``.
+
+    A dataset that is not among the clients becomes the only client (``data.clients`` is set to
+    ``[client]``), so any dataset can get a head on any backbone.
+    """
+    clients = cfg.data.clients
+    if isinstance(client, int) or str(client).isdigit():
+        pid = int(client)
+        if not 0 <= pid < len(clients):
+            raise ConfigError(f"client {pid} is outside data.clients {clients}")
+        return pid
+    if client in clients:
+        if clients.count(client) > 1:
+            raise ConfigError(
+                f"{client!r} is listed {clients.count(client)} times in data.clients "
+                f"(IID shards); name the client by its position instead"
+            )
+        return clients.index(client)
+    cfg.data.clients = [str(client)]
+    return 0
+
+
+def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module, dict]:
+    m = cfg.model
+    if path is None:
+        from fedssl.federation.pretraining import model_in_chans
+
+        torch.manual_seed(cfg.seed)
+        meta = {
+            "backbone": m.backbone,
+            "in_chans": model_in_chans(cfg),
+            "small_input": m.small_input,
+            "image_size": m.image_size,
+            "source": "random init",
+        }
+        net = build_backbone(m.backbone, in_chans=meta["in_chans"], small_input=m.small_input)
+        return net, meta
+    net, meta = load_backbone(path)
+    meta = {
+        **meta,
+        "in_chans": int(meta.get("in_chans", 3)),
+        "image_size": int(meta.get("image_size", m.image_size)),
+        "source": str(path),
+    }
+    return net, meta
+
+
+def build_classifier(
+    cfg: ExperimentConfig, num_classes: int, path: Path | None
+) -> tuple[BackboneClassifier, dict]:
+    """Backbone (from ``path``, or random when None) + a fresh linear head; returns the module
+    and the backbone's metadata (``backbone``, ``in_chans``, ``image_size``, ``source``)."""
+    f = cfg.finetune
+    net, meta = _backbone(cfg, path)
+    torch.manual_seed(cfg.seed + 1)
+    module = BackboneClassifier(
+        net,
+        num_classes,
+        mode=f.mode,
+        optimizer=f.optimizer,
+        lr=f.lr,
+        backbone_lr_scale=f.backbone_lr_scale,
+        momentum=f.momentum,
+        weight_decay=f.weight_decay,
+    )
+    return module, meta
+
+
+def labeled_indices(cfg: ExperimentConfig, task: ClientTask) -> np.ndarray:
+    """The labeled images the head trains on (all, or ``labels_per_class`` per class)."""
+    n = cfg.finetune.labels_per_class
+    idx = task.labeled
+    if n <= 0:
+        return idx
+    labels = task.train.labels[idx]
+    counts = np.bincount(labels, minlength=task.num_classes)
+    if counts.min() < n:
+        raise ConfigError(
+            f"finetune.labels_per_class={n}, but {task.name}'s labeled part has only "
+            f"{int(counts.min())} images of its rarest class"
+        )
+    keep = []
+    rng = np.random.default_rng(cfg.data.seed + 17)
+    for c in range(task.num_classes):
+        members = idx[labels == c]
+        keep.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _train_transform(image_size: int, in_chans: int, augment: str):
+    import torchvision.transforms as T
+
+    from fedssl.models.simclr import _normalize
+
+    if augment == "none":
+        return eval_transform(image_size, in_chans)
+    steps = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True)]
+    if augment == "crop_flip":
+        steps.append(T.RandomHorizontalFlip())
+    norm = _normalize(in_chans)
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])
+
+
+def _mode(meta: dict) -> str:
+    return "RGB" if int(meta["in_chans"]) == 3 else "L"
+
+
+@torch.no_grad()
+def _features(module: BackboneClassifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    module.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(module.backbone(x))
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit(
+    module: BackboneClassifier,
+    cfg: ExperimentConfig,
+    task: ClientTask,
+    meta: dict,
+    epochs: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train ``module`` (head, and the backbone part its mode allows) on the labeled images.
+
+    ``linear`` computes the frozen backbone's features once and trains the head on them (same
+    result as passing images every epoch, without augmentation, many times faster).
+    Returns ``train_loss`` (last epoch), ``train_s``, ``labeled`` (images used), ``epochs``.
+    """
+    f, t = cfg.finetune, cfg.train
+    torch.set_num_threads(max(1, t.threads))
+    idx = labeled_indices(cfg, task)
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    if module.mode == "linear":
+        plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
+        x, y = _features(module, DataLoader(plain, batch_size=t.eval_batch_size))
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=f.batch_size, shuffle=True, generator=gen
+        )
+        module.features_input = True
+    else:
+        ds = ImageDataset(task.train, idx, _train_transform(size, chans, f.augment), _mode(meta))
+        loader = DataLoader(
+            ds, batch_size=f.batch_size, shuffle=True, generator=gen, num_workers=t.workers
+        )
+    trainer = quiet_trainer(max_epochs=epochs)
+    module.train()  # Lightning keeps the mode it finds (feature extraction left it in eval)
+    try:
+        with warnings.catch_warnings():  # frozen backbone parts are in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            trainer.fit(module, loader)
+    finally:
+        module.features_input = False
+    loss = trainer.callback_metrics.get("train_loss")
+    return {
+        "train_loss": float(loss) if loss is not None else float("nan"),
+        "train_s": time.perf_counter() - t0,
+        "labeled": int(len(idx)),
+        "epochs": int(epochs),
+    }
+
+
+@torch.no_grad()
+def _accuracy(module: BackboneClassifier, loader: DataLoader) -> float:
+    module.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((module(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(1, total)
+
+
+def evaluate(
+    module: BackboneClassifier, cfg: ExperimentConfig, task: ClientTask, meta: dict
+) -> dict[str, float]:
+    """``unlabeled_acc`` (the client's unlabeled part, paper 003's protocol) and ``test_acc``
+    (the dataset's test split), each on at most ``finetune.eval_max`` images (stratified)."""
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    tf = eval_transform(size, chans)
+    cap, seed = cfg.finetune.eval_max, cfg.data.seed
+    bs = cfg.train.eval_batch_size
+    out = {}
+    for name, data, idx in (
+        ("unlabeled", task.train, task.unlabeled),
+        ("test", task.test, np.arange(len(task.test))),
+    ):
+        keep = idx[subsample(data.labels[idx], cap, seed)]
+        loader = DataLoader(ImageDataset(data, keep, tf, _mode(meta)), batch_size=bs)
+        out[f"{name}_acc"] = _accuracy(module, loader)
+        out[f"{name}_n"] = int(len(keep))
+    return out
+
+
+def save_head(module: BackboneClassifier, path: str | Path, meta: dict) -> Path:
+    """Write the head (``head.weight``, ``head.bias``) and, unless the backbone was frozen, the
+    fine-tuned backbone (``backbone.*``) as safetensors with ``meta`` in the metadata."""
+    import os
+
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    sd = module.state_dict()
+    keep = [k for k in sd if k.startswith("head.")]
+    if module.mode != "linear":
+        keep += [k for k in sd if k.startswith("backbone.")]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tensors = {k: sd[k].detach().cpu().contiguous() for k in keep}
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    os.replace(tmp, p)
+    return p
+
+
+def load_head(module: BackboneClassifier, path: str | Path) -> None:
+    """Load a file written by :func:`save_head` into ``module``.
+
+    Raises:
+        ValueError: the head does not fit (another client's classes, another backbone width).
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit this classifier: {err}") from err
+    if unexpected or any(k.startswith("head.") for k in missing):
+        raise ValueError(f"{path} does not fit this classifier: unexpected {unexpected[:3]}")
+
+
+def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | None = None) -> dict:
+    """Train and score one client's head; write ``<run_dir>/head.safetensors`` and
+    ``results.json``. Returns the results (accuracies, sizes, times, backbone source)."""
+    f = cfg.finetune
+    if f.epochs < 1:
+        raise ConfigError(f"finetune.epochs must be >= 1, got {f.epochs}")
+    path = resolve_backbone(f.backbone, cfg.out_dir)
+    pid = client_index(cfg, client)
+    task = client_task(cfg.data, pid)
+    module, meta = build_classifier(cfg, task.num_classes, path)
+    if path is not None and meta["backbone"] != cfg.model.backbone:
+        print(
+            f"[fedssl] note: the backbone file holds {meta['backbone']!r}; "
+            f"model.backbone {cfg.model.backbone!r} is ignored",
+            flush=True,
+        )
+    rd = Path(run_dir) if run_dir is not None else cfg.run_dir()
+    rd.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, rd / "config.yaml")
+    train = fit(module, cfg, task, meta, f.epochs, seed=cfg.seed)
+    t0 = time.perf_counter()
+    scores = evaluate(module, cfg, task, meta)
+    results = {
+        "client": task.name,
+        "partition_id": pid,
+        "mode": f.mode,
+        "backbone": meta["backbone"],
+        "backbone_source": meta["source"],
+        "num_classes": task.num_classes,
+        **train,
+        **scores,
+        "eval_s": time.perf_counter() - t0,
+    }
+    head_meta = {
+        "client": task.name,
+        "num_classes": task.num_classes,
+        "mode": f.mode,
+        **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
+    }
+    save_head(module, rd / "head.safetensors", head_meta)
+    (rd / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+# --------------------------------------------------------------------------- federated (Flower)
+HEAD_KEY = "fedssl.head"  # the head's ArrayRecord in the client's Context.state
+
+
+def heads_dir(cfg: ExperimentConfig) -> Path:
+    """Where each client of a federated fine-tuning run saves its head (on its own machine)."""
+    return cfg.run_dir() / "heads"
+
+
+def head_file(cfg: ExperimentConfig, pid: int) -> Path:
+    """``<run>/heads/client<pid>-<dataset>.safetensors``."""
+    return heads_dir(cfg) / f"client{pid}-{cfg.data.clients[pid]}.safetensors"
+
+
+def _federated_module(cfg: ExperimentConfig, num_classes: int):
+    if cfg.finetune.mode == "linear":
+        raise ConfigError(
+            "federated fine-tuning needs finetune.mode partial or full: with a frozen backbone "
+            "(linear) nothing is shared, so train each head on its own "
+            "(launch/finetune.py --client NAME)"
+        )
+    path = resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
+    module, meta = build_classifier(cfg, num_classes, path)
+    module.anneal = False  # the round's learning rate comes from the round schedule
+    return module, meta
+
+
+def shared_state(module: BackboneClassifier) -> dict[str, torch.Tensor]:
+    """What a fine-tuning client sends: its trainable backbone part, within
+    ``SHARED_KEYS["finetune"]`` (never a ``head.`` key)."""
+    from fedssl.federation.records import SHARED_KEYS, travelling_keys
+
+    sd = module.state_dict()
+    trainable = {k: sd[k] for k in module.trainable_state_keys()}
+    keys = travelling_keys(trainable, include=SHARED_KEYS["finetune"], exclude=("head.",))
+    return {k: trainable[k].detach() for k in keys}
+
+
+def federated_initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The shared starting point: the trainable backbone part of the stage-one backbone."""
+    module, _ = _federated_module(cfg, 2)
+    return shared_state(module)
+
+
+def _load_received(module: BackboneClassifier, state: dict[str, torch.Tensor]) -> None:
+    expected = set(shared_state(module))
+    got = set(state)
+    if got != expected:
+        raise ValueError(
+            "received backbone weights do not match this client's trainable part: "
+            f"missing {sorted(expected - got)[:3]}, unexpected {sorted(got - expected)[:3]}"
+        )
+    try:
+        module.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"received backbone weights do not fit: {err}") from err
+
+
+def _restore_head(cfg: ExperimentConfig, pid: int, module: BackboneClassifier, store) -> bool:
+    """Load this client's head from its Context state, else from its saved file (resume)."""
+    from fedssl.federation.records import from_record
+
+    if store is not None and HEAD_KEY in store.array_records:
+        head = from_record(store.array_records[HEAD_KEY])
+        module.head.load_state_dict({k[len("head.") :]: v for k, v in head.items()})
+        return True
+    f = head_file(cfg, pid)
+    if f.is_file():
+        from safetensors.torch import load_file
+
+        head = {k[len("head.") :]: v for k, v in load_file(str(f)).items() if k.startswith("head.")}
+        module.head.load_state_dict(head)
+        return True
+    return False
+
+
+def federated_train(
+    cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], rnd: int, store=None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One round of federated fine-tuning on client ``pid``: its head (kept locally) and the
+    received trainable backbone part train ``finetune.local_epochs`` on its labeled images; only
+    the backbone part is returned. The round's learning rate follows ``train.lr_schedule`` over
+    the rounds, starting at ``finetune.lr``."""
+    import math
+
+    from flwr.app import ArrayRecord
+
+    f = cfg.finetune
+    task = client_task(cfg.data, pid)
+    module, meta = _federated_module(cfg, task.num_classes)
+    _load_received(module, state)
+    _restore_head(cfg, pid, module, store)
+    rounds = max(1, cfg.federation.rounds)
+    module.lr = f.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / rounds))
+    metrics = fit(module, cfg, task, meta, f.local_epochs, seed=cfg.seed * 1009 + rnd * 31 + pid)
+    sd = module.state_dict()
+    head = {k: sd[k].detach().clone() for k in sd if k.startswith("head.")}
+    if store is not None:
+        store.array_records[HEAD_KEY] = ArrayRecord(head)
+    save_head(
+        module,
+        head_file(cfg, pid),
+        {
+            "client": task.name,
+            "num_classes": task.num_classes,
+            "mode": f.mode,
+            "round": rnd,
+            **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
+        },
+    )
+    return shared_state(module), {
+        "num-examples": metrics["labeled"],
+        "partition-id": int(pid),
+        "train_loss": metrics["train_loss"],
+        "train_s": metrics["train_s"],
+    }
+
+
+def federated_evaluate(
+    cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], store=None
+) -> dict[str, float]:
+    """Score the merged backbone part with this client's own head (``test_acc``,
+    ``unlabeled_acc``)."""
+    torch.set_num_threads(max(1, cfg.train.threads))
+    task = client_task(cfg.data, pid)
+    module, meta = _federated_module(cfg, task.num_classes)
+    _load_received(module, state)
+    if not _restore_head(cfg, pid, module, store):
+        raise ValueError(f"client {pid} has no trained head yet (evaluate after a train round)")
+    scores = evaluate(module, cfg, task, meta)
+    return {
+        "test_acc": scores["test_acc"],
+        "unlabeled_acc": scores["unlabeled_acc"],
+        "partition-id": int(pid),
+        "num-examples": scores["test_n"],
+    }

@@ -1,0 +1,161 @@
+"""Stage two (paper 003): a client's task-specific linear head on the shared stage-one backbone.
+
+Examples::
+
+    python launch/finetune.py --client fashion_mnist          # after python launch/pretrain.py
+    python launch/finetune.py --client mnist --mode partial   # also retrain the last stage
+    python launch/finetune.py --client mnist --labels-per-class 20   # label-scarce
+    python launch/finetune.py --client mnist --backbone none --mode full   # the "CL" baseline
+    python launch/finetune.py --client flower102 --backbone runs/pretrain-paper \\
+        --set data.roots.flower102=/data/flowers
+    python launch/finetune.py --federated --mode partial --rounds 5   # every client at once
+
+The head trains on the client's labeled part and is scored on its unlabeled part
+(``unlabeled_acc``: paper 003's protocol) and on the dataset's test split (``test_acc``). The
+split is the stage-one run's (its ``config.yaml``). Results: ``runs/<name>/results.json`` and
+``head.safetensors`` (head, plus the fine-tuned backbone unless ``--mode linear``).
+
+``--federated`` trains all clients' heads together on Flower (simulation): the trainable part of
+the backbone is merged by FedAvg each round, the heads never leave their clients (each is kept in
+the client's Flower ``Context`` state and saved as ``runs/<name>/heads/client<i>-<dataset>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedssl.config import ConfigError, to_dict  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "default.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--client", help="dataset name (or position) of the client: fashion_mnist, ...")
+    p.add_argument("--federated", action="store_true", help="all clients at once, on Flower")
+    p.add_argument("--backbone", help="stage-one run dir or backbone file; none: random init")
+    p.add_argument("--mode", choices=["linear", "partial", "full"])
+    p.add_argument("--epochs", type=int, help="training epochs (federated: per round)")
+    p.add_argument("--rounds", type=int, help="--federated: rounds")
+    p.add_argument("--labels-per-class", type=int, help="use only this many labels per class")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="default: %(default)s")
+    p.add_argument("--name", help="run name (default: finetune-<client>-<mode>)")
+    p.add_argument("--out-dir", help="parent of run directories (default: runs)")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--verbose", action="store_true", help="--federated: Flower's and Ray's logs")
+    args = p.parse_args(argv)
+    if not args.federated and args.client is None:
+        p.error("--client is required (or --federated for every client)")
+    return args
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    ov = list(args.set)
+    if args.out_dir:
+        ov.append(f"out_dir={args.out_dir}")
+    if args.backbone is not None:
+        ov.append(f"finetune.backbone={args.backbone}")
+    if args.mode:
+        ov.append(f"finetune.mode={args.mode}")
+    elif args.federated:
+        ov.append("finetune.mode=partial")
+    if args.epochs is not None:
+        ov.append(f"finetune.{'local_epochs' if args.federated else 'epochs'}={args.epochs}")
+    if args.rounds is not None:
+        ov.append(f"federation.rounds={args.rounds}")
+    if args.labels_per_class is not None:
+        ov.append(f"finetune.labels_per_class={args.labels_per_class}")
+    if args.wandb:
+        ov.append(f"tracking.wandb={args.wandb}")
+    return ov
+
+
+def run_one(cfg, client: str, args) -> int:
+    from fedssl.finetuning import finetune
+    from fedssl.tracking import Tracker
+
+    f = cfg.finetune
+    label = "none" if f.backbone.lower() == "none" else "stage one"
+    cfg.name = args.name or f"finetune-{client}-{f.mode}" + ("-cl" if label == "none" else "")
+    scarce = f", {f.labels_per_class} labels per class" if f.labels_per_class else ""
+    print(
+        f"[fedssl] stage two: client {client}, mode {f.mode}, {f.epochs} epochs{scarce}; "
+        f"run dir {cfg.run_dir()}",
+        flush=True,
+    )
+    t = time.perf_counter()
+    r = finetune(cfg, client)
+    tracker = Tracker(
+        cfg.tracking.wandb, cfg.tracking.project, cfg.name, cfg.run_dir(), to_dict(cfg)
+    )
+    tracker.log({k: v for k, v in r.items() if isinstance(v, int | float)}, step=0)
+    tracker.finish()
+    print(
+        f"[fedssl] backbone {r['backbone']} from {r['backbone_source']}; head trained on "
+        f"{r['labeled']} labeled images ({r['train_s']:.0f}s)"
+    )
+    print(
+        f"[fedssl] {r['client']}: unlabeled_acc={r['unlabeled_acc']:.4f} "
+        f"(its {r['unlabeled_n']} unlabeled images, paper 003's protocol)  "
+        f"test_acc={r['test_acc']:.4f} (the dataset's {r['test_n']} test images)"
+    )
+    print(
+        f"[fedssl] done in {time.perf_counter() - t:.0f}s; results: "
+        f"{cfg.run_dir() / 'results.json'}, head: {cfg.run_dir() / 'head.safetensors'}"
+    )
+    return 0
+
+
+def run_federated(cfg, args) -> int:
+    from fedssl.federation.simulation import simulate
+    from fedssl.runs import RunDir
+
+    if len(cfg.data.clients) < 2:
+        raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")
+    cfg.name = args.name or f"finetune-federated-{cfg.finetune.mode}"
+    f = cfg.federation
+    print(
+        f"[fedssl] stage two, federated: {', '.join(cfg.data.clients)}; mode "
+        f"{cfg.finetune.mode}, {f.rounds} rounds of {cfg.finetune.local_epochs} epoch(s); heads "
+        f"stay on their clients; run dir {cfg.run_dir()}",
+        flush=True,
+    )
+    t = time.perf_counter()
+    simulate(cfg, verbose=args.verbose)
+    rows = [r for r in RunDir(cfg.run_dir()).metrics() if r.get("test_acc_mean") is not None]
+    if rows:
+        last = rows[-1]
+        for pid, name in enumerate(cfg.data.clients):
+            print(
+                f"[fedssl] client {pid} {name}: test_acc={last.get(f'test_acc_c{pid}', 0):.4f} "
+                f"unlabeled_acc={last.get(f'unlabeled_acc_c{pid}', 0):.4f}"
+            )
+    print(f"[fedssl] done in {time.perf_counter() - t:.0f}s; heads: {cfg.run_dir() / 'heads'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from fedssl.data.datasets import DatasetNotFoundError
+    from fedssl.finetuning import finetune_config
+
+    try:
+        cfg, _ = finetune_config(args.config, overrides(args))
+        if args.federated:
+            return run_federated(cfg, args)
+        return run_one(cfg, args.client, args)
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Stage two: a client's head on the stage-one backbone, alone and federated (heads stay home)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from fedssl import finetuning
+from fedssl.config import ConfigError, load_config, save_config
+from fedssl.data.tasks import client_task
+from fedssl.federation import pretraining
+from fedssl.federation.simulation import simulate
+from fedssl.federation.strategy import MergeStrategy
+from fedssl.models.simclr import export_backbone
+from fedssl.runs import RunDir
+
+FINETUNE_CONFIG = "configs/finetune/default.yaml"
+LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "finetune.py"
+
+
+@pytest.fixture
+def stage_one(tiny_pretrain, tmp_path):
+    """A stage-one run directory (config.yaml + backbone.safetensors) whose backbone had a few
+    local SimCLR steps on the tiny data: ``runs/pt``."""
+    cfg = load_config("configs/pretrain/default.yaml", tiny_pretrain(tmp_path / "runs", "pt"))
+    cfg.train.local_steps = 6
+    state, _ = pretraining.local_train(cfg, 0, pretraining.initial_state(cfg), 1)
+    rd = cfg.run_dir()
+    save_config(cfg, rd / "config.yaml")
+    meta = {"backbone": "test_resnet", "in_chans": 1, "small_input": False, "image_size": 28}
+    export_backbone(state, rd / "backbone.safetensors", meta)
+    return rd
+
+
+def _cfg(run_dir, *overrides):
+    cfg, path = finetuning.finetune_config(
+        FINETUNE_CONFIG,
+        [f"out_dir={run_dir.parent}", "tracking.wandb=disabled", "train.threads=1", *overrides],
+    )
+    return cfg, path
+
+
+def test_resolve_backbone(tmp_path, stage_one):
+    with pytest.raises(FileNotFoundError, match="launch/pretrain.py"):
+        finetuning.resolve_backbone("", tmp_path / "empty")
+    (tmp_path / "runs" / "unfinished").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a finished stage-one run"):
+        finetuning.resolve_backbone(str(tmp_path / "runs" / "unfinished"))
+    assert finetuning.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
+    assert finetuning.resolve_backbone(str(stage_one)) == stage_one / "backbone.safetensors"
+    assert finetuning.resolve_backbone("none") is None
+
+
+def test_config_takes_the_split_from_the_stage_one_run(stage_one):
+    cfg, path = _cfg(stage_one)
+    assert path == stage_one / "backbone.safetensors"
+    assert cfg.experiment == "finetune"
+    assert cfg.data.clients == ["fashion_mnist", "fashion_mnist"]
+    assert cfg.data.max_per_client == 240 and cfg.model.backbone == "test_resnet"
+    assert cfg.finetune.mode == "linear" and cfg.finetune.backbone_lr_scale == 0.1
+    cfg, _ = _cfg(stage_one, "data.labeled_fraction=0.5", "finetune.mode=full")
+    assert cfg.data.labeled_fraction == 0.5 and cfg.finetune.mode == "full"
+
+
+def test_linear_head_on_the_stage_one_backbone(stage_one):
+    cfg, _ = _cfg(stage_one, "finetune.epochs=20", "name=lin")
+    frozen = load_file(str(stage_one / "backbone.safetensors"))
+    r = finetuning.finetune(cfg, 1)
+    task = client_task(cfg.data, 1)
+    assert r["client"] == "fashion_mnist" and r["partition_id"] == 1 and r["num_classes"] == 10
+    assert r["labeled"] == len(task.labeled) and r["unlabeled_n"] == len(task.unlabeled)
+    assert r["test_n"] == 100
+    # the tiny images' class is a bright block: a few SimCLR steps make it linearly separable
+    assert r["unlabeled_acc"] > 0.6 and r["test_acc"] > 0.6
+    rd = cfg.run_dir()
+    assert json.loads((rd / "results.json").read_text())["test_acc"] == r["test_acc"]
+    head = load_file(str(rd / "head.safetensors"))
+    assert set(head) == {
+        "head.0.running_mean",
+        "head.0.running_var",
+        "head.0.num_batches_tracked",
+        "head.1.weight",
+        "head.1.bias",
+    }
+    # the frozen backbone came from the file, untouched
+    module, meta = finetuning.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
+    assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in frozen.items())
+    finetuning.load_head(module, rd / "head.safetensors")
+    assert finetuning.evaluate(module, cfg, task, meta)["test_acc"] == r["test_acc"]
+    other, _ = finetuning.build_classifier(cfg, 3, stage_one / "backbone.safetensors")
+    with pytest.raises(ValueError, match="does not fit this classifier"):
+        finetuning.load_head(other, rd / "head.safetensors")
+
+
+def test_label_scarce_subset(stage_one):
+    cfg, _ = _cfg(stage_one, "finetune.labels_per_class=2")
+    task = client_task(cfg.data, 0)
+    idx = finetuning.labeled_indices(cfg, task)
+    assert np.bincount(task.train.labels[idx], minlength=10).tolist() == [2] * 10
+    assert set(idx) <= set(task.labeled)
+    rarest = np.bincount(task.train.labels[task.labeled]).min()
+    cfg.finetune.labels_per_class = 50
+    with pytest.raises(ConfigError, match=f"only {rarest} images of its rarest class"):
+        finetuning.labeled_indices(cfg, task)
+
+
+def test_cl_baseline_trains_everything_from_random_weights(stage_one):
+    cfg, path = _cfg(
+        stage_one, "finetune.backbone=none", "finetune.mode=full", "finetune.epochs=40", "name=cl"
+    )
+    assert path is None and cfg.model.backbone == "test_resnet"
+    r = finetuning.finetune(cfg, 0)
+    assert r["backbone_source"] == "random init"
+    assert r["test_acc"] > 0.5
+    saved = load_file(str(cfg.run_dir() / "head.safetensors"))
+    assert any(k.startswith("backbone.layer4.") for k in saved)
+
+
+def test_federated_finetuning_never_sends_a_head(stage_one, monkeypatch):
+    received: list[set[str]] = []
+    original = MergeStrategy.aggregate_train
+
+    def spy(self, server_round, replies):
+        replies = list(replies)
+        for m in replies:
+            if m.has_content():
+                received.append({k for rec in m.content.array_records.values() for k in rec})
+        return original(self, server_round, replies)
+
+    monkeypatch.setattr(MergeStrategy, "aggregate_train", spy)
+    cfg, _ = _cfg(
+        stage_one,
+        "finetune.mode=partial",
+        "federation.rounds=2",
+        "finetune.local_epochs=2",
+        "name=fed",
+    )
+    cfg.data.clients = ["fashion_mnist", "mnist"]
+    cfg.data.roots = {"mnist": cfg.data.root}  # the tiny files stand in for MNIST too
+    simulate(cfg)
+
+    shared = set(finetuning.federated_initial_state(cfg))
+    assert shared and all(k.startswith("backbone.layer4.") for k in shared)
+    assert len(received) == 4  # two clients x two rounds
+    assert all(keys == shared for keys in received)
+    assert not any(k.startswith("head.") for keys in received for k in keys)
+
+    rows = RunDir(cfg.run_dir()).metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    for c in ("c0", "c1"):
+        assert 0.0 <= rows[-1][f"test_acc_{c}"] <= 1.0
+        assert 0.0 <= rows[-1][f"unlabeled_acc_{c}"] <= 1.0
+    heads = sorted((cfg.run_dir() / "heads").glob("*.safetensors"))
+    assert [h.name for h in heads] == [
+        "client0-fashion_mnist.safetensors",
+        "client1-mnist.safetensors",
+    ]
+    with safe_open(str(heads[0]), framework="pt") as f:
+        assert f.metadata()["round"] == "2"  # the head kept training from round 1's
+    h0, h1 = (load_file(str(h)) for h in heads)
+    assert not torch.equal(h0["head.1.weight"], h1["head.1.weight"])
+
+
+def test_federated_linear_mode_is_refused(stage_one):
+    cfg, _ = _cfg(stage_one)
+    with pytest.raises(ConfigError, match="needs finetune.mode partial or full"):
+        finetuning.federated_initial_state(cfg)
+
+
+@pytest.fixture(scope="module")
+def launch():
+    spec = importlib.util.spec_from_file_location("launch_finetune", LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_launch_flower102_on_fixture_data_and_without_it(launch, tiny_flowers, tmp_path, capsys):
+    torch.manual_seed(0)
+    from fedssl.models.simclr import SimCLR
+
+    rgb = SimCLR("test_resnet", in_chans=3)
+    meta = {"backbone": "test_resnet", "in_chans": 3, "small_input": False, "image_size": 32}
+    path = export_backbone(rgb.state_dict(), tmp_path / "rgb.safetensors", meta)
+    common = ["--backbone", str(path), "--out-dir", str(tmp_path), "--wandb", "disabled"]
+    argv = ["--client", "flower102", "--epochs", "2", *common]
+    assert launch.main([*argv, "--set", f"data.roots.flower102={tiny_flowers}"]) == 0
+    out = capsys.readouterr().out
+    assert "unlabeled_acc=" in out and "test_acc=" in out
+    r = json.loads((tmp_path / "finetune-flower102-linear" / "results.json").read_text())
+    assert r["num_classes"] == 3 and r["test_n"] == 15
+
+    assert launch.main([*argv, "--set", f"data.roots.flower102={tmp_path}/none"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/none" in err and "imagelabels.mat" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--client", "mnist", "--backbone", "/nope"], "no backbone file or run directory"),
+        (["--client", "mnist", "--set", "finetune.mod=full"], "unknown config key"),
+        (["--client", "cifar", "--backbone", "none"], "unknown dataset 'cifar'"),
+    ],
+)
+def test_launch_bad_input_exits_2(launch, argv, message, tmp_path, capsys):
+    assert launch.main([*argv, "--out-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
