@@ -196,6 +196,8 @@ def fed_vs_central(overrides: list[str], rounds: int, which: list[str]) -> dict:
     for key in which:
         label, extra = FVC_CASES[key]
         fed_only = [o for o in overrides if o.startswith("federation.server")]
+        if rounds != config(overrides).federation.rounds:
+            fed_only.append(f"{rounds} rounds")
         cases[label + (f" — {' '.join(fed_only)}" if fed_only else "")] = extra
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, extra) in enumerate(cases.items()):

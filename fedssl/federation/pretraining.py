@@ -10,6 +10,7 @@ travel.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "views_transform",
     "views_loader",
     "pretrain_centralized",
+    "backbone_meta",
 ]
 
 
@@ -197,11 +199,29 @@ def local_evaluate(
     }
 
 
-def pretrain_centralized(cfg: ExperimentConfig, epochs: int) -> dict:
+def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
+    """Metadata stored with an exported backbone: enough to rebuild it from the file alone."""
+    m = cfg.model
+    return {
+        "backbone": m.backbone,
+        "in_chans": model_in_chans(cfg),
+        "small_input": m.small_input,
+        "image_size": m.image_size,
+        "round": rnd,
+        "run": cfg.name,
+    }
+
+
+def pretrain_centralized(
+    cfg: ExperimentConfig, epochs: int, export: str | Path | None = None
+) -> dict:
     """The centralized reference: one SimCLR model on the union of every client's unlabeled
     images, ``epochs`` epochs with the federated run's per-round learning rate schedule (one
     epoch here = one round there: the same images, batch size and optimizer), then each client's
     kNN accuracy with its own labeled bank and test queries, exactly as the federated monitor.
+
+    ``export``: also write the backbone there (safetensors, as a federated run's
+    ``backbone.safetensors``), e.g. for stage two's centralized-SSL reference.
 
     Returns ``{"knn_acc_c<i>": ..., "knn_acc_mean": ..., "train_s": ..., "images": ...}``.
     """
@@ -223,6 +243,10 @@ def pretrain_centralized(cfg: ExperimentConfig, epochs: int) -> dict:
         trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch))
         images += int(trainer.global_step) * cfg.train.batch_size
     out: dict = {"train_s": time.perf_counter() - t0, "images": images}
+    if export is not None:
+        from fedssl.models.simclr import export_backbone
+
+        export_backbone(module.state_dict(), export, backbone_meta(cfg, epochs))
     accs = [backbone_knn(cfg, pid, module) for pid in range(len(cfg.data.clients))]
     out.update({f"knn_acc_c{i}": a for i, a in enumerate(accs)})
     out["knn_acc_mean"] = sum(accs) / len(accs)

@@ -162,22 +162,10 @@ class PretrainTask(Task):
     def on_checkpoint(self, cfg, run_dir, rnd, state):
         """Keep ``<run>/backbone.safetensors`` (the latest merged backbone, with its architecture
         in the metadata) for stage two and for users."""
-        from fedssl.federation.pretraining import model_in_chans
+        from fedssl.federation.pretraining import backbone_meta
         from fedssl.models.simclr import export_backbone
 
-        m = cfg.model
-        export_backbone(
-            state,
-            Path(run_dir) / "backbone.safetensors",
-            {
-                "backbone": m.backbone,
-                "in_chans": model_in_chans(cfg),
-                "small_input": m.small_input,
-                "image_size": m.image_size,
-                "round": rnd,
-                "run": cfg.name,
-            },
-        )
+        export_backbone(state, Path(run_dir) / "backbone.safetensors", backbone_meta(cfg, rnd))
 
     def manifest(self, cfg):
         """Which dataset each client holds and its labeled / unlabeled / test histograms.

@@ -211,3 +211,24 @@ def test_launch_flower102_on_fixture_data_and_without_it(launch, tiny_flowers, t
 def test_launch_bad_input_exits_2(launch, argv, message, tmp_path, capsys):
     assert launch.main([*argv, "--out-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path):
+    (stage_one / "state.json").write_text(json.dumps({"round": 1}))  # a finished 1-round run
+    spec = importlib.util.spec_from_file_location("launch_compare", LAUNCH.parent / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    md = tmp_path / "multitask.md"
+    argv = ["--pretrain", str(stage_one), "--methods", "CL", "FL+SSL (linear)", "--labels",
+            "0", "2", "--steps", "4", "--out-dir", str(tmp_path / "cmp"), "--results", str(md)]  # fmt: skip
+    assert compare.main(argv) == 0
+    res = json.loads(md.with_suffix(".json").read_text())
+    assert len(res["rows"]) == 2 * 2 * 2  # methods x clients x label settings
+    scarce = [r for r in res["rows"] if r["labels_per_class"] == 2]
+    assert {r["labeled"] for r in scarce} == {20}
+    cl = [r for r in res["rows"] if r["method"] == "CL"]
+    assert {r["backbone_source"] for r in cl} == {"random init"}
+    text = md.read_text()
+    assert "| CL | 29.926 | 83.288 |" in text and "+14.488" in text
+    assert "not yet measured" in text
+    assert text.count("| gain of FL+SSL (linear) over CL |") == 2

@@ -1,0 +1,333 @@
+"""Paper 003's Table 2: CL against FL+SSL per client, written to docs/results/multitask.md.
+
+Examples::
+
+    python launch/compare.py                  # offline pair (Fashion-MNIST + MNIST), ~40 min CPU
+    python launch/compare.py --pretrain runs/pretrain-default --labels 0 20
+    python launch/compare.py --pretrain-config configs/pretrain/paper.yaml \\
+        --set data.roots.intel_scene=/data/intel     # the paper's clients (GPU advised)
+
+Methods, each trained and scored per client on the same split (the stage-one run's):
+
+* **CL** (the paper's baseline): the same backbone architecture from random weights, trained
+  supervised (``mode full``) on the client's labeled images only, no SSL pretraining;
+* **FL+SSL (linear)**: the federated stage-one backbone, frozen, with the client's linear head;
+* **FL+SSL (partial)**: the same, its last stage retrained too (the paper's "minimal retraining");
+* **central SSL (linear)**, a reference: SimCLR on the union of the clients' unlabeled images on
+  one machine (same images, epochs and schedule as stage one), frozen, with the client's head.
+
+Label settings: ``--labels 0`` is the paper's (every image of the client's labeled 25%);
+``--labels N`` keeps N labeled images per class (label-scarce). Every head gets the same number
+of optimisation steps (``--steps``) whatever its labeled set's size. Scores are ``unlabeled_acc``
+(the client's unlabeled 75%, the paper's protocol) and ``test_acc`` (the dataset's test split).
+A stage-one run that already finished (``--pretrain``) is reused; otherwise it is run first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fedssl  # noqa: E402,F401  (allocator settings before torch)
+from fedssl.config import ConfigError, load_config, save_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "default.yaml"
+FINETUNE_CONFIG = ROOT / "configs" / "finetune" / "default.yaml"
+
+#: Paper 003, Table 2 (Acc@1 %, ResNet-50, clients Flowers102 and Intel Image Classification).
+PAPER = {
+    "clients": ["flower102", "intel_scene"],
+    "CL": [29.926, 83.288],
+    "FL+SSL": [53.971, 88.219],
+    "average_gain": 14.488,
+}
+
+#: method -> (backbone source, finetune overrides)
+METHODS = {
+    "CL": ("none", ["finetune.mode=full", "finetune.backbone_lr_scale=1.0"]),
+    "FL+SSL (linear)": ("federated", ["finetune.mode=linear"]),
+    "FL+SSL (partial)": ("federated", ["finetune.mode=partial"]),
+    "central SSL (linear)": ("central", ["finetune.mode=linear"]),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--pretrain", help="a finished stage-one run to use (default: run one)")
+    p.add_argument("--pretrain-config", default=str(PRETRAIN_CONFIG))
+    p.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=[0, 20],
+        help="labeled images per class; 0: the whole labeled part (default: 0 20)",
+    )
+    p.add_argument("--steps", type=int, default=300, help="optimisation steps per head")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--out-dir", default="runs/compare", help="run directories")
+    p.add_argument("--results", default=str(ROOT / "docs" / "results" / "multitask.md"))
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for stage one (and the heads' data section)",
+    )
+    p.add_argument(
+        "--finetune-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every head, e.g. finetune.lr=0.05",
+    )
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="offline")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def _finished(run: Path, rounds: int) -> bool:
+    state = run / "state.json"
+    return (
+        (run / "backbone.safetensors").is_file()
+        and state.is_file()
+        and (json.loads(state.read_text()).get("round", 0) >= rounds)
+    )
+
+
+def stage_one(args) -> tuple[Path, float | None]:
+    """The federated backbone's run directory (run now unless finished); seconds if run."""
+    from fedssl.federation.simulation import simulate
+
+    cfg = load_config(args.pretrain_config, [*args.set, f"tracking.wandb={args.wandb}"])
+    run = Path(args.pretrain) if args.pretrain else cfg.run_dir()
+    if args.pretrain and (run / "config.yaml").is_file():
+        cfg = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
+        cfg.out_dir, cfg.name = str(run.parent), run.name
+    if _finished(run, cfg.federation.rounds):
+        print(f"[compare] stage one: reusing {run}", flush=True)
+        return run, None
+    if args.pretrain and not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not a stage-one run directory (no config.yaml)")
+    print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
+    t = time.perf_counter()
+    simulate(cfg)
+    return run, time.perf_counter() - t
+
+
+def central_ssl(run: Path) -> tuple[Path, float | None]:
+    """The centralized-SSL reference backbone (same data, epochs and schedule as ``run``)."""
+    from fedssl.federation.pretraining import pretrain_centralized
+
+    cfg = load_config(run / "config.yaml")
+    cfg.name = f"{run.name}-central"
+    cfg.out_dir = str(run.parent)
+    out = cfg.run_dir()
+    if (out / "backbone.safetensors").is_file() and (out / "config.yaml").is_file():
+        print(f"[compare] central SSL: reusing {out}", flush=True)
+        return out, None
+    print(f"[compare] central SSL: SimCLR on the union of the clients' images -> {out}")
+    cfg.train.threads = os.cpu_count() or 1
+    t = time.perf_counter()
+    pretrain_centralized(cfg, cfg.federation.rounds, export=out / "backbone.safetensors")
+    save_config(cfg, out / "config.yaml")
+    return out, time.perf_counter() - t
+
+
+def head_epochs(labeled: int, batch: int, steps: int) -> int:
+    """Epochs that give about ``steps`` optimisation steps over ``labeled`` images."""
+    return max(1, math.ceil(steps / max(1, math.ceil(labeled / batch))))
+
+
+def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
+    from fedssl.data.tasks import client_task
+    from fedssl.finetuning import finetune, finetune_config, labeled_indices
+
+    sources = {"none": "none", "federated": str(fed), "central": str(central)}
+    rows = []
+    for n in args.labels:
+        for method in args.methods:
+            source, extra = METHODS[method]
+            if source == "central" and central is None:
+                continue
+            # data/model/seed always from the federated run, so every method sees one split
+            base = [f"finetune.backbone={fed}", f"out_dir={args.out_dir}"]
+            cfg, _ = finetune_config(
+                FINETUNE_CONFIG,
+                [*base, *extra, *args.finetune_set, f"finetune.labels_per_class={n}",
+                 "tracking.wandb=disabled"],
+            )  # fmt: skip
+            cfg.finetune.backbone = sources[source]
+            for pid, client in enumerate(cfg.data.clients):
+                labeled = len(labeled_indices(cfg, client_task(cfg.data, pid)))
+                cfg.finetune.epochs = head_epochs(labeled, cfg.finetune.batch_size, args.steps)
+                setting = "labeled25" if n == 0 else f"{n}perclass"
+                slug = method.lower().replace(" ", "-").replace("(", "").replace(")", "")
+                run_dir = Path(args.out_dir) / setting / slug / f"client{pid}-{client}"
+                t = time.perf_counter()
+                r = finetune(cfg, pid, run_dir)
+                r.update(method=method, labels_per_class=n, wall_s=time.perf_counter() - t)
+                rows.append(r)
+                print(
+                    f"[compare] {setting} {method:22s} {client:14s} labeled={r['labeled']:5d} "
+                    f"epochs={r['epochs']:4d} unlabeled_acc={r['unlabeled_acc']:.4f} "
+                    f"test_acc={r['test_acc']:.4f} ({r['wall_s']:.0f}s)",
+                    flush=True,
+                )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def render(res: dict) -> str:
+    """The results page (markdown) from the saved results."""
+    rows = res["rows"]
+    clients = res["clients"]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = [
+        "# Stage two: per-client task heads, FL+SSL against CL (paper 003, Table 2)",
+        "",
+        "Paper 003 trains a shared ResNet-50 by federated SimCLR on the clients' unlabeled 75%, "
+        "then each client trains its own linear head on its labeled 25% and reports Acc@1 on "
+        "its unlabeled 75%. CL is the same architecture trained supervised on the labeled 25% "
+        "only. fedssl's protocol is the same, on the data available here; `unlabeled` is the "
+        "paper's score, `test` the dataset's own test split (never seen in either stage).",
+        "",
+        f"Command: `{res['command']}` ({res['date']}; {res['machine']}). Stage one: "
+        f"`{res['stage_one']['run']}` ({res['stage_one']['summary']}). Every head gets about "
+        f"{res['steps']} optimisation steps (batch {res['batch_size']}). Wall time of the whole "
+        f"comparison: {res['wall_s'] / 60:.1f} min"
+        + (
+            f" (stage one {res['stage_one']['seconds'] / 60:.1f} min of it)."
+            if res["stage_one"].get("seconds")
+            else " (stage one reused, not included)."
+        ),
+        "",
+        "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)",
+        "",
+        "| method | flower102 | intel_scene | average |",
+        "|---|---|---|---|",
+        f"| CL | {PAPER['CL'][0]} | {PAPER['CL'][1]} | {sum(PAPER['CL']) / 2:.3f} |",
+        f"| FL+SSL | {PAPER['FL+SSL'][0]} | {PAPER['FL+SSL'][1]} | "
+        f"{sum(PAPER['FL+SSL']) / 2:.3f} |",
+        f"| gain | | | **+{PAPER['average_gain']}** |",
+        "",
+    ]
+    if sorted(clients) != sorted(PAPER["clients"]):
+        lines += [
+            "The paper-data row is **not yet measured**: Flowers102 and Intel Image "
+            "Classification are not on this machine (no internet), and no GPU was available "
+            "to this run. `python launch/compare.py --pretrain-config configs/pretrain/paper.yaml` "
+            "runs it where the data is.",
+            "",
+        ]
+    for n in res["labels"]:
+        sub = [r for r in rows if r["labels_per_class"] == n]
+        title = (
+            "the paper's setting: every image of the labeled 25%"
+            if n == 0
+            else f"label-scarce: {n} labeled images per class"
+        )
+        labeled = {r["client"]: r["labeled"] for r in sub}
+        lines += [
+            f"## Offline pair, {title}",
+            "",
+            "Labeled images per client: "
+            + ", ".join(f"{c} {labeled.get(c, '-')}" for c in clients)
+            + ". Acc@1 (%), unlabeled / test.",
+            "",
+            "| method | " + " | ".join(clients) + " | average (unlabeled) | average (test) |",
+            "|---|" + "---|" * (len(clients) + 2),
+        ]
+        avg = {}
+        for m in methods:
+            cells, unl, tst = [], [], []
+            for c in clients:
+                r = next((r for r in sub if r["method"] == m and r["client"] == c), None)
+                if r is None:
+                    cells.append("-")
+                    continue
+                cells.append(f"{_pct(r['unlabeled_acc'])} / {_pct(r['test_acc'])}")
+                unl.append(r["unlabeled_acc"])
+                tst.append(r["test_acc"])
+            if len(unl) == len(clients):
+                avg[m] = (sum(unl) / len(unl), sum(tst) / len(tst))
+                tail = f"{_pct(avg[m][0])} | {_pct(avg[m][1])}"
+            else:
+                tail = "- | -"
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
+        if "CL" in avg:
+            for m in ("FL+SSL (linear)", "FL+SSL (partial)"):
+                if m in avg:
+                    du, dt = (100 * (avg[m][i] - avg["CL"][i]) for i in range(2))
+                    lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
+        lines.append("")
+    lines += res.get("notes", [])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        fed, fed_s = stage_one(args)
+        central, central_s = (None, None)
+        if "central SSL (linear)" in args.methods:
+            central, central_s = central_ssl(fed)
+        rows = run_heads(args, fed, central)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import torch
+
+    from fedssl.runs import RunDir
+
+    cfg = load_config(fed / "config.yaml")
+    evals = [r["knn_acc_mean"] for r in RunDir(fed).metrics() if r.get("knn_acc_mean")]
+    summary = (
+        f"{cfg.model.backbone} {cfg.model.image_size} px, {cfg.federation.rounds} rounds, "
+        f"{cfg.data.max_per_client or 'all'} images per client, final mean kNN accuracy "
+        + (f"{evals[-1]:.4f}" if evals else "not logged")
+    )
+    results_md = Path(args.results)
+    res = {
+        "command": "python launch/compare.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": (
+            torch.cuda.get_device_name(0)
+            if torch.cuda.is_available()
+            else f"{os.cpu_count()} CPUs, {platform.machine()}, no GPU"
+        ),
+        "stage_one": {"run": str(fed), "summary": summary, "seconds": fed_s},
+        "central_ssl": {"run": str(central), "seconds": central_s},
+        "clients": cfg.data.clients,
+        "labels": args.labels,
+        "steps": args.steps,
+        "batch_size": load_config(FINETUNE_CONFIG).finetune.batch_size,
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
+    old = results_md.with_suffix(".json")
+    if old.is_file():
+        res["notes"] = json.loads(old.read_text()).get("notes", [])
+    results_md.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text(json.dumps(res, indent=1) + "\n")
+    results_md.write_text(render(res))
+    print(f"[compare] wrote {results_md} ({res['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
