@@ -399,8 +399,10 @@ def render(results: dict) -> str:
         if r.get("note"):
             lines += [r["note"], ""]
         for label, v in r["cases"].items():
+            remark = f" — {v['note']}" if v.get("note") else ""
             lines.append(
-                f"- {label}: `{v.get('command', r['command'])}` ({v.get('date', r['date'])})"
+                f"- {label}: `{v.get('command', r['command'])}` "
+                f"({v.get('date', r['date'])}){remark}"
             )
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -448,7 +450,13 @@ def main(argv=None) -> int:
             old = results.get("fed_vs_central", {}).get("cases", {})
             for v in new.values():
                 v.update(stamp)
-            results["fed_vs_central"] = {"cases": {**old, **new}, **stamp}
+            prev_note = results.get("fed_vs_central", {}).get("note", "")
+            # a case's own remark stays with the case; the section's interpretation is kept
+            results["fed_vs_central"] = {
+                "cases": {**old, **new},
+                **stamp,
+                "note": prev_note,
+            }
         elif section == "memory":
             results["default_run"] = {**memory(args.set, args.rounds), **stamp}
         RESULTS.write_text(json.dumps(results, indent=1))

@@ -13,6 +13,8 @@ Methods, each trained and scored per client on the same split (the stage-one run
   supervised (``mode full``) on the client's labeled images only, no SSL pretraining;
 * **FL+SSL (linear)**: the federated stage-one backbone, frozen, with the client's linear head;
 * **FL+SSL (partial)**: the same, its last stage retrained too (the paper's "minimal retraining");
+* **FL+SSL (full)**: the same backbone as the starting point of a full fine-tuning (backbone at a
+  tenth of the head's learning rate) — CL with SSL initialisation;
 * **central SSL (linear)**, a reference: SimCLR on the union of the clients' unlabeled images on
   one machine (same images, epochs and schedule as stage one), frozen, with the client's head.
 
@@ -56,6 +58,7 @@ METHODS = {
     "CL": ("none", ["finetune.mode=full", "finetune.backbone_lr_scale=1.0"]),
     "FL+SSL (linear)": ("federated", ["finetune.mode=linear"]),
     "FL+SSL (partial)": ("federated", ["finetune.mode=partial"]),
+    "FL+SSL (full)": ("federated", ["finetune.mode=full"]),
     "central SSL (linear)": ("central", ["finetune.mode=linear"]),
 }
 
@@ -268,7 +271,7 @@ def render(res: dict) -> str:
                 tail = "- | -"
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
         if "CL" in avg:
-            for m in ("FL+SSL (linear)", "FL+SSL (partial)"):
+            for m in ("FL+SSL (linear)", "FL+SSL (partial)", "FL+SSL (full)"):
                 if m in avg:
                     du, dt = (100 * (avg[m][i] - avg["CL"][i]) for i in range(2))
                     lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
