@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         if args.federated:
             return run_federated(cfg, args)
         return run_one(cfg, args.client, args)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as err:
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -219,8 +219,11 @@ def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path):
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     md = tmp_path / "multitask.md"
-    argv = ["--pretrain", str(stage_one), "--methods", "CL", "FL+SSL (linear)", "--labels",
-            "0", "2", "--steps", "4", "--out-dir", str(tmp_path / "cmp"), "--results", str(md)]  # fmt: skip
+    argv = [
+        *("--pretrain", str(stage_one), "--methods", "CL", "FL+SSL (linear)"),
+        *("--labels", "0", "2", "--steps", "4"),
+        *("--out-dir", str(tmp_path / "cmp"), "--results", str(md)),
+    ]
     assert compare.main(argv) == 0
     res = json.loads(md.with_suffix(".json").read_text())
     assert len(res["rows"]) == 2 * 2 * 2  # methods x clients x label settings
@@ -232,3 +235,16 @@ def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path):
     assert "| CL | 29.926 | 83.288 |" in text and "+14.488" in text
     assert "not yet measured" in text
     assert text.count("| gain of FL+SSL (linear) over CL |") == 2
+
+
+def test_launch_refuses_a_backbone_file_that_does_not_fit_its_architecture(
+    launch, tmp_path, capsys
+):
+    from fedssl.models.simclr import SimCLR
+
+    small = SimCLR("test_resnet", in_chans=1).state_dict()
+    meta = {"backbone": "resnet18", "in_chans": 1, "small_input": False, "image_size": 28}
+    path = export_backbone(small, tmp_path / "wrong.safetensors", meta)
+    argv = ["--client", "mnist", "--backbone", str(path), "--out-dir", str(tmp_path)]
+    assert launch.main([*argv, "--wandb", "disabled"]) == 2
+    assert "does not fit 'resnet18'" in capsys.readouterr().err
