@@ -1,11 +1,28 @@
 """Shared fixtures: tiny Fashion-MNIST-format data sets written as real idx .gz files."""
 
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
+
+
+def _load_launch(name: str):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", LAUNCH_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_launch():
+    """``load_launch(name)`` imports ``launch/<name>.py`` as a module (the launch scripts are
+    not a package)."""
+    return _load_launch
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -1,20 +1,12 @@
 """launch/merge.py and launch/pretrain.py: bad input gets a clear error and exit code 2, before
 anything runs."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "merge.py"
 
 
 @pytest.fixture(scope="module")
-def launch():
-    spec = importlib.util.spec_from_file_location("launch_merge", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def launch(load_launch):
+    return load_launch("merge")
 
 
 @pytest.mark.parametrize(
@@ -44,12 +36,8 @@ def test_env_and_flags_become_overrides(launch):
 
 
 @pytest.fixture(scope="module")
-def pretrain():
-    path = SCRIPT.parent / "pretrain.py"
-    spec = importlib.util.spec_from_file_location("launch_pretrain", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def pretrain(load_launch):
+    return load_launch("pretrain")
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,6 @@
 """Stage two: a client's head on the stage-one backbone, alone and federated (heads stay home)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from fedssl.models.simclr import export_backbone
 from fedssl.runs import RunDir
 
 FINETUNE_CONFIG = "configs/finetune/default.yaml"
-LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "finetune.py"
 
 
 @pytest.fixture
@@ -173,11 +170,8 @@ def test_federated_linear_mode_is_refused(stage_one):
 
 
 @pytest.fixture(scope="module")
-def launch():
-    spec = importlib.util.spec_from_file_location("launch_finetune", LAUNCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def launch(load_launch):
+    return load_launch("finetune")
 
 
 def test_launch_flower102_on_fixture_data_and_without_it(launch, tiny_flowers, tmp_path, capsys):
@@ -213,11 +207,9 @@ def test_launch_bad_input_exits_2(launch, argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path):
+def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path, load_launch):
     (stage_one / "state.json").write_text(json.dumps({"round": 1}))  # a finished 1-round run
-    spec = importlib.util.spec_from_file_location("launch_compare", LAUNCH.parent / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_launch("compare")
     md = tmp_path / "multitask.md"
     argv = [
         *("--pretrain", str(stage_one), "--methods", "CL", "FL+SSL (linear)"),
