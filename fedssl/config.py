@@ -128,6 +128,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     lr_schedule: str = "exp"  # exp: lr * lr_decay ** (r - 1); cosine: over the rounds
+    prox_mu: float = 0.0  # FedProx: proximal term mu/2 ||w - w_global||^2 (0: off)
     workers: int = 0  # DataLoader worker processes (0: in the training process)
 
     _choices = {

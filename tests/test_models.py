@@ -50,3 +50,30 @@ def test_accuracy_helper():
     assert accuracy(net, x, torch.tensor([0, 1, 1]), batch_size=2) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         accuracy(net, x[:0], torch.tensor([], dtype=torch.long))
+
+
+def _drift(prox_mu: float) -> float:
+    """How far 20 SGD steps move an MLP from its start, with the given FedProx weight."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedssl.federation.classification import quiet_trainer
+
+    torch.manual_seed(0)
+    net = MLP(4, hidden=16, in_features=8)
+    start = [p.detach().clone() for p in net.parameters()]
+    module = Classifier(net, lr=0.1, momentum=0.0, prox_mu=prox_mu)
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    quiet_trainer(max_steps=20).fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
+    if prox_mu:
+        assert module.proximal_term() > 0  # the term is live at the end of the fit
+    with torch.no_grad():
+        return float(
+            sum(((p - s) ** 2).sum() for p, s in zip(net.parameters(), start, strict=True))
+        )
+
+
+def test_fedprox_term_keeps_weights_near_the_start():
+    free, prox = _drift(0.0), _drift(5.0)
+    assert prox < 0.5 * free
+    with pytest.raises(ValueError, match="prox_mu must be >= 0"):
+        Classifier(torch.nn.Identity(), prox_mu=-1.0)

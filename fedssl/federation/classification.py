@@ -99,6 +99,7 @@ def local_train(
         weight_decay=cfg.train.weight_decay,
         allowed_labels=allowed,
         augment=cfg.train.augment,
+        prox_mu=cfg.train.prox_mu,
     )
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
     loader = DataLoader(

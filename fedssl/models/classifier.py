@@ -47,6 +47,9 @@ class Classifier(pl.LightningModule):
         augment: ``none``, ``flip`` (random horizontal flip) or ``flip_shift`` (flip plus a
             random translation of up to ``shift`` pixels), applied per example on the batch.
         shift: maximum translation in pixels for ``flip_shift``.
+        prox_mu: FedProx (Li et al. 2020): add ``prox_mu / 2 * ||w - w_start||^2`` to the loss,
+            ``w_start`` being the weights the fit started from (the received global model);
+            0 disables it.
     """
 
     def __init__(
@@ -60,9 +63,14 @@ class Classifier(pl.LightningModule):
         gamma: float = 1.0,
         augment: str = "none",
         shift: int = 2,
+        prox_mu: float = 0.0,
     ):
         super().__init__()
+        if prox_mu < 0:
+            raise ValueError(f"prox_mu must be >= 0, got {prox_mu}")
         self.net = net
+        self.prox_mu = prox_mu
+        self._anchor: list[torch.Tensor] = []
         self.optimizer_name = optimizer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.allowed_labels = (
@@ -105,13 +113,28 @@ class Classifier(pl.LightningModule):
             x = padded[bidx, cidx, rows, cols]
         return x
 
+    def on_train_start(self) -> None:
+        """Remember the starting weights for the FedProx term."""
+        if self.prox_mu > 0:
+            self._anchor = [p.detach().clone() for p in self.net.parameters()]
+
+    def proximal_term(self) -> torch.Tensor:
+        """``prox_mu / 2 * ||w - w_start||^2`` (0 without FedProx)."""
+        if self.prox_mu == 0 or not self._anchor:
+            return torch.zeros((), device=self.device)
+        sq = sum(
+            ((p - a) ** 2).sum() for p, a in zip(self.net.parameters(), self._anchor, strict=True)
+        )
+        return 0.5 * self.prox_mu * sq
+
     def training_step(self, batch, batch_idx):
-        """Cross-entropy on one (augmented) mini-batch; logs ``train_loss``."""
+        """Cross-entropy on one (augmented) mini-batch (plus the FedProx term); logs
+        ``train_loss`` (the cross-entropy alone)."""
         x, y = batch
         x = self._augmented(x)
         loss = F.cross_entropy(self._masked(self(x)), y)
         self.log("train_loss", loss, prog_bar=False, on_step=False, on_epoch=True)
-        return loss
+        return loss + self.proximal_term() if self.prox_mu > 0 else loss
 
     def configure_optimizers(self):
         """SGD (with momentum) or Adam over all parameters; exponential decay per epoch."""
