@@ -153,7 +153,13 @@ class FederationConfig:
     # learning rate (1: take the merge). See docs/results/merge.md for when it pays off.
     server_momentum: float = 0.0
     server_lr: float = 1.0
+    # Flower's FedOpt server optimizers over the merge: none | adam | yogi | adagrad, with
+    # Flower's parameters (eta, beta_1, beta_2, tau), e.g. server_opt_args: {eta: 0.01}
+    server_opt: str = "none"
+    server_opt_args: dict[str, float] = field(default_factory=dict)
     timeout_s: float = 3600.0
+
+    _choices = {"server_opt": ("none", "adam", "yogi", "adagrad")}
 
 
 @dataclass

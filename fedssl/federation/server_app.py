@@ -22,7 +22,7 @@ from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
 from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
 from fedssl.federation.records import from_record, to_record
-from fedssl.federation.strategy import MergeStrategy
+from fedssl.federation.strategy import MergeStrategy, build_strategy
 from fedssl.federation.tasks import Task, get_task
 from fedssl.plots import plot_curves
 from fedssl.runs import RunDir
@@ -32,6 +32,7 @@ __all__ = ["app", "make_server_app", "run_server", "config_from_run_config"]
 
 log = logging.getLogger(__name__)
 VELOCITY_FILE = "server_momentum.safetensors"  # FedAvgM's momentum buffer, for --resume
+MOMENTS_FILE = "server_opt.safetensors"  # FedAdam/FedYogi/FedAdagrad moments, for --resume
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -120,10 +121,11 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     task = get_task(cfg)
     rd = RunDir(cfg.run_dir())
     start_round = 0
-    velocity = None
+    velocity = moments = None
     if resume:
         start_round, state = rd.load_checkpoint()
         velocity = rd.load_tensors(VELOCITY_FILE)
+        moments = rd.load_tensors(MOMENTS_FILE)
         rd.truncate_metrics(start_round)
         print(f"[fedssl] resuming {rd.path} after round {start_round}", flush=True)
     else:
@@ -144,7 +146,10 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
 
     f = cfg.federation
     n_clients = len(cfg.data.clients) or cfg.data.num_clients
-    strategy = MergeStrategy(
+    strategy = build_strategy(
+        server_opt=f.server_opt,
+        opt_args=f.server_opt_args,
+        moments=moments,
         method=f.method,
         weighted=f.weighted,
         round_offset=start_round,
@@ -178,6 +183,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         rd.log_metrics(row)
         if strategy.velocity:
             rd.save_tensors(VELOCITY_FILE, strategy.velocity)
+        if hasattr(strategy, "moments"):
+            rd.save_tensors(MOMENTS_FILE, strategy.moments())
         rd.save_checkpoint(rnd, sd)
         task.on_checkpoint(cfg, rd.path, rnd, sd)
         tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)

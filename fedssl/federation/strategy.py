@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -19,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.federation.records import from_record, num_bytes, to_record
 
-__all__ = ["MergeStrategy", "merge_contents"]
+__all__ = ["MergeStrategy", "merge_contents", "build_strategy", "SERVER_OPTIMIZERS"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,30 @@ class MergeStrategy(FedAvg):
     ):
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
         super().__init__(**fedavg_kwargs)
+        self._setup(
+            method=method,
+            weighted=weighted,
+            keys=keys,
+            round_offset=round_offset,
+            eval_every=eval_every,
+            total_rounds=total_rounds,
+            server_momentum=server_momentum,
+            server_lr=server_lr,
+            velocity=velocity,
+        )
+
+    def _setup(
+        self,
+        method: str = "avg",
+        weighted: bool = True,
+        keys: Iterable[str] | None = None,
+        round_offset: int = 0,
+        eval_every: int = 1,
+        total_rounds: int = 0,
+        server_momentum: float = 0.0,
+        server_lr: float = 1.0,
+        velocity: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         resolve_method(method)  # fail fast on a bad name
         self.method = method
         self.weighted = weighted
@@ -245,3 +270,90 @@ class MergeStrategy(FedAvg):
             }
         )
         return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def _flower_optimizers() -> dict[str, type]:
+    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi
+
+    return {"adam": FedAdam, "yogi": FedYogi, "adagrad": FedAdagrad}
+
+
+#: Server optimizers of Flower's FedOpt family (Reddi et al. 2020) that can sit on top of any
+#: fedssl merge: the merged result is the "pseudo-gradient" Flower's FedAdam/FedYogi/FedAdagrad
+#: apply with their own server learning rate ``eta`` and moments.
+SERVER_OPTIMIZERS = ("none", "adam", "yogi", "adagrad")
+
+
+def build_strategy(
+    server_opt: str = "none",
+    opt_args: dict | None = None,
+    moments: dict[str, torch.Tensor] | None = None,
+    **kwargs,
+) -> MergeStrategy:
+    """The round strategy: :class:`MergeStrategy` (``none``; FedAvgM through its
+    ``server_momentum``), or Flower's own FedAdam / FedYogi / FedAdagrad applied to the result of
+    the fedssl merge.
+
+    Args:
+        server_opt: one of :data:`SERVER_OPTIMIZERS`.
+        opt_args: Flower's FedOpt parameters (``eta``, ``beta_1``, ``beta_2``, ``tau``).
+        moments: the optimizer's saved first/second moments (``m.<key>`` / ``v.<key>``), to
+            resume with.
+        **kwargs: :class:`MergeStrategy` and Flower ``FedAvg`` arguments.
+
+    Raises:
+        ValueError: unknown ``server_opt``, or FedOpt combined with server momentum.
+    """
+    if server_opt not in SERVER_OPTIMIZERS:
+        raise ValueError(
+            f"unknown server optimizer {server_opt!r}; choose one of {', '.join(SERVER_OPTIMIZERS)}"
+        )
+    if server_opt == "none":
+        return MergeStrategy(**kwargs)
+    if kwargs.get("server_momentum") or kwargs.get("server_lr", 1.0) != 1.0:
+        raise ValueError(
+            f"server_opt {server_opt!r} brings its own server learning rate and moments; "
+            "leave server_momentum at 0 and server_lr at 1"
+        )
+    base = _flower_optimizers()[server_opt]
+    merge_args = {
+        k: kwargs.pop(k)
+        for k in (
+            "method", "weighted", "keys", "round_offset", "eval_every", "total_rounds",
+            "server_momentum", "server_lr", "velocity",
+        )
+        if k in kwargs
+    }  # fmt: skip
+    kwargs.setdefault("fraction_evaluate", 0.0)
+
+    class FlowerOptMerge(base, MergeStrategy):
+        """Flower's server optimizer over fedssl's merge (MRO: FedOpt -> MergeStrategy ->
+        FedAvg), keeping fedssl's bookkeeping and dtypes."""
+
+        def aggregate_train(self, server_round, replies):
+            current = dict(self.current_arrays or {})
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            if arrays is None:
+                return arrays, metrics
+            # Flower's update is float64 numpy; keep each tensor's dtype as it was
+            state = from_record(arrays)
+            typed = {
+                k: v.to(torch.from_numpy(current[k]).dtype) if k in current else v
+                for k, v in state.items()
+            }
+            return to_record(typed), metrics
+
+        def moments(self) -> dict[str, torch.Tensor]:
+            """The optimizer state to save for --resume."""
+            out = {}
+            for prefix, d in (("m.", self.m_t), ("v.", getattr(self, "v_t", None))):
+                for k, v in (d or {}).items():
+                    out[prefix + k] = torch.from_numpy(np.ascontiguousarray(v))
+            return out
+
+    strategy = FlowerOptMerge(**(opt_args or {}), **kwargs)
+    MergeStrategy._setup(strategy, **merge_args)
+    if moments:
+        strategy.m_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("m.")}
+        strategy.v_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("v.")}
+    return strategy

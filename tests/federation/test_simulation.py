@@ -92,3 +92,42 @@ def test_non_finite_client_replies_are_left_out(cfg):
     saved = load_file(str(rd.path / rd.state()["checkpoint"]))
     init = initial_state(cfg)
     assert all(torch.equal(saved[k], init[k]) for k in init)  # global model unchanged
+
+
+def test_flower_fedadam_over_a_robust_merge_and_its_moments_survive_resume(cfg):
+    from fedssl.federation.classification import initial_state
+
+    cfg.name, cfg.federation.rounds = "fedadam", 1
+    cfg.federation.method = "median"
+    cfg.federation.server_opt = "adam"
+    cfg.federation.server_opt_args = {"eta": 0.01}
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    moments = rd.load_tensors("server_opt.safetensors")
+    init = initial_state(cfg)
+    assert {k[2:] for k in moments if k.startswith("m.")} == set(init)
+    assert {k[2:] for k in moments if k.startswith("v.")} == set(init)
+    ckpt1 = load_file(str(rd.path / rd.state()["checkpoint"]))
+    assert all(ckpt1[k].dtype == init[k].dtype for k in init)  # Flower's float64 cast back
+    # Adam's first step moves every weight by about eta (bias-corrected m / sqrt(v))
+    step = (ckpt1["classifier.5.bias"] - init["classifier.5.bias"]).abs()
+    assert torch.all(step > 0.001) and torch.all(step < 0.02)
+
+    cfg.federation.rounds = 2
+    simulate(cfg, resume=True)
+    moments2 = rd.load_tensors("server_opt.safetensors")
+    key = "v.classifier.5.bias"
+    # v_2 = beta_2 * v_1 + (1 - beta_2) * d_2^2 >= 0.99 * v_1: the resumed run continued v_1
+    assert torch.all(moments2[key] >= 0.99 * moments[key] - 1e-12)
+    assert not torch.equal(moments2[key], moments[key])
+
+
+def test_server_optimizer_choices_are_checked():
+    from fedssl.federation.strategy import build_strategy
+
+    with pytest.raises(ValueError, match="unknown server optimizer 'sgd'"):
+        build_strategy("sgd")
+    with pytest.raises(ValueError, match="leave server_momentum at 0"):
+        build_strategy("adam", server_momentum=0.9)
+    s = build_strategy("yogi", {"eta": 0.05}, method="trimmed_mean", round_offset=3)
+    assert s.eta == 0.05 and s.method == "trimmed_mean" and s.round_offset == 3
