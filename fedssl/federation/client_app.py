@@ -6,9 +6,17 @@ YAML), so ``flwr run`` and the launch scripts behave the same; ``experiment`` pi
 (:mod:`fedssl.federation.tasks`). Node-local settings come from the node
 config: ``partition-id`` (set by the simulation engine, or ``--node-config "partition-id=N"`` on a
 SuperNode) and optionally ``data-root`` (where this node keeps its data).
+
+Fault injection, for testing a federation's resilience: ``FEDSSL_INJECT_FAULT`` set to
+``<partition-id>:raise[:<round>]`` makes that client's training raise (in every round, or only in
+``<round>``), and ``<partition-id>:hang:<seconds>[:<round>]`` makes it sleep that long first
+(past ``federation.timeout_s`` it counts as timed out). Several faults are separated by commas.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import yaml
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -49,11 +57,43 @@ def _config(msg: Message, context: Context) -> ExperimentConfig:
     return cfg
 
 
+def inject_fault(pid: int, server_round: int, spec: str | None = None) -> None:
+    """Apply ``FEDSSL_INJECT_FAULT`` (see the module docstring) to this client and round.
+
+    Raises:
+        RuntimeError: the injected failure.
+        ConfigError: a malformed specification.
+    """
+    spec = os.environ.get("FEDSSL_INJECT_FAULT", "") if spec is None else spec
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        parts = item.split(":")
+        try:
+            target, kind = int(parts[0]), parts[1]
+            if kind == "raise" and len(parts) in (2, 3):
+                seconds, rnd = 0.0, int(parts[2]) if len(parts) == 3 else None
+            elif kind == "hang" and len(parts) in (3, 4):
+                seconds, rnd = float(parts[2]), int(parts[3]) if len(parts) == 4 else None
+            else:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ConfigError(
+                f"FEDSSL_INJECT_FAULT: cannot read {item!r}; use PID:raise[:ROUND] or "
+                "PID:hang:SECONDS[:ROUND]"
+            ) from None
+        if target != pid or (rnd is not None and rnd != server_round):
+            continue
+        if kind == "hang":
+            time.sleep(seconds)
+        else:
+            raise RuntimeError(f"injected failure (FEDSSL_INJECT_FAULT) in round {server_round}")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; replies with new weights and metrics."""
     cfg = _config(msg, context)
     server_round = int(msg.content["config"]["server-round"])
+    inject_fault(partition_id(context), server_round)
     from fedssl.federation.tasks import get_task
 
     state, metrics = get_task(cfg).train(

@@ -75,6 +75,7 @@ def _row(
             "round_s": round_s,
             "clients": info.get("clients"),
             "failures": info.get("failures"),
+            "timeouts": info.get("timeouts"),
             "merge_s": info.get("merge_s"),
             "train_phase_s": info.get("train_phase_s"),
             "bytes_up": info.get("bytes_up"),
@@ -163,6 +164,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         min_available_nodes=min(f.min_clients, n_clients),
         fraction_evaluate=1.0 if task.federated_evaluation else 0.0,
         min_evaluate_nodes=min(f.min_clients, n_clients),
+        min_replies=f.min_replies or max(1, min(f.min_clients, n_clients)),
     )
     remaining = f.rounds - start_round
     clock = {"t": time.perf_counter()}

@@ -73,6 +73,8 @@ class MergeStrategy(FedAvg):
         server_momentum: FedAvgM's server momentum (0: plain FedAvg / merge).
         server_lr: server learning rate applied to the merged update (1: take the merge).
         velocity: the server momentum buffer to resume from.
+        min_replies: merge only when at least this many usable replies arrived (clients that
+            failed or timed out are left out and logged); otherwise keep the global model.
         **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
     """
 
@@ -87,6 +89,7 @@ class MergeStrategy(FedAvg):
         server_momentum: float = 0.0,
         server_lr: float = 1.0,
         velocity: dict[str, torch.Tensor] | None = None,
+        min_replies: int = 1,
         **fedavg_kwargs,
     ):
         fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
@@ -101,6 +104,7 @@ class MergeStrategy(FedAvg):
             server_momentum=server_momentum,
             server_lr=server_lr,
             velocity=velocity,
+            min_replies=min_replies,
         )
 
     def _setup(
@@ -114,8 +118,12 @@ class MergeStrategy(FedAvg):
         server_momentum: float = 0.0,
         server_lr: float = 1.0,
         velocity: dict[str, torch.Tensor] | None = None,
+        min_replies: int = 1,
     ) -> None:
         resolve_method(method)  # fail fast on a bad name
+        if min_replies < 1:
+            raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+        self.min_replies = min_replies
         self.method = method
         self.weighted = weighted
         self.keys = None if keys is None else list(keys)
@@ -171,9 +179,9 @@ class MergeStrategy(FedAvg):
             self._global = from_record(arrays)
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rnd = server_round + self.round_offset
-        self.round_info.setdefault(rnd, {})["bytes_down"] = len(msgs) * num_bytes(
-            from_record(arrays)
-        )
+        info = self.round_info.setdefault(rnd, {})
+        info["bytes_down"] = len(msgs) * num_bytes(from_record(arrays))
+        info["sent"] = len(msgs)
         return msgs
 
     def configure_evaluate(
@@ -230,12 +238,27 @@ class MergeStrategy(FedAvg):
         replies = list(replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True)
         self.failures[rnd] = len(errors)
+        sent = self.round_info.get(rnd, {}).get("sent", len(replies))
+        if len(replies) < sent:
+            log.warning(
+                "round %d: %d of %d clients did not reply within the timeout; going on without",
+                rnd,
+                sent - len(replies),
+                sent,
+            )
+        self.round_info.setdefault(rnd, {})["timeouts"] = max(0, sent - len(replies))
         for m in errors:
             log.warning(
                 "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
             )
-        if not valid:
-            log.warning("round %d: no successful client reply; the global model is unchanged", rnd)
+        if len(valid) < self.min_replies:
+            log.warning(
+                "round %d: %d usable client replies, fewer than min_replies=%d; the global "
+                "model is unchanged",
+                rnd,
+                len(valid),
+                self.min_replies,
+            )
             self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
             return None, None
         contents = [m.content for m in valid]
@@ -249,8 +272,14 @@ class MergeStrategy(FedAvg):
             contents = self._finite_only(rnd, valid)
             if len(contents) == len(valid):
                 raise
-            if not contents:
-                log.warning("round %d: no usable client reply; the global model is unchanged", rnd)
+            if len(contents) < self.min_replies:
+                log.warning(
+                    "round %d: %d usable client replies, fewer than min_replies=%d; the global "
+                    "model is unchanged",
+                    rnd,
+                    len(contents),
+                    self.min_replies,
+                )
                 self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
                 return None, None
             merged, metrics = merge_contents(
@@ -320,7 +349,7 @@ def build_strategy(
         k: kwargs.pop(k)
         for k in (
             "method", "weighted", "keys", "round_offset", "eval_every", "total_rounds",
-            "server_momentum", "server_lr", "velocity",
+            "server_momentum", "server_lr", "velocity", "min_replies",
         )
         if k in kwargs
     }  # fmt: skip

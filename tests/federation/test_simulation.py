@@ -131,3 +131,46 @@ def test_server_optimizer_choices_are_checked():
         build_strategy("adam", server_momentum=0.9)
     s = build_strategy("yogi", {"eta": 0.05}, method="trimmed_mean", round_offset=3)
     assert s.eta == 0.05 and s.method == "trimmed_mean" and s.round_offset == 3
+
+
+def test_failing_and_hanging_clients_do_not_stop_the_run(cfg, monkeypatch):
+    """Three clients: in round 1 client 1 raises, in round 2 client 2 sleeps past the timeout;
+    each round merges the replies that arrived and logs who was missing."""
+    cfg.name, cfg.data.num_clients, cfg.data.partition = "faults", 3, "iid"
+    cfg.data.train_per_client, cfg.data.test_per_client = 150, 30
+    cfg.federation.min_clients, cfg.federation.timeout_s = 3, 45.0
+    cfg.federation.min_replies = 2
+    cfg.federation.cpus_per_client = 0.6  # three actors on this 2-core machine
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "1:raise:1,2:hang:60:2")
+    simulate(cfg)
+    rows = {r["round"]: r for r in RunDir(cfg.run_dir()).metrics()}
+    assert rows[1]["clients"] == 2 and rows[1]["failures"] == 1 and rows[1]["timeouts"] == 0
+    assert rows[1].get("local_acc_c1") is None and rows[1].get("local_acc_c2") is not None
+    assert rows[2]["clients"] == 2 and rows[2]["failures"] == 0 and rows[2]["timeouts"] == 1
+    assert rows[2].get("local_acc_c2") is None and rows[2].get("local_acc_c1") is not None
+    assert rows[2]["merged_acc"] is not None
+
+
+def test_too_few_replies_keep_the_global_model(cfg, monkeypatch):
+    from fedssl.federation.classification import initial_state
+
+    cfg.name, cfg.federation.rounds, cfg.federation.min_replies = "few", 1, 2
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise")
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    assert rd.metrics()[-1]["clients"] == 0 and rd.metrics()[-1]["failures"] == 1
+    saved = load_file(str(rd.path / rd.state()["checkpoint"]))
+    init = initial_state(cfg)
+    assert all(torch.equal(saved[k], init[k]) for k in init)
+
+
+def test_fault_specification_errors():
+    from fedssl.config import ConfigError
+    from fedssl.federation.client_app import inject_fault
+
+    inject_fault(0, 1, "1:raise")  # another client: nothing happens
+    with pytest.raises(RuntimeError, match="injected failure"):
+        inject_fault(1, 3, "1:raise")
+    inject_fault(1, 3, "1:raise:2")  # only in round 2
+    with pytest.raises(ConfigError, match="cannot read 'x:boom'"):
+        inject_fault(0, 1, "x:boom")
