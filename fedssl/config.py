@@ -148,7 +148,8 @@ class FederationConfig:
     fraction_train: float = 1.0
     min_clients: int = 2  # clients sampled / required to start a round
     # A round merges when at least this many clients replied usable weights; clients that raise,
-    # time out (timeout_s) or send NaN/inf are left out and logged. 0: federation.min_clients.
+    # time out (timeout_s) or send NaN/inf are left out and logged (capped at the number asked
+    # that round). 0: federation.min_clients.
     min_replies: int = 1
     cpus_per_client: float = 1.0
     eval_every: int = 1  # evaluate the merged model every k rounds (and always the last)

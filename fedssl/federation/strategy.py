@@ -73,8 +73,9 @@ class MergeStrategy(FedAvg):
         server_momentum: FedAvgM's server momentum (0: plain FedAvg / merge).
         server_lr: server learning rate applied to the merged update (1: take the merge).
         velocity: the server momentum buffer to resume from.
-        min_replies: merge only when at least this many usable replies arrived (clients that
-            failed or timed out are left out and logged); otherwise keep the global model.
+        min_replies: merge only when at least this many usable replies arrived (at most the
+            number of clients asked that round; clients that failed or timed out are left out and
+            logged); otherwise keep the global model.
         **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
     """
 
@@ -247,17 +248,18 @@ class MergeStrategy(FedAvg):
                 sent,
             )
         self.round_info.setdefault(rnd, {})["timeouts"] = max(0, sent - len(replies))
+        need = min(self.min_replies, max(1, sent))  # never more than were asked this round
         for m in errors:
             log.warning(
                 "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
             )
-        if len(valid) < self.min_replies:
+        if len(valid) < need:
             log.warning(
-                "round %d: %d usable client replies, fewer than min_replies=%d; the global "
+                "round %d: %d usable client replies, fewer than the %d required; the global "
                 "model is unchanged",
                 rnd,
                 len(valid),
-                self.min_replies,
+                need,
             )
             self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
             return None, None
@@ -272,13 +274,13 @@ class MergeStrategy(FedAvg):
             contents = self._finite_only(rnd, valid)
             if len(contents) == len(valid):
                 raise
-            if len(contents) < self.min_replies:
+            if len(contents) < need:
                 log.warning(
-                    "round %d: %d usable client replies, fewer than min_replies=%d; the global "
+                    "round %d: %d usable client replies, fewer than the %d required; the global "
                     "model is unchanged",
                     rnd,
                     len(contents),
-                    self.min_replies,
+                    need,
                 )
                 self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
                 return None, None
