@@ -60,6 +60,21 @@ def _non_finite_key(content: RecordDict) -> str | None:
     return None
 
 
+#: MergeStrategy's own arguments (the rest go to Flower's FedAvg).
+MERGE_ARGS = (
+    "method",
+    "weighted",
+    "keys",
+    "round_offset",
+    "eval_every",
+    "total_rounds",
+    "server_momentum",
+    "server_lr",
+    "velocity",
+    "min_replies",
+)
+
+
 class MergeStrategy(FedAvg):
     """FedAvg's sampling and messaging; merging by any fedssl aggregation method.
 
@@ -76,37 +91,15 @@ class MergeStrategy(FedAvg):
         min_replies: merge only when at least this many usable replies arrived (at most the
             number of clients asked that round; clients that failed or timed out are left out and
             logged); otherwise keep the global model.
-        **fedavg_kwargs: ``fraction_train``, ``min_train_nodes``, ``min_available_nodes`` ...
+        **kwargs: Flower ``FedAvg`` arguments: ``fraction_train``, ``min_train_nodes``,
+            ``min_available_nodes`` ...
     """
 
-    def __init__(
-        self,
-        method: str = "avg",
-        weighted: bool = True,
-        keys: Iterable[str] | None = None,
-        round_offset: int = 0,
-        eval_every: int = 1,
-        total_rounds: int = 0,
-        server_momentum: float = 0.0,
-        server_lr: float = 1.0,
-        velocity: dict[str, torch.Tensor] | None = None,
-        min_replies: int = 1,
-        **fedavg_kwargs,
-    ):
-        fedavg_kwargs.setdefault("fraction_evaluate", 0.0)
-        super().__init__(**fedavg_kwargs)
-        self._setup(
-            method=method,
-            weighted=weighted,
-            keys=keys,
-            round_offset=round_offset,
-            eval_every=eval_every,
-            total_rounds=total_rounds,
-            server_momentum=server_momentum,
-            server_lr=server_lr,
-            velocity=velocity,
-            min_replies=min_replies,
-        )
+    def __init__(self, **kwargs):
+        merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
+        kwargs.setdefault("fraction_evaluate", 0.0)
+        super().__init__(**kwargs)
+        self._setup(**merge_args)
 
     def _setup(
         self,
@@ -347,14 +340,7 @@ def build_strategy(
             "leave server_momentum at 0 and server_lr at 1"
         )
     base = _flower_optimizers()[server_opt]
-    merge_args = {
-        k: kwargs.pop(k)
-        for k in (
-            "method", "weighted", "keys", "round_offset", "eval_every", "total_rounds",
-            "server_momentum", "server_lr", "velocity", "min_replies",
-        )
-        if k in kwargs
-    }  # fmt: skip
+    merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
     kwargs.setdefault("fraction_evaluate", 0.0)
 
     class FlowerOptMerge(base, MergeStrategy):
