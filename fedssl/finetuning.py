@@ -58,7 +58,8 @@ BACKBONE_FILE = "backbone.safetensors"
 def resolve_backbone(spec: str, out_dir: str | Path = "runs") -> Path | None:
     """The backbone file ``finetune.backbone`` names.
 
-    ``""``: the newest ``<out_dir>/*/backbone.safetensors``; a directory: its
+    ``""``: the newest federated stage-one run's ``<out_dir>/*/backbone.safetensors`` (else the
+    newest of any); a directory: its
     ``backbone.safetensors``; a file: itself; ``none``: no backbone (random init, returns None).
 
     Raises:
@@ -67,7 +68,12 @@ def resolve_backbone(spec: str, out_dir: str | Path = "runs") -> Path | None:
     if spec.lower() == "none":
         return None
     if not spec:
-        found = sorted(Path(out_dir).glob(f"*/{BACKBONE_FILE}"), key=lambda p: p.stat().st_mtime)
+        # newest first among federated stage-one runs (they keep a state.json), then any other
+        # (e.g. the centralized-SSL reference of launch/compare.py)
+        found = sorted(
+            Path(out_dir).glob(f"*/{BACKBONE_FILE}"),
+            key=lambda p: ((p.parent / "state.json").is_file(), p.stat().st_mtime),
+        )
         if not found:
             raise FileNotFoundError(
                 f"no stage-one backbone under {out_dir}/*/{BACKBONE_FILE}; run "

@@ -49,6 +49,15 @@ def test_resolve_backbone(tmp_path, stage_one):
     with pytest.raises(FileNotFoundError, match="not a finished stage-one run"):
         finetuning.resolve_backbone(str(tmp_path / "runs" / "unfinished"))
     assert finetuning.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
+    # a newer backbone outside a federated run (no state.json) loses to a federated run's
+    central = tmp_path / "runs" / "pt-central"
+    central.mkdir()
+    (central / "backbone.safetensors").write_bytes(
+        (stage_one / "backbone.safetensors").read_bytes()
+    )
+    assert finetuning.resolve_backbone("", tmp_path / "runs") == central / "backbone.safetensors"
+    (stage_one / "state.json").write_text("{}")
+    assert finetuning.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
     assert finetuning.resolve_backbone(str(stage_one)) == stage_one / "backbone.safetensors"
     assert finetuning.resolve_backbone("none") is None
 
