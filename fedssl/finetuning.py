@@ -332,21 +332,22 @@ def evaluate(
 def save_head(module: BackboneClassifier, path: str | Path, meta: dict) -> Path:
     """Write the head (``head.weight``, ``head.bias``) and, unless the backbone was frozen, the
     fine-tuned backbone (``backbone.*``) as safetensors with ``meta`` in the metadata."""
-    import os
+    from fedssl.runs import write_safetensors
 
-    from safetensors.torch import save_file
-
-    p = Path(path)
     sd = module.state_dict()
-    keep = [k for k in sd if k.startswith("head.")]
-    if module.mode != "linear":
-        keep += [k for k in sd if k.startswith("backbone.")]
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tensors = {k: sd[k].detach().cpu().contiguous() for k in keep}
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, p)
-    return p
+    keep = ("head.",) if module.mode == "linear" else ("head.", "backbone.")
+    return write_safetensors(path, {k: v for k, v in sd.items() if k.startswith(keep)}, meta)
+
+
+def _head_meta(cfg: ExperimentConfig, task: ClientTask, meta: dict, **extra) -> dict:
+    """What a head file records: client, classes, mode and the backbone it sits on."""
+    return {
+        "client": task.name,
+        "num_classes": task.num_classes,
+        "mode": cfg.finetune.mode,
+        **extra,
+        **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
+    }
 
 
 def load_head(module: BackboneClassifier, path: str | Path) -> None:
@@ -399,13 +400,7 @@ def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | Non
         **scores,
         "eval_s": time.perf_counter() - t0,
     }
-    head_meta = {
-        "client": task.name,
-        "num_classes": task.num_classes,
-        "mode": f.mode,
-        **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
-    }
-    save_head(module, rd / "head.safetensors", head_meta)
+    save_head(module, rd / "head.safetensors", _head_meta(cfg, task, meta))
     (rd / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -509,17 +504,7 @@ def federated_train(
     head = {k: sd[k].detach().clone() for k in sd if k.startswith("head.")}
     if store is not None:
         store.array_records[HEAD_KEY] = ArrayRecord(head)
-    save_head(
-        module,
-        head_file(cfg, pid),
-        {
-            "client": task.name,
-            "num_classes": task.num_classes,
-            "mode": f.mode,
-            "round": rnd,
-            **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
-        },
-    )
+    save_head(module, head_file(cfg, pid), _head_meta(cfg, task, meta, round=rnd))
     return shared_state(module), {
         "num-examples": metrics["labeled"],
         "partition-id": int(pid),

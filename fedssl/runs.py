@@ -23,13 +23,28 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "write_safetensors"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_safetensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``tensors`` (detached, CPU, contiguous) as safetensors, atomically (temp file +
+    rename), with ``metadata`` values as strings; creates the parent folder."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items()} if metadata else None
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    save_file(data, str(tmp), metadata=meta)
+    os.replace(tmp, p)
+    return p
 
 
 class RunDir:
@@ -101,10 +116,9 @@ class RunDir:
         """Save the global weights after ``round_`` and record it as the resume point."""
         ckdir = self.path / "checkpoints"
         ckdir.mkdir(exist_ok=True)
-        path = ckdir / f"round_{round_:04d}.safetensors"
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(path.with_suffix(".tmp")), metadata={"round": str(round_)})
-        os.replace(path.with_suffix(".tmp"), path)
+        path = write_safetensors(
+            ckdir / f"round_{round_:04d}.safetensors", state_dict, {"round": round_}
+        )
         state = {
             **self.state(),
             **extra,
@@ -118,11 +132,7 @@ class RunDir:
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> Path:
         """Write extra server state (e.g. a momentum buffer) atomically as safetensors."""
-        path = self.path / name
-        data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(data, str(path.with_suffix(".tmp")))
-        os.replace(path.with_suffix(".tmp"), path)
-        return path
+        return write_safetensors(self.path / name, tensors)
 
     def load_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
         """What :meth:`save_tensors` wrote, or None when there is no such file."""

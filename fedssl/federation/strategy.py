@@ -224,6 +224,18 @@ class MergeStrategy(FedAvg):
             )
         return kept
 
+    def _keep_global(self, rnd: int, usable: int, need: int) -> tuple[None, None]:
+        """Too few usable replies: log it, record the round, keep the global model."""
+        log.warning(
+            "round %d: %d usable client replies, fewer than the %d required; the global model "
+            "is unchanged",
+            rnd,
+            usable,
+            need,
+        )
+        self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
+        return None, None
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -247,15 +259,7 @@ class MergeStrategy(FedAvg):
                 "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
             )
         if len(valid) < need:
-            log.warning(
-                "round %d: %d usable client replies, fewer than the %d required; the global "
-                "model is unchanged",
-                rnd,
-                len(valid),
-                need,
-            )
-            self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
-            return None, None
+            return self._keep_global(rnd, len(valid), need)
         contents = [m.content for m in valid]
         t = time.perf_counter()
         try:
@@ -268,15 +272,7 @@ class MergeStrategy(FedAvg):
             if len(contents) == len(valid):
                 raise
             if len(contents) < need:
-                log.warning(
-                    "round %d: %d usable client replies, fewer than the %d required; the global "
-                    "model is unchanged",
-                    rnd,
-                    len(contents),
-                    need,
-                )
-                self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
-                return None, None
+                return self._keep_global(rnd, len(contents), need)
             merged, metrics = merge_contents(
                 contents, self.method, self.weighted, self.weighted_by_key, self.keys
             )

@@ -14,7 +14,6 @@ suit 28x28 single-channel images (no blur, no grayscale, one-channel normalisati
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -202,21 +201,12 @@ def export_backbone(
     ``meta`` (timm name, in_chans, small_input, image_size, round ...) is stored in the file's
     metadata, so :func:`load_backbone` can rebuild the network from the file alone.
     """
-    from safetensors.torch import save_file
+    from fedssl.runs import write_safetensors
 
-    p = Path(path)
-    tensors = {
-        k[len("backbone.") :]: v.detach().cpu().contiguous()
-        for k, v in state.items()
-        if k.startswith("backbone.")
-    }
+    tensors = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     if not tensors:
         raise ValueError("export_backbone: the state dict holds no 'backbone.' keys")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, p)
-    return p
+    return write_safetensors(path, tensors, meta)
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
