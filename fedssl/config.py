@@ -82,6 +82,7 @@ class ModelConfig:
     batchnorm: bool = False
     padding: bool = False  # "same" padding in the convolutions
     dropout: float = 0.0
+    depth: int = 1  # paper_cnn: convolutions per conv+pool block (1: the papers' reading)
 
     # SimCLR (experiment: pretrain) and task heads: a timm backbone.
     backbone: str = "resnet18"  # any timm name

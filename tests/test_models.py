@@ -16,6 +16,18 @@ def test_paper_cnn_shapes(padding):
         build_small_model("resnet", 10)
 
 
+@pytest.mark.parametrize("padding", [False, True])
+def test_paper_cnn_depth_two_stacks_convolutions(padding):
+    net = PaperCNN(num_classes=10, width=4, hidden=8, batchnorm=True, padding=padding, depth=2)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 4), (4, 8), (8, 8)]
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ValueError, match="depth"):
+        PaperCNN(depth=0)
+    with pytest.raises(ValueError, match="padding=True"):
+        PaperCNN(depth=5, padding=False)
+
+
 def test_restricted_softmax_ignores_other_labels():
     net = torch.nn.Linear(2, 4, bias=False)
     m = Classifier(net, allowed_labels=[0, 1])

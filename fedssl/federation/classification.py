@@ -39,6 +39,7 @@ def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
         batchnorm=m.batchnorm,
         padding=m.padding,
         dropout=m.dropout,
+        depth=m.depth,
     )
 
 

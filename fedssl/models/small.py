@@ -8,8 +8,10 @@ layer, ReLU" (the figure with sizes is not in the text). fedssl's reading, ``Pap
 
 with ``w = 32``, ``hidden = 128`` by default (about 225k parameters). Options (all off by
 default, so the default is the plain reading): ``padding=True`` keeps 28x28 through the first
-convolution ("same" padding, 7x7 maps before the classifier), BatchNorm after each convolution, and
-dropout before each linear layer.
+convolution ("same" padding, 7x7 maps before the classifier), BatchNorm after each convolution,
+dropout before each linear layer, and ``depth=2`` for two convolutions before each pooling (a
+small VGG-style network; still two conv+pool *blocks*, but no longer the papers' two
+convolutions).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class PaperCNN(nn.Module):
         hidden: units of the hidden fully connected layer.
         batchnorm: add BatchNorm2d after each convolution.
         in_channels: image channels.
+        padding: "same" padding in every convolution.
+        dropout: dropout probability before each linear layer.
+        depth: convolutions per block (1: the papers' reading).
     """
 
     def __init__(
@@ -40,16 +45,25 @@ class PaperCNN(nn.Module):
         in_channels: int = 1,
         padding: bool = False,
         dropout: float = 0.0,
+        depth: int = 1,
     ):
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1 (convolutions per block), got {depth}")
         pad = 1 if padding else 0
-        side = 7 if padding else 5
+        # Without padding each 3x3 convolution trims 2 pixels: 28 -> (28-2d)/2 -> ((..)-2d)/2.
+        side = 7 if padding else ((28 - 2 * depth) // 2 - 2 * depth) // 2
+        if side < 1:
+            raise ValueError(f"depth {depth} without padding leaves no pixels; set padding=True")
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=pad)]
-            if batchnorm:
-                layers.append(nn.BatchNorm2d(cout))
-            return [*layers, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers: list[nn.Module] = []
+            for i in range(depth):
+                layers.append(nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=pad))
+                if batchnorm:
+                    layers.append(nn.BatchNorm2d(cout))
+                layers.append(nn.ReLU(inplace=True))
+            return [*layers, nn.MaxPool2d(2)]
 
         self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
         self.classifier = nn.Sequential(
@@ -99,6 +113,7 @@ def build_small_model(
     batchnorm: bool = False,
     padding: bool = False,
     dropout: float = 0.0,
+    depth: int = 1,
 ) -> nn.Module:
     """Build ``paper_cnn`` or ``mlp`` by name.
 
@@ -113,6 +128,7 @@ def build_small_model(
             batchnorm=batchnorm,
             padding=padding,
             dropout=dropout,
+            depth=depth,
         )
     if name == "mlp":
         return MLP(num_classes, hidden=hidden)
