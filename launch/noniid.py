@@ -19,7 +19,8 @@ optimizers over the merge, ``federation.server_opt_args``); ``median`` and ``tri
 
 The run directory ``runs/<name>/`` holds the federated run (metrics.csv, accuracy.png,
 partition.json, checkpoints), ``label_histogram.md`` (each client's labels, as the paper's Table
-1), ``centralized.json`` (the baseline: the same MLP on all clients' training data for as many
+1), ``summary.json`` (final and last-5-round accuracy, seconds per round, Flower's share of the
+round), ``centralized.json`` (the baseline: the same MLP on all clients' training data for as many
 epochs as there are rounds) and ``fed_vs_central.png`` (test accuracy per round / epoch).
 """
 
@@ -142,6 +143,77 @@ def plot_fed_vs_central(rows: list[dict], central: list[dict] | None, path: Path
     plot_curves(series, path, title="test accuracy: federated vs centralized", ylabel="accuracy")
 
 
+def round_timing(rows: list[dict], clients_at_once: int) -> dict:
+    """Seconds per round and Flower's share of it, over rounds 2+ (round 1 also starts Ray).
+
+    Client work per round = each client's seconds inside its task (``work_s``: data, model,
+    Lightning fit, local evaluation; ``train_s`` for runs without it) summed and divided by how
+    many clients run at once (``clients_at_once``, Ray's CPUs / CPUs per client); the rest of the
+    round's train phase (messages, serialisation, Ray scheduling, the merge) is counted as
+    Flower's overhead.
+    """
+    import numpy as np
+
+    timed = [r for r in rows if r["round"] > 1 and r.get("round_s") is not None]
+    if not timed:
+        timed = [r for r in rows if r["round"] > 0 and r.get("round_s") is not None]
+    if not timed:
+        return {}
+    per_round, compute, phase = [], [], []
+    for r in timed:
+        col = "work_s_c" if any(k.startswith("work_s_c") for k in r) else "train_s_c"
+        train = [v for k, v in r.items() if k.startswith(col) and v is not None]
+        per_round.append(float(r["round_s"]))
+        phase.append(float(r.get("train_phase_s") or r["round_s"]))
+        compute.append(sum(float(v) for v in train) / max(1, clients_at_once))
+    s_round, s_phase, s_compute = (float(np.mean(x)) for x in (per_round, phase, compute))
+    return {
+        "s_per_round": s_round,
+        "train_phase_s": s_phase,
+        "client_compute_s": s_compute,
+        "overhead_share": max(0.0, s_phase - s_compute) / s_round,
+    }
+
+
+def summary(cfg, args, rows: list[dict], central, fed_s: float) -> dict:
+    """What one run measured, for ``summary.json`` and the benchmark tables."""
+    import os
+
+    import numpy as np
+
+    accs = [
+        (r["round"], r["merged_acc"])
+        for r in rows
+        if r["round"] > 0 and r.get("merged_acc") is not None
+    ]
+    last5 = [a for _, a in accs[-5:]]
+    out = {
+        "dataset": cfg.data.name,
+        "partition": cfg.data.partition,
+        "p": cfg.data.dominant_p if cfg.data.partition == "dominant_label" else None,
+        "alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,
+        "strategy": args.strategy,
+        "clients": cfg.data.num_clients,
+        "rounds": accs[-1][0] if accs else 0,
+        "fed_acc": accs[-1][1] if accs else None,
+        "fed_acc_last5": float(np.mean(last5)) if last5 else None,
+        "fed_best": max(a for _, a in accs) if accs else None,
+        "fed_s": fed_s,
+        "lr": cfg.train.lr,
+        "batch_size": cfg.train.batch_size,
+        "local_epochs": cfg.train.local_epochs,
+        "fraction": cfg.federation.fraction_train,
+    }
+    at_once = max(1, int((os.cpu_count() or 1) // max(cfg.federation.cpus_per_client, 1e-9)))
+    out.update(round_timing(rows, min(at_once, cfg.data.num_clients)))
+    if central:
+        out["central_acc"] = central[-1]["test_acc"]
+        if out["fed_acc"] is not None:
+            out["ratio"] = out["fed_acc"] / out["central_acc"]
+            out["ratio_last5"] = out["fed_acc_last5"] / out["central_acc"]
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from fedssl.data.datasets import DatasetNotFoundError
@@ -202,7 +274,16 @@ def main(argv=None) -> int:
             flush=True,
         )
     plot_fed_vs_central(rows, central, rd.path / "fed_vs_central.png")
-    print(f"[fedssl] {rd.path}: metrics.csv, fed_vs_central.png, label_histogram.md")
+    summ = summary(cfg, args, rows, central, fed_s)
+    (rd.path / "summary.json").write_text(json.dumps(summ, indent=1))
+    if "overhead_share" in summ:
+        print(
+            f"[fedssl] {summ['s_per_round']:.2f} s/round; clients' training "
+            f"{summ['client_compute_s']:.2f} s of it, Flower's overhead "
+            f"{summ['overhead_share']:.0%} of the round",
+            flush=True,
+        )
+    print(f"[fedssl] {rd.path}: metrics.csv, summary.json, fed_vs_central.png, label_histogram.md")
     return 0
 
 

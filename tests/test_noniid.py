@@ -75,3 +75,26 @@ def test_small_run_writes_histogram_baseline_and_plot(noniid, tiny_fashion, tmp_
     assert (run / "fed_vs_central.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2] and rows[-1]["clients"] == 3
+    summ = json.loads((run / "summary.json").read_text())
+    assert summ["fed_acc"] == rows[-1]["merged_acc"] and summ["rounds"] == 2
+    assert summ["central_acc"] == central[-1]["test_acc"]
+    assert summ["ratio"] == pytest.approx(summ["fed_acc"] / summ["central_acc"])
+    assert 0.0 <= summ["overhead_share"] <= 1.0 and summ["s_per_round"] > 0
+
+
+def test_round_timing_counts_parallel_clients(noniid):
+    rows = [
+        {"round": 1, "round_s": 9.0, "train_phase_s": 9.0, "train_s_c0": 8.0, "train_s_c1": 8.0},
+        {"round": 2, "round_s": 5.0, "train_phase_s": 4.5, "train_s_c0": 3.0, "train_s_c1": 3.0},
+        {"round": 3, "round_s": 5.0, "train_phase_s": 4.5, "train_s_c0": 3.0, "train_s_c1": None},
+    ]
+    one = noniid.round_timing(rows, clients_at_once=1)  # round 1 (Ray start) left out
+    assert one["s_per_round"] == 5.0 and one["client_compute_s"] == 4.5
+    assert one["overhead_share"] == 0.0
+    two = noniid.round_timing(rows, clients_at_once=2)
+    assert two["client_compute_s"] == 2.25
+    assert two["overhead_share"] == pytest.approx((4.5 - 2.25) / 5.0)
+    # the clients' whole work (work_s) is preferred over the bare fit time when recorded
+    for r in rows:
+        r["work_s_c0"], r["work_s_c1"] = 4.0, 4.0
+    assert noniid.round_timing(rows, clients_at_once=2)["client_compute_s"] == 4.0

@@ -82,8 +82,10 @@ def local_train(
     """Train the global weights on one client's data; return new weights and metrics.
 
     Metrics: ``num-examples`` (FedAvg weight), ``partition-id``, ``local_acc`` (the trained local
-    model on the client's local validation/test share), ``train_loss``, ``train_s``.
+    model on the client's local validation/test share), ``train_loss``, ``train_s`` (the
+    Lightning fit) and ``work_s`` (everything this function does: data, model, fit, evaluation).
     """
+    t_start = time.perf_counter()
     torch.set_num_threads(max(1, cfg.train.threads))
     data = client_tensors(cfg.data, partition_id)
     x, y = data["train"]
@@ -122,6 +124,7 @@ def local_train(
         "steps": int(trainer.global_step),
         "received_fingerprint": received,
     }
+    metrics["work_s"] = time.perf_counter() - t_start
     return {k: v.detach() for k, v in net.state_dict().items()}, metrics
 
 

@@ -85,7 +85,7 @@ class Task:
 
 class ClassificationTask(Task):
     name = "merge"
-    train_columns = ("local_acc", "train_loss", "train_s", "received_fingerprint")
+    train_columns = ("local_acc", "train_loss", "train_s", "work_s", "received_fingerprint")
     headline = "merged_acc"
     progress_columns = (("local_acc", ".4f"),)
     plot_columns = ("local_acc",)
