@@ -1,0 +1,187 @@
+"""The SQL store on SQLite and on a real PostgreSQL server: schema, keys, contributions,
+staleness, transactional and concurrent merges."""
+
+import threading
+
+import pytest
+import torch
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from fedssl.hub import weights as W
+from fedssl.hub.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fedssl.hub.store import SCHEMA_VERSION, KeyRow, Store
+
+
+def _state(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((2, 2), value), "b": torch.full((2,), value)}
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def model(store):
+    store.create_model("m", "alice", W.encode(_state(0.0)), max_staleness=0)
+    _, alice = store.create_key("manager", "alice")
+    return store, alice
+
+
+def _key(store, name):
+    return store.create_key("participant", "alice", name)[1]
+
+
+def test_schema_is_created_then_reused(db_url):
+    s = Store(db_url)
+    assert s.schema_version() == SCHEMA_VERSION
+    s.create_model("m", "alice", W.encode(_state(1.0)))
+    s.close()
+    again = Store(db_url)  # a restart: same schema, data kept
+    assert again.model("m").latest_version == 1 and again.count("versions") == 1
+    again.close()
+
+
+def test_newer_schema_is_refused(db_url):
+    Store(db_url).close()
+    s = Store(db_url)
+    with s.engine.begin() as c:
+        c.execute(text("UPDATE hub_schema SET version = 99"))
+    s.close()
+    with pytest.raises(RuntimeError, match="newer than this fedssl"):
+        Store(db_url)
+
+
+def test_keys_are_stored_hashed_and_revocable(store):
+    secret, info = store.create_key("manager", "alice")
+    assert store.authenticate(secret) == info
+    with Session(store.engine) as s:
+        row = s.scalar(select(KeyRow))
+        assert secret not in (row.key_hash, row.key_id) and len(row.key_hash) == 64
+    assert store.authenticate(secret + "x") is None and store.authenticate("") is None
+    assert store.revoke_key(info.key_id, info) is True
+    assert store.authenticate(secret) is None
+    assert store.revoke_key(info.key_id, info) is False
+
+
+def test_duplicate_model_and_unknown_model(model):
+    store, _ = model
+    with pytest.raises(AlreadyExists):
+        store.create_model("m", "bob", W.encode(_state(0.0)))
+    with pytest.raises(NotFound, match="no model 'nope'"):
+        store.model("nope")
+    with pytest.raises(NotFound, match="no version 7"):
+        store.model("m", 7)
+
+
+def test_second_contribution_replaces_the_first(model):
+    store, _ = model
+    bob = _key(store, "bob")
+    first = store.add_contribution("m", bob, 1, 10, {"loss": 1.0}, W.encode(_state(1.0)))
+    second = store.add_contribution("m", bob, 1, 30, {"loss": 0.5}, W.encode(_state(3.0)))
+    assert (first["replaced"], second["replaced"]) == (False, True)
+    rows = store.contributions("m", 1)
+    assert len(rows) == 1 and rows[0].num_examples == 30 and rows[0].metrics == {"loss": 0.5}
+    merged = store.merge("m", 1)
+    assert merged.num_examples == 30  # counted once
+    _, data = store.weights("m", 2)
+    assert torch.equal(W.decode(data)["w"], torch.full((2, 2), 3.0))
+
+
+def test_fedavg_weights_by_examples_and_merge_is_recorded(model):
+    store, _ = model
+    a, b = _key(store, "a"), _key(store, "b")
+    store.add_contribution("m", a, 1, 10, {}, W.encode(_state(1.0)))
+    store.add_contribution("m", b, 1, 30, {}, W.encode(_state(5.0)))
+    meta = store.merge("m", 1, "avg")
+    assert (meta.version, meta.parent_version, meta.merge_method) == (2, 1, "avg")
+    assert len(meta.contribution_ids) == 2 and meta.num_examples == 40
+    _, data = store.weights("m")
+    assert torch.allclose(W.decode(data)["w"], torch.full((2, 2), 4.0))  # (10*1 + 30*5) / 40
+    assert {c.status for c in store.contributions("m", 1)} == {"merged"}
+    with pytest.raises(FailedPrecondition, match="is at v2"):
+        store.merge("m", 1)  # the same base again
+
+
+def test_stale_contributions_are_kept_but_never_merged(model):
+    store, _ = model
+    a, b = _key(store, "a"), _key(store, "b")
+    store.add_contribution("m", a, 1, 10, {}, W.encode(_state(1.0)))
+    store.merge("m", 1)
+    late = store.add_contribution("m", b, 1, 10, {}, W.encode(_state(100.0)))
+    assert late["status"] == "stale" and "never be merged" in late["message"]
+    store.add_contribution("m", a, 2, 10, {}, W.encode(_state(2.0)))
+    meta = store.merge("m", 2)
+    assert meta.contribution_ids == [c.id for c in store.contributions("m", 2)]
+    _, data = store.weights("m")
+    assert torch.equal(W.decode(data)["w"], torch.full((2, 2), 2.0))
+    assert [c.status for c in store.contributions("m", 1)] == ["merged", "stale"]
+
+
+def test_max_staleness_one_merges_one_version_old_contributions(store):
+    store.create_model("s", "alice", W.encode(_state(0.0)), max_staleness=1)
+    a, b = _key(store, "a"), _key(store, "b")
+    store.add_contribution("s", a, 1, 10, {}, W.encode(_state(1.0)))
+    store.merge("s", 1)
+    ok = store.add_contribution("s", b, 1, 10, {}, W.encode(_state(3.0)))  # 1 behind: accepted
+    assert ok["status"] == "pending"
+    store.add_contribution("s", a, 2, 10, {}, W.encode(_state(1.0)))
+    meta = store.merge("s", 2)
+    assert len(meta.contribution_ids) == 2
+    too_old = store.add_contribution("s", _key(store, "c"), 1, 10, {}, W.encode(_state(9.0)))
+    assert too_old["status"] == "stale"  # now 2 behind
+
+
+def test_failed_merge_changes_nothing(model):
+    store, _ = model
+    for name, v in (("a", 1.0), ("b", 2.0)):
+        store.add_contribution("m", _key(store, name), 1, 10, {}, W.encode(_state(v)))
+
+    def boom(states, method, **kw):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.merge("m", 1, merge_fn=boom)
+    assert store.model("m").latest_version == 1 and store.count("versions") == 1
+    assert {c.status for c in store.contributions("m", 1)} == {"pending"}
+    with pytest.raises(FailedPrecondition, match="needs at least 3"):
+        store.merge("m", 1, min_contributions=3)
+    assert store.merge("m", 1).version == 2  # and a good merge still works
+
+
+def test_bad_arguments(model):
+    store, _ = model
+    bob = _key(store, "bob")
+    with pytest.raises(InvalidArgument, match="num_examples"):
+        store.add_contribution("m", bob, 1, -5, {}, W.encode(_state(1.0)))
+    with pytest.raises(InvalidArgument, match="base version 3"):
+        store.add_contribution("m", bob, 3, 5, {}, W.encode(_state(1.0)))
+    with pytest.raises(InvalidArgument, match="role"):
+        store.create_key("admin", "alice")
+    assert store.count("contributions") == 0
+
+
+def test_concurrent_merges_of_one_base_make_one_version(model):
+    store, _ = model
+    for i in range(4):
+        store.add_contribution("m", _key(store, f"p{i}"), 1, 10, {}, W.encode(_state(float(i))))
+    results, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def merge():
+        barrier.wait()
+        try:
+            results.append(store.merge("m", 1).version)
+        except FailedPrecondition as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=merge) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [2] and len(errors) == 3
+    assert store.count("versions") == 2 and store.model("m").latest_version == 2
