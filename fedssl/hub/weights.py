@@ -56,7 +56,7 @@ def decode(data: bytes) -> dict[str, torch.Tensor]:
     try:
         out = load(bytes(data))
     except Exception as err:  # safetensors raises its own error types
-        raise WeightsError(f"not valid safetensors: {err}") from None
+        raise WeightsError(f"not valid safetensors (truncated or corrupted): {err}") from None
     if not out:
         raise WeightsError("the upload holds no tensors")
     return out

@@ -158,6 +158,26 @@ class Hub:
 
 
 @pytest.fixture
+def hub_cls():
+    """The :class:`Hub` helper class itself (for tests that start servers their own way)."""
+    return Hub
+
+
+@pytest.fixture
+def make_hub(tmp_path):
+    """``make_hub(**serve_kwargs)``: a hub on a SQLite file with server options (TLS, limits)."""
+    made = []
+
+    def make(**kw):
+        made.append(Hub(f"sqlite:///{tmp_path / f'hub{len(made)}.db'}", **kw))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.stop()
+
+
+@pytest.fixture
 def hub(tmp_path):
     h = Hub(f"sqlite:///{tmp_path / 'hub.db'}")
     yield h

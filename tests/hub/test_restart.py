@@ -1,0 +1,76 @@
+"""Kill the server process between uploads and the merge: nothing accepted is lost, and the merge
+gives the same version as without the restart."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedssl.hub.client import HubClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(db: str, tmp: Path, tag: str):
+    port_file, key_file = tmp / f"port-{tag}", tmp / "manager.key"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch" / "hub_server.py"), "--db", db, "--port", "0",
+         "--init-manager", "alice", "--key-file", str(key_file), "--port-file", str(port_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    t = time.time()
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None:
+            raise RuntimeError(f"hub server exited: {proc.stdout.read()}")
+        if time.time() - t > 60:
+            proc.kill()
+            raise TimeoutError("hub server did not start")
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{int(port_file.read_text())}", key_file.read_text().strip()
+
+
+def _contribute(address, manager_key, hub_state, keys=None):
+    with HubClient(address, manager_key) as m:
+        if keys is None:
+            m.create_model("m", hub_state(0), builder={"model": "mlp", "num_classes": 10,
+                                                       "hidden": 8})  # fmt: skip
+            keys = [m.create_key(f"p{i}")["api_key"] for i in range(3)]
+    for i, k in enumerate(keys):
+        with HubClient(address, k) as p:
+            assert p.push("m", 1, hub_state(10 + i), 50 + i)["status"] == "pending"
+    return keys
+
+
+def test_kill_between_upload_and_merge(tmp_path, hub_cls):
+    Hub = hub_cls  # noqa: N806
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    proc, address, manager_key = _start(db, tmp_path, "a")
+    try:
+        _contribute(address, manager_key, Hub.state)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown
+        proc.wait(timeout=30)
+    proc, address, manager_key2 = _start(db, tmp_path, "b")
+    try:
+        assert manager_key2 == manager_key  # the key file was not rewritten: alice had a key
+        with HubClient(address, manager_key) as m:
+            rows = m.contributions("m", 1)
+            assert [(r["participant"], r["num_examples"], r["status"]) for r in rows] == [
+                ("p0", 50, "pending"), ("p1", 51, "pending"), ("p2", 52, "pending"),
+            ]  # fmt: skip
+            after_restart = m.merge("m", 1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    reference = Hub(f"sqlite:///{tmp_path / 'ref.db'}")  # the same uploads, never restarted
+    try:
+        _contribute(reference.address, reference.manager_key, Hub.state)
+        with reference.client() as m:
+            uninterrupted = m.merge("m", 1)
+    finally:
+        reference.stop()
+    assert after_restart["version"] == uninterrupted["version"] == 2
+    assert after_restart["weights_sha256"] == uninterrupted["weights_sha256"]
+    assert after_restart["num_examples"] == 153
