@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fedssl setup: idempotent. Creates .venv, installs fedssl with its dev extra, and where apt-get
-# exists (as root) installs Debian's dataset-fashion-mnist (the offline Fashion-MNIST).
+# exists (as root) installs Debian's dataset-fashion-mnist (the offline Fashion-MNIST) and
+# postgresql (the hub's tests start a throw-away PostgreSQL cluster; SQLite needs nothing).
 #   ./setup.sh            then: source .venv/bin/activate
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,6 +13,12 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
     apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
       || echo "[setup] warning: dataset-fashion-mnist not installed; set FEDSSL_DATA or data.root"
+  fi
+  if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "[setup] installing Debian package postgresql (for the hub's PostgreSQL tests)"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+      || echo "[setup] warning: postgresql not installed; the hub's PostgreSQL tests will skip"
   fi
 else
   echo "[setup] no apt-get (or not root): put the Fashion-MNIST idx files in \$FEDSSL_DATA"

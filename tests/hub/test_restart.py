@@ -3,32 +3,16 @@ gives the same version as without the restart."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from fedssl.hub.client import HubClient
+from fedssl.hub.process import start_server_process, stop_server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(db: str, tmp: Path, tag: str):
-    port_file, key_file = tmp / f"port-{tag}", tmp / "manager.key"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch" / "hub_server.py"), "--db", db, "--port", "0",
-         "--init-manager", "alice", "--key-file", str(key_file), "--port-file", str(port_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    t = time.time()
-    while not port_file.exists() or not port_file.read_text().strip():
-        if proc.poll() is not None:
-            raise RuntimeError(f"hub server exited: {proc.stdout.read()}")
-        if time.time() - t > 60:
-            proc.kill()
-            raise TimeoutError("hub server did not start")
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{int(port_file.read_text())}", key_file.read_text().strip()
+    return start_server_process(db, tmp, manager="alice", tag=tag)
 
 
 def _contribute(address, manager_key, hub_state, keys=None):
@@ -62,8 +46,7 @@ def test_kill_between_upload_and_merge(tmp_path, hub_cls):
             ]  # fmt: skip
             after_restart = m.merge("m", 1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server_process(proc)
     reference = Hub(f"sqlite:///{tmp_path / 'ref.db'}")  # the same uploads, never restarted
     try:
         _contribute(reference.address, reference.manager_key, Hub.state)
