@@ -27,9 +27,9 @@ def _contribute(address, manager_key, hub_state, keys=None):
     return keys
 
 
-def test_kill_between_upload_and_merge(tmp_path, hub_cls):
+def test_kill_between_upload_and_merge(tmp_path, hub_cls, db_url):
     Hub = hub_cls  # noqa: N806
-    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    db = db_url  # a SQLite file, then a PostgreSQL database
     proc, address, manager_key = _start(db, tmp_path, "a")
     try:
         _contribute(address, manager_key, Hub.state)
