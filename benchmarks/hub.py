@@ -288,6 +288,8 @@ def render(res: dict) -> str:
             f"| {r['clients']} | {r['calls']} | {r['calls_per_s']:.0f} | {r['errors']} |",
             "",
         ]
+    for title, text in res.get("notes", {}).items():
+        out += [f"## {title}", "", text.strip(), ""]
     return "\n".join(out)
 
 
