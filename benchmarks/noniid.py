@@ -73,6 +73,12 @@ def run_point(key: str, args: list[str], central: bool, out_dir: str) -> dict:
     return summ
 
 
+def save(res: dict, a) -> None:
+    """Write the json and the page (after every point: an interrupted run keeps what finished)."""
+    a.results.write_text(json.dumps(res, indent=1))
+    a.page.write_text(render(res))
+
+
 def skew_args(p: float) -> list[str]:
     return ["--p", f"{p:g}"]
 
@@ -82,6 +88,7 @@ def section_paper(res: dict, a) -> None:
         res["runs"][f"{ds}-p0.55-fedavg"] = run_point(
             f"{ds}-p0.55-fedavg", ["--dataset", ds, *a.extra], True, a.out_dir
         )
+        save(res, a)
 
 
 def section_strategies(res: dict, a) -> None:
@@ -93,6 +100,7 @@ def section_strategies(res: dict, a) -> None:
             res["runs"][key] = run_point(
                 key, ["--dataset", ds, "--strategy", s, *a.extra], s == "fedavg", a.out_dir
             )
+            save(res, a)
 
 
 def section_skew(res: dict, a) -> None:
@@ -104,6 +112,7 @@ def section_skew(res: dict, a) -> None:
                     continue
                 args = ["--dataset", ds, "--strategy", s, *skew_args(p), *a.extra]
                 res["runs"][key] = run_point(key, args, s == "fedavg", a.out_dir)
+                save(res, a)
 
 
 def section_settings(res: dict, a) -> None:
@@ -117,6 +126,7 @@ def section_settings(res: dict, a) -> None:
                 extra = [e.replace("HALF", str(half[ds])) for e in extra]
                 res["runs"][key] = run_point(key, ["--dataset", ds, *extra, *a.extra], False,
                                              a.out_dir)  # fmt: skip
+                save(res, a)
             res["runs"][key]["label"] = label
 
 
@@ -314,8 +324,7 @@ def main(argv=None) -> int:
         if a.section in sections:
             sections[a.section](res, a)
     finally:  # keep what finished even if a later point fails
-        a.results.write_text(json.dumps(res, indent=1))
-        a.page.write_text(render(res))
+        save(res, a)
     print(f"[bench] wrote {a.page} and {a.results}")
     return 0
 
