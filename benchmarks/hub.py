@@ -245,7 +245,7 @@ def render(res: dict) -> str:
             "",
             f"Command: `python benchmarks/hub.py throughput` ({r['date']}). {r['mb']:.1f} MB of "
             "safetensors (timm `resnet50`, random weights). Upload = `HubClient.push` end to end "
-            "(encode, 1 MiB chunks over gRPC, the server decodes, validates every tensor and "
+            "(encode, 4 MiB chunks over gRPC, the server decodes, validates every tensor and "
             "writes the SQLite row); download = `HubClient.pull` (read, stream, sha256 check, "
             "decode). Reference: safetensors serialisation of the same state dict in memory. "
             "Target: >= 50% of it.",

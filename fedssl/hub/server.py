@@ -32,7 +32,7 @@ __all__ = ["HubService", "serve", "API_KEY_HEADER", "MAX_MESSAGE_BYTES"]
 
 log = logging.getLogger("fedssl.hub")
 API_KEY_HEADER = "x-api-key"
-#: per-message limit both ways: chunks are 1 MiB, so 8 MiB leaves room for headers
+#: per-message limit both ways: chunks are 4 MiB, so 8 MiB leaves room for headers
 MAX_MESSAGE_BYTES = 8 << 20
 MANAGER_ONLY = {"CreateModel", "ListContributions", "Merge", "CreateKey", "RevokeKey"}
 

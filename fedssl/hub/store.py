@@ -45,7 +45,7 @@ from fedssl.hub.errors import (
 __all__ = ["Store", "KeyInfo", "SCHEMA_VERSION", "ROLES", "STATUSES"]
 
 #: bump with a migration in :data:`MIGRATIONS` when a table changes
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES = ("manager", "participant")
 STATUSES = ("pending", "merged", "stale", "rejected")
 KEY_PREFIX = "fh_"
@@ -97,7 +97,9 @@ class VersionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("hub_models.id"))
     number: Mapped[int] = mapped_column(Integer)
-    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    # blobs load only when read (metadata queries never touch them)
+    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    weights_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # schema 2
     weights_sha256: Mapped[str] = mapped_column(String(64))
     parent: Mapped[int] = mapped_column(Integer, default=0)
     merge_method: Mapped[str] = mapped_column(String(64), default="")
@@ -116,15 +118,23 @@ class ContributionRow(Base):
     base_version: Mapped[int] = mapped_column(Integer)
     num_examples: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[str] = mapped_column(Text, default="{}")
-    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     weights_bytes: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
     merged_into: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
+def _v2_version_sizes(conn) -> None:
+    """Schema 2: versions record their weights' size (metadata reads no longer touch blobs)."""
+    conn.exec_driver_sql(
+        "ALTER TABLE hub_versions ADD COLUMN weights_bytes BIGINT NOT NULL DEFAULT 0"
+    )
+    conn.exec_driver_sql("UPDATE hub_versions SET weights_bytes = length(weights)")
+
+
 #: schema version -> function(connection) that migrates from the previous version
-MIGRATIONS: dict[int, Callable] = {}
+MIGRATIONS: dict[int, Callable] = {2: _v2_version_sizes}
 
 
 @dataclass(frozen=True)
@@ -211,7 +221,12 @@ class Store:
     # ------------------------------------------------------------------ schema
 
     def _migrate(self) -> None:
-        Base.metadata.create_all(self.engine)
+        from sqlalchemy import inspect
+
+        if inspect(self.engine).has_table("hub_schema"):
+            with Session(self.engine) as s, s.begin():
+                self._upgrade(s)
+        Base.metadata.create_all(self.engine)  # new tables (all of them on a fresh database)
         with Session(self.engine) as s, s.begin():
             row = s.scalar(select(SchemaRow).where(SchemaRow.id == 1))
             if row is None:
@@ -222,9 +237,16 @@ class Store:
                     f"{self.url}: hub schema version {row.version} is newer than this fedssl "
                     f"({SCHEMA_VERSION}); upgrade fedssl"
                 )
-            for v in range(row.version + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[v](s.connection())
-            row.version = SCHEMA_VERSION
+            row.version = SCHEMA_VERSION  # _upgrade ran the migrations
+
+    def _upgrade(self, s: Session) -> None:
+        """Run the migrations from the stored schema version to :data:`SCHEMA_VERSION`."""
+        row = s.scalar(select(SchemaRow).where(SchemaRow.id == 1))
+        if row is None or row.version >= SCHEMA_VERSION:
+            return  # fresh, current, or newer (refused by the caller)
+        for v in range(row.version + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[v](s.connection())
+        row.version = SCHEMA_VERSION
 
     def schema_version(self) -> int:
         with Session(self.read_engine) as s:
@@ -329,6 +351,7 @@ class Store:
                     model_id=m.id,
                     number=1,
                     weights=data,
+                    weights_bytes=len(data),
                     weights_sha256=W.sha256(data),
                     parent=0,
                     merge_method="",
@@ -515,6 +538,7 @@ class Store:
                     model_id=m.id,
                     number=number,
                     weights=data,
+                    weights_bytes=len(data),
                     weights_sha256=W.sha256(data),
                     parent=base_version,
                     merge_method=method,
@@ -557,7 +581,7 @@ class Store:
                 VersionRow.merge_method,
                 VersionRow.contribution_ids,
                 VersionRow.num_examples,
-                func.length(VersionRow.weights),
+                VersionRow.weights_bytes,
             ).where(VersionRow.model_id == m.id, VersionRow.number == version)
         ).first()
         if v is None:

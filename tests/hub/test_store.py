@@ -185,3 +185,17 @@ def test_concurrent_merges_of_one_base_make_one_version(model):
         t.join()
     assert results == [2] and len(errors) == 3
     assert store.count("versions") == 2 and store.model("m").latest_version == 2
+
+
+def test_schema_1_database_is_migrated_on_start(db_url):
+    s = Store(db_url)
+    s.create_model("m", "alice", W.encode(_state(1.0)))
+    size = s.model("m").weights_bytes
+    with s.engine.begin() as c:  # turn it into a schema-1 database (no weights_bytes column)
+        c.execute(text("ALTER TABLE hub_versions DROP COLUMN weights_bytes"))
+        c.execute(text("UPDATE hub_schema SET version = 1"))
+    s.close()
+    migrated = Store(db_url)
+    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.model("m").weights_bytes == size > 0  # filled from the stored blobs
+    migrated.close()
