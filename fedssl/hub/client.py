@@ -165,16 +165,16 @@ class HubClient:
                 metadata=self.metadata,
                 timeout=self.timeout,
             )
-            info, buf = None, bytearray()
+            info, parts = None, []
             for chunk in stream:
                 if chunk.HasField("info"):
                     info = info_dict(chunk.info)
-                buf += chunk.data
+                parts.append(chunk.data)
         except grpc.RpcError as err:
             _raise(err)
         if info is None:
             raise E.HubError(f"GetModel {name!r}: the reply carried no model info")
-        data = bytes(buf)
+        data = b"".join(parts)
         if W.sha256(data) != info["weights_sha256"]:
             raise E.HubError(f"GetModel {name!r}: weights arrived corrupted (sha256 mismatch)")
         return info, data

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -81,12 +83,49 @@ def _handled(call: str):
     return decorate
 
 
-class HubService(rpc.HubServicer):
-    """The gRPC servicer over a :class:`Store`."""
+class _VersionCache:
+    """The weights of recently pulled versions (versions never change, so entries never go
+    stale), up to ``limit`` bytes, least recently used out first."""
 
-    def __init__(self, store: Store, max_upload_bytes: int | None = None):
+    def __init__(self, limit: int):
+        self.limit, self.size, self.items = limit, 0, OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            return None
+
+    def put(self, key, data: bytes) -> None:
+        if len(data) > self.limit:
+            return
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key] = data
+            self.size += len(data)
+            while self.size > self.limit:
+                _, old = self.items.popitem(last=False)
+                self.size -= len(old)
+
+
+class HubService(rpc.HubServicer):
+    """The gRPC servicer over a :class:`Store`.
+
+    Args:
+        store: the SQL store.
+        max_upload_bytes: server-wide upload limit (a model may set a lower one).
+        cache_bytes: memory for the weights of recently pulled versions.
+    """
+
+    def __init__(
+        self, store: Store, max_upload_bytes: int | None = None, cache_bytes: int = 1 << 30
+    ):
         self.store = store
         self.max_upload_bytes = max_upload_bytes or store.max_upload_bytes
+        self.cache = _VersionCache(cache_bytes)
 
     # ------------------------------------------------------------------ auth
 
@@ -213,8 +252,12 @@ class HubService(rpc.HubServicer):
 
     @_handled("GetModel")
     def GetModel(self, request, context, key) -> Iterator[pb.ModelChunk]:  # noqa: N802
-        self._model(key, request.name, request.version)
-        meta, data = self.store.weights(request.name, request.version)
+        meta = self._model(key, request.name, request.version)
+        ckey = (meta.name, meta.version, meta.weights_sha256)
+        data = self.cache.get(ckey)
+        if data is None:
+            meta, data = self.store.weights(request.name, meta.version)
+            self.cache.put(ckey, data)
 
         def stream():
             yield pb.ModelChunk(info=_info(meta))
