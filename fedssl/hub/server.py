@@ -153,27 +153,37 @@ class HubService(rpc.HubServicer):
 
     # ------------------------------------------------------------------ uploads
 
-    def _receive(self, request_iterator, what: str, limit: int):
-        """(header, bytes) from a chunked upload; refuses past ``limit`` bytes without storing."""
-        header = None
-        buf = bytearray()
-        for i, chunk in enumerate(request_iterator):
-            if i == 0:
-                if not chunk.HasField("header"):
-                    raise InvalidArgument(f"{what}: the first message must carry the header")
-                header = chunk.header
-            elif chunk.HasField("header"):
-                raise InvalidArgument(f"{what}: only the first message may carry a header")
-            buf += chunk.data
-            if len(buf) > limit:
-                raise InvalidArgument(f"{what}: upload larger than the limit of {limit} bytes")
-        if header is None:
-            raise InvalidArgument(f"{what}: empty upload")
-        return header, bytes(buf)
+    @staticmethod
+    def _first(request_iterator, what: str):
+        """The first message of an upload (it must carry the header) and the rest."""
+        it = iter(request_iterator)
+        first = next(it, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument(f"{what}: the first message must carry the header")
+        return first, it
+
+    @staticmethod
+    def _body(first, rest, what: str, limit: int) -> bytes:
+        """The upload's bytes; refused past ``limit`` while receiving, before anything is
+        stored."""
+
+        def pieces():
+            yield first.data
+            for chunk in rest:
+                if chunk.HasField("header"):
+                    raise InvalidArgument(f"{what}: only the first message may carry a header")
+                yield chunk.data
+
+        try:
+            return W.join(pieces(), limit)
+        except W.WeightsError as err:
+            raise InvalidArgument(f"{what}: {err}") from None
 
     @_handled("CreateModel")
     def CreateModel(self, request_iterator, context, key):  # noqa: N802 - gRPC's names
-        h, data = self._receive(request_iterator, "CreateModel", self.max_upload_bytes)
+        first, rest = self._first(request_iterator, "CreateModel")
+        h = first.header
+        data = self._body(first, rest, "CreateModel", self.max_upload_bytes)
         try:
             builder = json.loads(h.architecture_json or "{}").get("builder", {})
             recipe = json.loads(h.recipe_json or "{}")
@@ -198,10 +208,7 @@ class HubService(rpc.HubServicer):
 
     @_handled("Contribute")
     def Contribute(self, request_iterator, context, key):  # noqa: N802
-        it = iter(request_iterator)
-        first = next(it, None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("Contribute: the first message must carry the header")
+        first, rest = self._first(request_iterator, "Contribute")
         h = first.header
         meta = self._model(key, h.name)  # unknown model / other manager: refused before reading
         if h.num_examples <= 0:
@@ -210,11 +217,7 @@ class HubService(rpc.HubServicer):
             if v != v or v in (float("inf"), float("-inf")):
                 raise InvalidArgument(f"Contribute: metric {k!r} is not finite")
 
-        def chunks():
-            yield first
-            yield from it
-
-        _, data = self._receive(chunks(), "Contribute", meta.max_upload_bytes)
+        data = self._body(first, rest, "Contribute", meta.max_upload_bytes)
         try:
             state = W.decode(data)
             W.validate(state, meta.spec)

@@ -8,8 +8,6 @@ from pathlib import Path
 from fedssl.hub.client import HubClient
 from fedssl.hub.process import start_server_process, stop_server_process
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _start(db: str, tmp: Path, tag: str):
     return start_server_process(db, tmp, manager="alice", tag=tag)
