@@ -41,6 +41,8 @@ def cmd_serve(args) -> int:
         args.tls_cert,
         args.tls_key,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        blob_dir=args.blob_dir,
+        fsync=not args.no_fsync,
     )
     if args.init_manager:
         from sqlalchemy import select
@@ -66,7 +68,8 @@ def cmd_serve(args) -> int:
         else:
             print(f"[hub] {args.init_manager} already has a manager key", flush=True)
     scheme = "TLS" if args.tls_cert else "plaintext"
-    print(f"[hub] serving on {args.host}:{port} ({scheme}), store {args.db}", flush=True)
+    blobs = f"weights in {store.blobs.root}" if store.blobs else "weights in the database"
+    print(f"[hub] serving on {args.host}:{port} ({scheme}), store {args.db}, {blobs}", flush=True)
     if args.port_file:
         with open(args.port_file, "w") as f:
             f.write(f"{port}\n")
@@ -87,6 +90,18 @@ def cmd_admin_key(args) -> int:
     store = Store(args.db)
     secret, info = store.create_key("manager", args.owner)
     print(f"manager key for {args.owner} (id {info.key_id}, shown once): {secret}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from fedssl.hub.store import Store
+
+    store = Store(args.db, blob_dir=None if args.blob_dir == "none" else args.blob_dir)
+    if store.blobs is None:
+        print("this store keeps weights in the database: no blob files to collect")
+        return 0
+    n = store.collect_garbage(min_age_s=args.min_age_h * 3600)
+    print(f"removed {n} unreferenced blob file(s) from {store.blobs.root}")
     return 0
 
 
@@ -169,7 +184,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--init-manager", metavar="NAME", help="make a manager key if NAME has none")
     s.add_argument("--key-file", help="also write that key here (mode 600)")
     s.add_argument("--port-file", help="write the bound port here once listening")
+    blob_help = (
+        "folder for weights files (default 'auto': <db>.blobs beside a SQLite file, in the "
+        "database otherwise; 'none': always in the database)"
+    )
+    s.add_argument("--blob-dir", default="auto", help=blob_help)
+    s.add_argument(
+        "--no-fsync", action="store_true", help="do not flush blob files to disk (faster, unsafe)"
+    )
     s.set_defaults(func=cmd_serve)
+
+    g = sub.add_parser("gc", help="operator: delete blob files no version or contribution uses")
+    g.add_argument("--db", default="sqlite:///hub.db")
+    g.add_argument("--blob-dir", default="auto", help=blob_help)
+    g.add_argument("--min-age-h", type=float, default=1.0, help="spare younger files (hours)")
+    g.set_defaults(func=cmd_gc)
 
     a = sub.add_parser("admin-key", help="operator: create a manager key in the database")
     a.add_argument("--db", default="sqlite:///hub.db")

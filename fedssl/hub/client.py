@@ -19,6 +19,7 @@ each with the gRPC ``code`` the server answered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 
@@ -47,6 +48,7 @@ _BY_CODE = {
         E.PermissionDenied,
         E.InvalidArgument,
         E.Unauthenticated,
+        E.DataLoss,
         HubUnavailable,
     )
 }
@@ -157,7 +159,7 @@ class HubClient:
             self._call(self.stub.GetModelInfo, pb.GetModelRequest(name=name, version=version))
         )
 
-    def pull_bytes(self, name: str, version: int = 0) -> tuple[dict, bytes]:
+    def pull_bytes(self, name: str, version: int = 0) -> tuple[dict, bytearray]:
         """``(info, safetensors bytes)`` of a version; the bytes are checked against its sha256."""
         try:
             stream = self.stub.GetModel(
@@ -165,18 +167,20 @@ class HubClient:
                 metadata=self.metadata,
                 timeout=self.timeout,
             )
-            info, parts = None, []
+            info, parts, digest = None, [], hashlib.sha256()
             for chunk in stream:
                 if chunk.HasField("info"):
                     info = info_dict(chunk.info)
-                parts.append(chunk.data)
+                if chunk.data:
+                    digest.update(chunk.data)  # while the next chunk arrives
+                    parts.append(chunk.data)
         except grpc.RpcError as err:
             _raise(err)
         if info is None:
             raise E.HubError(f"GetModel {name!r}: the reply carried no model info")
-        data = b"".join(parts)
-        if W.sha256(data) != info["weights_sha256"]:
+        if digest.hexdigest() != info["weights_sha256"]:
             raise E.HubError(f"GetModel {name!r}: weights arrived corrupted (sha256 mismatch)")
+        data = bytearray().join(parts)  # a bytearray: decode() then needs no further copy
         return info, data
 
     def pull(self, name: str, version: int = 0, as_module: bool = False):

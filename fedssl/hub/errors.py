@@ -12,6 +12,7 @@ __all__ = [
     "PermissionDenied",
     "InvalidArgument",
     "Unauthenticated",
+    "DataLoss",
 ]
 
 
@@ -43,3 +44,9 @@ class InvalidArgument(HubError):
 
 class Unauthenticated(HubError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DataLoss(HubError):
+    """Stored weights are missing or damaged (e.g. a blob file deleted or changed on disk)."""
+
+    code = grpc.StatusCode.DATA_LOSS

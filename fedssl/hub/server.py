@@ -10,6 +10,7 @@ and contribute to the models of the manager that issued their key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -163,9 +164,9 @@ class HubService(rpc.HubServicer):
         return first, it
 
     @staticmethod
-    def _body(first, rest, what: str, limit: int) -> bytes:
-        """The upload's bytes; refused past ``limit`` while receiving, before anything is
-        stored."""
+    def _body(first, rest, what: str, limit: int) -> tuple[bytearray, str]:
+        """The upload's bytes and their SHA-256 (hashed while receiving); refused past
+        ``limit`` while receiving, before anything is stored."""
 
         def pieces():
             yield first.data
@@ -174,8 +175,9 @@ class HubService(rpc.HubServicer):
                     raise InvalidArgument(f"{what}: only the first message may carry a header")
                 yield chunk.data
 
+        digest = hashlib.sha256()
         try:
-            return W.join(pieces(), limit)
+            return W.join(pieces(), limit, digest), digest.hexdigest()
         except W.WeightsError as err:
             raise InvalidArgument(f"{what}: {err}") from None
 
@@ -183,7 +185,7 @@ class HubService(rpc.HubServicer):
     def CreateModel(self, request_iterator, context, key):  # noqa: N802 - gRPC's names
         first, rest = self._first(request_iterator, "CreateModel")
         h = first.header
-        data = self._body(first, rest, "CreateModel", self.max_upload_bytes)
+        data, sha = self._body(first, rest, "CreateModel", self.max_upload_bytes)
         try:
             builder = json.loads(h.architecture_json or "{}").get("builder", {})
             recipe = json.loads(h.recipe_json or "{}")
@@ -200,6 +202,7 @@ class HubService(rpc.HubServicer):
                 recipe=recipe,
                 max_staleness=h.max_staleness,
                 max_upload_bytes=h.max_upload_bytes,
+                sha256=sha,
             )
         except W.WeightsError as err:
             raise InvalidArgument(f"CreateModel: {err}") from None
@@ -217,14 +220,14 @@ class HubService(rpc.HubServicer):
             if v != v or v in (float("inf"), float("-inf")):
                 raise InvalidArgument(f"Contribute: metric {k!r} is not finite")
 
-        data = self._body(first, rest, "Contribute", meta.max_upload_bytes)
+        data, sha = self._body(first, rest, "Contribute", meta.max_upload_bytes)
         try:
             state = W.decode(data)
             W.validate(state, meta.spec)
         except W.WeightsError as err:
             raise InvalidArgument(f"Contribute: {err}") from None
         out = self.store.add_contribution(
-            h.name, key, h.base_version, h.num_examples, dict(h.metrics), data
+            h.name, key, h.base_version, h.num_examples, dict(h.metrics), data, sha256=sha
         )
         log.info(
             "contribution %d to %r v%d from %s: %s%s",
@@ -340,10 +343,15 @@ def serve(
     tls_key: str | None = None,
     max_upload_bytes: int = 512 << 20,
     workers: int = 32,
+    blob_dir: str | None = "auto",
+    fsync: bool = True,
 ) -> tuple[grpc.Server, int, Store]:
     """Start the hub (non-blocking). Returns ``(server, bound_port, store)``; call
-    ``server.wait_for_termination()`` to block, ``server.stop(grace)`` to stop."""
-    store = Store(db, max_upload_bytes=max_upload_bytes)
+    ``server.wait_for_termination()`` to block, ``server.stop(grace)`` to stop. ``blob_dir``
+    and ``fsync``: where weights files go (see :class:`fedssl.hub.store.Store`)."""
+    if blob_dir in ("none", ""):
+        blob_dir = None
+    store = Store(db, max_upload_bytes=max_upload_bytes, blob_dir=blob_dir, fsync=fsync)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hub"),
         options=[

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -24,41 +26,145 @@ __all__ = [
     "sha256",
 ]
 
-#: bytes per streamed message (the hub allows 8 MiB messages; fewer, larger messages are faster)
-CHUNK_BYTES = 4 << 20
+#: bytes per streamed message (the hub allows 8 MiB messages). Measured on a ResNet-50 over
+#: loopback (benchmarks/hub.py throughput): 1 MiB beat 256 KiB, 512 KiB, 2, 4 and 16 MiB
+CHUNK_BYTES = 1 << 20
 
 
 class WeightsError(ValueError):
     """Weights that cannot be accepted (bad bytes, wrong tensors, non-finite values)."""
 
 
-def encode(state: Mapping[str, torch.Tensor]) -> bytes:
-    """A state dict as safetensors bytes (tensors copied to contiguous CPU memory)."""
-    from safetensors.torch import save
+#: safetensors dtype names <-> torch dtypes (the formats a hub model may use)
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_CODES = {v: k for k, v in DTYPES.items()}
+_LITTLE = sys.byteorder == "little"
 
+
+def encode(state: Mapping[str, torch.Tensor]) -> bytearray:
+    """A state dict as safetensors bytes (readable by ``safetensors.torch.load``).
+
+    Written straight into one buffer: the JSON header, then every tensor's raw little-endian
+    bytes (largest element size first, so every tensor stays aligned), one copy per tensor.
+    """
     if not state:
         raise WeightsError("no tensors to encode")
-    return save({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
+    tensors = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"tensor {k!r}: not a tensor ({type(v).__name__})")
+        if v.dtype not in _CODES:
+            raise WeightsError(f"tensor {k!r}: dtype {v.dtype} cannot be stored")
+        tensors[k] = v.detach().to("cpu").contiguous()
+    if not _LITTLE:  # pragma: no cover - big-endian hosts take the library's path
+        from safetensors.torch import save
+
+        return bytearray(save(tensors))
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header, offset = {}, 0
+    for k in order:
+        t = tensors[k]
+        size = t.numel() * t.element_size()
+        header[k] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    buf = bytearray(8 + len(head) + offset)
+    buf[:8] = len(head).to_bytes(8, "little")
+    buf[8 : 8 + len(head)] = head
+    view, start = memoryview(buf), 8 + len(head)
+    for k in order:
+        t = tensors[k]
+        a, b = header[k]["data_offsets"]
+        if b > a:
+            view[start + a : start + b] = t.reshape(-1).view(torch.uint8).numpy()
+    return buf
 
 
-def decode(data: bytes) -> dict[str, torch.Tensor]:
-    """Parse safetensors bytes; any malformed input raises :class:`WeightsError`."""
-    from safetensors.torch import load
-
+def _header(data) -> tuple[dict, int]:
+    """The parsed, checked header of safetensors ``data`` and where its byte buffer starts."""
     if len(data) < 8:
         raise WeightsError(f"not safetensors: {len(data)} bytes (truncated or empty upload)")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8:
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
         raise WeightsError(
-            f"not safetensors: the header claims {header_len} bytes but {len(data) - 8} follow "
+            f"not safetensors: the header claims {n} bytes but {len(data) - 8} follow "
             "(truncated, garbage or a different format, e.g. a pickle)"
         )
     try:
-        out = load(bytes(data))
-    except Exception as err:  # safetensors raises its own error types
-        raise WeightsError(f"not valid safetensors (truncated or corrupted): {err}") from None
-    if not out:
+        header = json.loads(bytes(data[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"not safetensors: the header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise WeightsError("not safetensors: the header is not a JSON object")
+    header.pop("__metadata__", None)
+    if not header:
         raise WeightsError("the upload holds no tensors")
+    body = len(data) - 8 - n
+    spans = []
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape, (a, b) = list(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise WeightsError(f"tensor {name!r}: malformed header entry ({err!r})") from None
+        if not all(type(d) is int and d >= 0 for d in shape) or not (
+            type(a) is int and type(b) is int and 0 <= a <= b <= body
+        ):
+            raise WeightsError(f"tensor {name!r}: bad shape or offsets (truncated or corrupted)")
+        if (b - a) != math.prod(shape) * dtype.itemsize:
+            raise WeightsError(
+                f"tensor {name!r}: {b - a} bytes for shape {shape} of {entry['dtype']}"
+            )
+        spans.append((a, b))
+    spans.sort()
+    end = 0
+    for a, b in spans:
+        if a != end:
+            raise WeightsError("not valid safetensors: tensors overlap or leave holes")
+        end = b
+    if end != body:
+        raise WeightsError(f"not valid safetensors: {body - end} bytes after the last tensor")
+    return header, 8 + n
+
+
+def decode(data: bytes | bytearray) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes; any malformed input raises :class:`WeightsError`.
+
+    Only the format is parsed (a JSON header and raw buffers; nothing is ever unpickled) and
+    every offset, shape and size is checked first. A ``bytearray`` is decoded without copying:
+    the tensors share its memory (so it must not change afterwards); ``bytes`` are copied once.
+    """
+    header, start = _header(data)
+    if not _LITTLE:  # pragma: no cover
+        from safetensors.torch import load
+
+        return load(bytes(data))
+    buf = data if isinstance(data, bytearray) else bytearray(data)
+    out = {}
+    for name, entry in header.items():
+        dtype, shape = DTYPES[entry["dtype"]], entry["shape"]
+        a, b = entry["data_offsets"]
+        if b == a:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        n = (b - a) // dtype.itemsize
+        out[name] = torch.frombuffer(buf, dtype=dtype, count=n, offset=start + a).view(shape)
     return out
 
 
@@ -105,14 +211,18 @@ def chunked(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
         yield bytes(view[i : i + size])
 
 
-def join(chunks: Iterable[bytes], limit: int) -> bytes:
-    """Concatenate chunks, refusing as soon as the total passes ``limit`` bytes."""
+def join(chunks: Iterable[bytes], limit: int, digest=None) -> bytearray:
+    """Concatenate chunks, refusing as soon as the total passes ``limit`` bytes (a
+    ``bytearray``: :func:`decode` reads it without another copy). ``digest`` (a ``hashlib``
+    object) is updated with every chunk as it arrives."""
     buf = bytearray()
     for c in chunks:
         buf += c
         if len(buf) > limit:
             raise WeightsError(f"upload larger than the limit of {limit} bytes")
-    return bytes(buf)
+        if digest is not None:
+            digest.update(c)
+    return buf
 
 
 def sha256(data: bytes) -> str:

@@ -43,3 +43,24 @@ def test_admin_key_and_missing_key(tmp_path, capsys):
     assert info is not None and (info.role, info.owner) == ("manager", "bob")
     with pytest.raises(SystemExit, match="no API key"):
         main(["status", "--address", "127.0.0.1:1", "--api-key", ""])
+
+
+def test_gc_command(tmp_path, capsys):
+    import os
+
+    import torch
+
+    from fedssl.hub import weights as W
+    from fedssl.hub.store import Store
+
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    s = Store(db)
+    s.create_model("m", "alice", W.encode({"w": torch.zeros(2)}))
+    s.blobs.put(b"orphan", W.sha256(b"orphan"))  # as left by an upload that failed to commit
+    os.utime(s.blobs.path(W.sha256(b"orphan")), (0, 0))
+    s.close()
+    assert main(["gc", "--db", db]) == 0
+    assert "removed 1 unreferenced blob file(s)" in capsys.readouterr().out
+    assert main(["gc", "--db", db, "--blob-dir", "none"]) == 0
+    assert "no blob files" in capsys.readouterr().out
+    assert len(Store(db).blobs.names()) == 1  # the model's version is kept

@@ -188,14 +188,111 @@ def test_concurrent_merges_of_one_base_make_one_version(model):
 
 
 def test_schema_1_database_is_migrated_on_start(db_url):
-    s = Store(db_url)
+    s = Store(db_url, blob_dir=None)  # schemas 1 and 2 kept weights in the rows
     s.create_model("m", "alice", W.encode(_state(1.0)))
     size = s.model("m").weights_bytes
-    with s.engine.begin() as c:  # turn it into a schema-1 database (no weights_bytes column)
+    with s.engine.begin() as c:  # turn it into a schema-1 database
         c.execute(text("ALTER TABLE hub_versions DROP COLUMN weights_bytes"))
+        for table in ("hub_versions", "hub_contributions"):
+            c.execute(text(f"ALTER TABLE {table} DROP COLUMN weights_ref"))
         c.execute(text("UPDATE hub_schema SET version = 1"))
     s.close()
     migrated = Store(db_url)
-    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.schema_version() == SCHEMA_VERSION == 3
     assert migrated.model("m").weights_bytes == size > 0  # filled from the stored blobs
     migrated.close()
+
+
+def test_schema_2_rows_stay_readable_beside_new_blob_files(db_url, tmp_path):
+    """Weights stored in rows before blob files existed are still served and merged; new
+    uploads of the migrated store go to files."""
+    s = Store(db_url, blob_dir=None)
+    s.create_model("m", "alice", W.encode(_state(0.0)))
+    s.add_contribution("m", _key(s, "p1"), 1, 1, {}, W.encode(_state(2.0)))
+    with s.engine.begin() as c:
+        for table in ("hub_versions", "hub_contributions"):
+            c.execute(text(f"ALTER TABLE {table} DROP COLUMN weights_ref"))
+        c.execute(text("UPDATE hub_schema SET version = 2"))
+    s.close()
+    blobs = tmp_path / "blobs"
+    s = Store(db_url, blob_dir=blobs)
+    assert s.schema_version() == 3 and s.blobs.names() == set()
+    s.add_contribution("m", _key(s, "p2"), 1, 3, {}, W.encode(_state(6.0)))  # to a file
+    assert len(s.blobs.names()) == 1
+    merged = s.merge("m", 1, "avg", min_contributions=2)
+    _, data = s.weights("m", merged.version)
+    assert torch.allclose(W.decode(data)["w"], torch.full((2, 2), 5.0))  # (2*1 + 6*3) / 4
+    assert merged.weights_sha256 in s.blobs.names()  # the new version is a file too
+    _, old = s.weights("m", 1)  # the version still in its row
+    assert torch.equal(W.decode(old)["w"], torch.zeros(2, 2))
+    s.close()
+
+
+def test_weights_go_to_blob_files_beside_a_sqlite_file(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    assert s.blobs.root == tmp_path / "hub.blobs"
+    meta = s.create_model("m", "alice", W.encode(_state(0.0)))
+    data = W.encode(_state(1.0))
+    s.add_contribution("m", _key(s, "p1"), 1, 1, {}, data)
+    s.add_contribution("m", _key(s, "p2"), 1, 1, {}, data)  # same bytes: one file
+    assert s.blobs.names() == {meta.weights_sha256, W.sha256(data)}
+    with Session(s.engine) as db:  # the rows hold the names, not the bytes
+        assert db.execute(text("SELECT max(length(weights)) FROM hub_contributions")).scalar() == 0
+    assert Store("sqlite://").blobs is None  # in memory: rows
+    s.close()
+
+
+def test_a_server_database_keeps_weights_in_rows_unless_given_a_folder(pg_url, tmp_path):
+    rows = Store(pg_url)
+    assert rows.blobs is None
+    rows.create_model("m", "alice", W.encode(_state(0.0)))
+    rows.close()
+    files = Store(pg_url, blob_dir=tmp_path / "shared-blobs")
+    files.add_contribution("m", _key(files, "p1"), 1, 1, {}, W.encode(_state(4.0)))
+    merged = files.merge("m", 1)
+    assert files.blobs.names() == {W.sha256(W.encode(_state(4.0))), merged.weights_sha256}
+    assert torch.equal(W.decode(files.weights("m")[1])["b"], torch.full((2,), 4.0))
+    files.close()
+
+
+def test_damaged_or_missing_blob_is_reported_and_the_merge_changes_nothing(tmp_path):
+    from fedssl.hub.errors import DataLoss
+
+    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    s.create_model("m", "alice", W.encode(_state(0.0)))
+    good, bad = W.encode(_state(1.0)), W.encode(_state(2.0))
+    s.add_contribution("m", _key(s, "p1"), 1, 1, {}, good)
+    s.add_contribution("m", _key(s, "p2"), 1, 1, {}, bad)
+    path = s.blobs.path(W.sha256(bad))
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped bit on disk
+    path.write_bytes(raw)
+    with pytest.raises(DataLoss, match="damaged"):
+        s.merge("m", 1)
+    assert s.model("m").latest_version == 1 and s.count("versions") == 1
+    assert {c.status for c in s.contributions("m")} == {"pending"}
+    s.blobs.path(s.model("m").weights_sha256).unlink()
+    with pytest.raises(DataLoss, match="missing"):
+        s.weights("m")
+    s.close()
+
+
+def test_garbage_collection_removes_only_unused_old_files(tmp_path):
+    import os
+
+    s = Store(f"sqlite:///{tmp_path / 'hub.db'}", fsync=False)
+    s.create_model("m", "alice", W.encode(_state(0.0)))
+    p1 = _key(s, "p1")
+    first, second = W.encode(_state(1.0)), W.encode(_state(2.0))
+    s.add_contribution("m", p1, 1, 1, {}, first)
+    s.add_contribution("m", p1, 1, 1, {}, second)  # replaces the first: its file is unused
+    orphan = s.blobs.path(W.sha256(first))
+    assert s.collect_garbage(min_age_s=3600) == 0  # too young: could be an upload in flight
+    old = orphan.stat().st_mtime - 7200
+    for name in s.blobs.names():
+        os.utime(s.blobs.path(name), (old, old))
+    assert s.collect_garbage(min_age_s=3600) == 1
+    assert not orphan.exists() and len(s.blobs.names()) == 2
+    merged = s.merge("m", 1)  # everything still referenced is intact
+    assert torch.equal(W.decode(s.weights("m", merged.version)[1])["w"], torch.full((2, 2), 2.0))
+    s.close()

@@ -75,3 +75,79 @@ def test_join_stops_at_the_limit():
         W.join(iter([b"12345", b"67890", b"x"]), limit=10)
     assert W.join(iter([b"ab", b"cd"]), limit=10) == b"abcd"
     assert list(W.chunked(b"abcdefg", 3)) == [b"abc", b"def", b"g"]
+
+
+MIXED = {
+    "w": torch.randn(4, 3),
+    "half": torch.randn(5).half(),
+    "bf": torch.randn(3, 1).bfloat16(),
+    "d": torch.randn(2).double(),
+    "steps": torch.tensor(7),
+    "mask": torch.tensor([True, False, True]),
+    "u": torch.arange(5, dtype=torch.uint8),
+    "empty": torch.zeros(0, 4),
+}
+
+
+def test_the_codec_reads_and_writes_the_safetensors_format():
+    """fedssl's own encoder/decoder agree with the safetensors library both ways, for every
+    dtype a model may hold (odd sizes next to each other, 0-d and empty tensors)."""
+    from safetensors.torch import load, save
+
+    ours = W.encode(MIXED)
+    for back in (load(bytes(ours)), W.decode(save(MIXED)), W.decode(ours)):
+        assert back.keys() == MIXED.keys()
+        for k, v in MIXED.items():
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
+            assert torch.equal(back[k], v), k
+
+
+def test_decoding_a_bytearray_copies_nothing():
+    data = W.encode({"w": torch.arange(6.0)})
+    back = W.decode(data)["w"]
+    data[-4:] = torch.tensor([42.0]).numpy().tobytes()  # the tensor is a view of the buffer
+    assert back[-1] == 42.0
+    copied = W.decode(bytes(W.encode({"w": torch.arange(6.0)})))["w"]
+    assert copied[-1] == 5.0
+
+
+def _forged(header: dict, body: bytes) -> bytes:
+    import json
+
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + body
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "match"),
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "4 bytes"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4, "offsets"),
+        ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, "shape"),
+        ({"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}, b"\0" * 4, "shape"),
+        ({"a": {"dtype": "PICKLE", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "malformed"),
+        ({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "malformed"),
+        ({"a": [1, 2]}, b"", "malformed"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            },
+            b"\0" * 8,
+            "overlap or leave holes",
+        ),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "after the last"),
+        ({"__metadata__": {"x": "y"}}, b"", "no tensors"),
+        ([1, 2, 3], b"", "not a JSON object"),
+    ],
+)
+def test_forged_headers_are_refused(header, body, match):
+    with pytest.raises(W.WeightsError, match=match):
+        W.decode(_forged(header, body))
+
+
+def test_header_that_is_not_json_is_refused():
+    data = (16).to_bytes(8, "little") + b"\xff\xfe not json  !!" + b"\0" * 4
+    with pytest.raises(W.WeightsError, match="not JSON"):
+        W.decode(data)
