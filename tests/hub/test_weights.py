@@ -137,7 +137,11 @@ def _forged(header: dict, body: bytes) -> bytes:
             b"\0" * 8,
             "overlap or leave holes",
         ),
-        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "after the last"),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 8,
+            "after the last",
+        ),
         ({"__metadata__": {"x": "y"}}, b"", "no tensors"),
         ([1, 2, 3], b"", "not a JSON object"),
     ],
