@@ -262,7 +262,7 @@ class HubService(rpc.HubServicer):
         ckey = (meta.name, meta.version, meta.weights_sha256)
         data = self.cache.get(ckey)
         if data is None:
-            meta, data = self.store.weights(request.name, meta.version)
+            meta, data = self.store.weights(request.name, meta.version, meta=meta)
             self.cache.put(ckey, data)
 
         def stream():

@@ -484,11 +484,15 @@ class Store:
             m = self._model_row(s, name)
             return self._meta(s, m, version or m.current_version)
 
-    def weights(self, name: str, version: int = 0) -> tuple[ModelMeta, bytes | bytearray]:
-        """Metadata and safetensors bytes of ``name`` at ``version`` (0: latest)."""
+    def weights(
+        self, name: str, version: int = 0, meta: ModelMeta | None = None
+    ) -> tuple[ModelMeta, bytes | bytearray]:
+        """Metadata and safetensors bytes of ``name`` at ``version`` (0: latest). ``meta``:
+        that version's metadata if the caller read it already (it is not read again)."""
         with Session(self.read_engine) as s:
             m = self._model_row(s, name)
-            meta = self._meta(s, m, version or m.current_version)
+            if meta is None or meta.name != name or (version and meta.version != version):
+                meta = self._meta(s, m, version or m.current_version)
             row = s.scalar(
                 select(VersionRow).where(
                     VersionRow.model_id == m.id, VersionRow.number == meta.version
