@@ -96,7 +96,7 @@ def cmd_admin_key(args) -> int:
 def cmd_gc(args) -> int:
     from fedssl.hub.store import Store
 
-    store = Store(args.db, blob_dir=None if args.blob_dir == "none" else args.blob_dir)
+    store = Store(args.db, blob_dir=args.blob_dir)
     if store.blobs is None:
         print("this store keeps weights in the database: no blob files to collect")
         return 0

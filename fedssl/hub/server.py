@@ -349,8 +349,6 @@ def serve(
     """Start the hub (non-blocking). Returns ``(server, bound_port, store)``; call
     ``server.wait_for_termination()`` to block, ``server.stop(grace)`` to stop. ``blob_dir``
     and ``fsync``: where weights files go (see :class:`fedssl.hub.store.Store`)."""
-    if blob_dir in ("none", ""):
-        blob_dir = None
     store = Store(db, max_upload_bytes=max_upload_bytes, blob_dir=blob_dir, fsync=fsync)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hub"),

@@ -288,8 +288,8 @@ class Store:
         url: SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``).
         max_upload_bytes: default per-model upload limit.
         blob_dir: where weights files go. ``"auto"`` (default): ``<db>.blobs`` beside a SQLite
-            database file, in the rows for any other database; ``None`` or ``""``: always in
-            the rows; a path: files there.
+            database file, in the rows for any other database; ``None``, ``""`` or ``"none"``:
+            always in the rows; a path: files there.
         fsync: flush every blob file to disk before its row commits.
     """
 
@@ -304,6 +304,8 @@ class Store:
         self.max_upload_bytes = max_upload_bytes
         if blob_dir == "auto":
             blob_dir = _default_blob_dir(url)
+        elif blob_dir == "none":  # the CLI's spelling of None
+            blob_dir = None
         self.blobs = BlobFiles(blob_dir, fsync=fsync) if blob_dir else None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
