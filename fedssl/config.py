@@ -104,6 +104,8 @@ class SSLConfig:
     cj_prob: float = 0.8
     cj_strength: float = 0.5
     hf_prob: float = 0.5
+    rr_prob: float = 0.0  # random rotation probability (0: off)
+    rr_degrees: float = 0.0  # rotation range +-degrees when rr_prob > 0
     knn_k: int = 200
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)

@@ -102,6 +102,8 @@ def views_transform(cfg: ExperimentConfig):
         cj_prob=cfg.ssl.cj_prob,
         cj_strength=cfg.ssl.cj_strength,
         hf_prob=cfg.ssl.hf_prob,
+        rr_prob=cfg.ssl.rr_prob,
+        rr_degrees=cfg.ssl.rr_degrees,
     )
 
 

@@ -80,13 +80,16 @@ def simclr_transform(
     cj_prob: float = 0.8,
     cj_strength: float = 0.5,
     hf_prob: float = 0.5,
+    rr_prob: float = 0.0,
+    rr_degrees: float = 0.0,
     gaussian_blur: float | None = None,
     random_gray_scale: float | None = None,
 ) -> SimCLRTransform:
     """lightly's ``SimCLRTransform`` (two views per image) for this image size and channel count.
 
     Blur defaults to SimCLR's 0.5 for images of 64 px and more and to 0 below (a 28 px image has
-    little to blur); grayscale conversion is off for single-channel images.
+    little to blur); grayscale conversion is off for single-channel images. ``rr_prob`` > 0
+    rotates a view by up to ``rr_degrees`` either way with that probability.
     """
     if gaussian_blur is None:
         gaussian_blur = 0.5 if image_size >= 64 else 0.0
@@ -100,6 +103,8 @@ def simclr_transform(
         random_gray_scale=random_gray_scale,
         gaussian_blur=gaussian_blur,
         hf_prob=hf_prob,
+        rr_prob=rr_prob,
+        rr_degrees=rr_degrees if rr_prob > 0 else None,
         normalize=_normalize(in_chans),
     )
 

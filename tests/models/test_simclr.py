@@ -44,6 +44,19 @@ def test_views_for_small_images(mode, chans):
     assert all(v.shape == (chans, 28, 28) for v in views)
 
 
+def test_rotation_views_only_when_asked():
+    # A bar image; crops and flips off, so only a rotation can change it.
+    img = Image.new("L", (28, 28), color=0)
+    img.paste(255, (12, 2, 16, 26))
+    base = {"min_scale": 1.0, "cj_prob": 0.0, "hf_prob": 0.0}
+    torch.manual_seed(0)
+    plain = simclr_transform(28, 1, **base)
+    assert all(torch.equal(plain(img)[0], plain(img)[1]) for _ in range(5))
+    rotated = simclr_transform(28, 1, rr_prob=1.0, rr_degrees=45.0, **base)
+    outs = [v for _ in range(5) for v in rotated(img)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+
+
 def test_simclr_learns_to_match_views():
     torch.manual_seed(0)
     module = SimCLR(
