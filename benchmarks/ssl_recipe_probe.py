@@ -90,14 +90,12 @@ def linear_probe(bank, bank_y, queries, query_y, num_classes: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
     from torch.utils.data import ConcatDataset, DataLoader
 
     from fedssl.config import load_config
     from fedssl.data.tasks import ImageDataset, client_task
     from fedssl.evaluation import extract_features, knn_accuracy
-    from fedssl.models.simclr import build_backbone, eval_transform
+    from fedssl.models.simclr import SimCLR, build_backbone, eval_transform
 
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -109,24 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     net = build_backbone(a.backbone, in_chans=1, small_input=a.stem == "small")
     if a.stem == "nopool":
         net.maxpool = torch.nn.Identity()
-    head = SimCLRProjectionHead(int(net.num_features), 512, 128)
-    criterion = NTXentLoss(temperature=a.temp)
+    module = SimCLR(net, proj_hidden=512, proj_out=128, temperature=a.temp)
     tasks = [client_task(cfg.data, i) for i in range(len(cfg.data.clients))]
     ds = ConcatDataset([ImageDataset(t.train, t.unlabeled, views(a), "L") for t in tasks])
-    params = [*net.parameters(), *head.parameters()]
-    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.wd)
+    opt = torch.optim.SGD(module.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.wd)
     steps = len(ds) // a.bs
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=a.lr, total_steps=steps * a.epochs, pct_start=0.05
     )
     t0 = time.perf_counter()
     for epoch in range(1, a.epochs + 1):
-        net.train()
-        head.train()
+        module.train()
         total = 0.0
         for v, _ in DataLoader(ds, batch_size=a.bs, shuffle=True, drop_last=True):
-            z0, z1 = head(net(torch.cat(v))).chunk(2)
-            loss = criterion(z0, z1)
+            loss = module.loss(v)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -90,7 +90,12 @@ def simclr_transform(
     Blur defaults to SimCLR's 0.5 for images of 64 px and more and to 0 below (a 28 px image has
     little to blur); grayscale conversion is off for single-channel images. ``rr_prob`` > 0
     rotates a view by up to ``rr_degrees`` either way with that probability.
+
+    Raises:
+        ValueError: ``rr_prob`` > 0 without a positive ``rr_degrees`` (a silent no-op otherwise).
     """
+    if rr_prob > 0 and not rr_degrees > 0:
+        raise ValueError(f"rr_prob={rr_prob} needs rr_degrees > 0 (got {rr_degrees})")
     if gaussian_blur is None:
         gaussian_blur = 0.5 if image_size >= 64 else 0.0
     if random_gray_scale is None:

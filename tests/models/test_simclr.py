@@ -55,6 +55,8 @@ def test_rotation_views_only_when_asked():
     rotated = simclr_transform(28, 1, rr_prob=1.0, rr_degrees=45.0, **base)
     outs = [v for _ in range(5) for v in rotated(img)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(ValueError, match="rr_degrees"):
+        simclr_transform(28, 1, rr_prob=0.5)
 
 
 def test_simclr_learns_to_match_views():
