@@ -340,6 +340,30 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_diff(a, b, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every leaf where two configs differ.
+
+    ``ignore`` names keys or whole sections (``"tracking"``, ``"out_dir"``) left out.
+    """
+
+    def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if key in ignore:
+                continue
+            if isinstance(v, dict):
+                out.update(leaves(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    la = leaves(a if isinstance(a, dict) else to_dict(a))
+    lb = leaves(b if isinstance(b, dict) else to_dict(b))
+    keys = sorted(la.keys() | lb.keys())
+    return [(k, la.get(k), lb.get(k)) for k in keys if la.get(k) != lb.get(k)]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested dict."""
     items = overrides.items() if isinstance(overrides, dict) else []

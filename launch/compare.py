@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fedssl  # noqa: E402,F401  (allocator settings before torch)
-from fedssl.config import ConfigError, load_config, save_config  # noqa: E402
+from fedssl.config import ConfigError, config_diff, load_config, save_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "default.yaml"
@@ -117,6 +117,17 @@ def stage_one(args) -> tuple[Path, float | None]:
         cfg = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
         cfg.out_dir, cfg.name = str(run.parent), run.name
     if _finished(run, cfg.federation.rounds):
+        if not args.pretrain:
+            # a finished run of the same name but another recipe must not stand in silently
+            saved = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
+            diff = config_diff(saved, cfg, ignore=("tracking", "out_dir", "train.threads"))
+            if diff:
+                shown = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in diff[:6])
+                raise ConfigError(
+                    f"{run} already holds a finished stage-one run with another config ({shown}"
+                    f"{'; ...' if len(diff) > 6 else ''}). Give this one a new name "
+                    f"(--set name=<new>), reuse that run as it is (--pretrain {run}), or delete it."
+                )
         print(f"[compare] stage one: reusing {run}", flush=True)
         return run, None
     if args.pretrain and not (run / "config.yaml").is_file():

@@ -62,3 +62,15 @@ def test_round_lr_schedules():
     cfg.train.lr_schedule = "cosine"
     assert [round_lr(cfg, r) for r in (1, 3)] == pytest.approx([0.1, 0.05])
     assert round_lr(cfg, 4) < round_lr(cfg, 3)
+
+
+def test_config_diff_lists_changed_leaves_and_skips_ignored_ones():
+    from fedssl.config import config_diff
+
+    a = load_config("configs/pretrain/default.yaml")
+    b = load_config(
+        "configs/pretrain/default.yaml", ["ssl.temperature=0.2", "tracking.wandb=disabled"]
+    )
+    assert config_diff(a, a) == []
+    assert config_diff(a, b, ignore=("tracking",)) == [("ssl.temperature", 0.5, 0.2)]
+    assert ("tracking.wandb", "auto", "disabled") in config_diff(a, b)

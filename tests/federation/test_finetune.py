@@ -238,6 +238,23 @@ def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path, l
     assert text.count("| gain of FL+SSL (linear) over CL |") == 2
 
 
+def test_compare_never_reuses_a_finished_run_of_another_recipe(
+    stage_one, tmp_path, load_launch, capsys
+):
+    (stage_one / "state.json").write_text(json.dumps({"round": 1}))
+    compare = load_launch("compare")
+    same = [f"out_dir={stage_one.parent}", f"name={stage_one.name}", "federation.rounds=1"]
+    base = ["--pretrain-config", str(stage_one / "config.yaml"), "--wandb", "disabled"]
+    # the same config: the finished run is reused, nothing is trained
+    assert compare.stage_one(compare.parse_args([*base, "--set", *same])) == (stage_one, None)
+    # another recipe under the same name: refused, naming the difference and the ways out
+    argv = [*base, "--set", *same, "ssl.temperature=0.2", "--results", str(tmp_path / "m.md")]
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ssl.temperature: 0.5 there, 0.2 asked" in err and "--set name=<new>" in err
+    assert not (tmp_path / "m.md").exists()
+
+
 def test_launch_refuses_a_backbone_file_that_does_not_fit_its_architecture(
     launch, tmp_path, capsys
 ):
