@@ -203,7 +203,7 @@ class HubClient:
         ("pending" or "stale"), "replaced", "latest_version", "message"}``."""
         if hasattr(state, "state_dict") and callable(state.state_dict):
             state = _net_state(state)
-        return self.push_bytes(name, base_version, W.encode(state), num_examples, metrics)
+        return self._push(name, base_version, W.encode_chunks(state), num_examples, metrics)
 
     def push_bytes(
         self,
@@ -214,13 +214,16 @@ class HubClient:
         metrics: Mapping[str, float] | None = None,
     ) -> dict:
         """Upload already-encoded safetensors bytes (see :meth:`push`)."""
+        return self._push(name, base_version, W.chunked(data), num_examples, metrics)
+
+    def _push(self, name, base_version, chunks: Iterator[bytes], num_examples, metrics) -> dict:
         header = pb.ContributionHeader(
             name=name,
             base_version=base_version,
             num_examples=num_examples,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
         )
-        reply = self._stream_call(self.stub.Contribute, pb.ContributionChunk, header, data)
+        reply = self._stream_call(self.stub.Contribute, pb.ContributionChunk, header, chunks)
         return {
             "id": reply.contribution_id,
             "status": reply.status,
@@ -229,11 +232,14 @@ class HubClient:
             "message": reply.message,
         }
 
-    def _stream_call(self, method, chunk_cls, header, data: bytes):
+    def _stream_call(self, method, chunk_cls, header, chunks: Iterator[bytes]):
+        """A client-streaming call: the header rides on the first chunk; the chunks are made
+        while earlier ones are sent."""
+
         def messages() -> Iterator:
-            pieces = list(W.chunked(data)) or [b""]
-            yield chunk_cls(header=header, data=pieces[0])
-            for p in pieces[1:]:
+            it = iter(chunks)
+            yield chunk_cls(header=header, data=next(it, b""))
+            for p in it:
                 yield chunk_cls(data=p)
 
         try:
@@ -261,7 +267,7 @@ class HubClient:
             max_upload_bytes=max_upload_bytes,
         )
         reply = self._stream_call(
-            self.stub.CreateModel, pb.CreateModelChunk, header, W.encode(state)
+            self.stub.CreateModel, pb.CreateModelChunk, header, W.encode_chunks(state)
         )
         return info_dict(reply)
 

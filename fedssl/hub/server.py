@@ -216,19 +216,32 @@ class HubService(rpc.HubServicer):
         meta = self._model(key, h.name)  # unknown model / other manager: refused before reading
         if h.num_examples <= 0:
             raise InvalidArgument(f"Contribute: num_examples must be > 0, got {h.num_examples}")
+        if not 1 <= h.base_version <= meta.latest_version:  # refused before reading the weights
+            raise InvalidArgument(
+                f"Contribute: base version {h.base_version} of {h.name!r} does not exist "
+                f"(latest: {meta.latest_version})"
+            )
         for k, v in h.metrics.items():
             if v != v or v in (float("inf"), float("-inf")):
                 raise InvalidArgument(f"Contribute: metric {k!r} is not finite")
 
         data, sha = self._body(first, rest, "Contribute", meta.max_upload_bytes)
+        # the file is written and flushed while the tensors are checked; a refused upload's
+        # temporary file is removed, so nothing is stored
+        staged = self.store.stage_blob(data, sha)
         try:
             state = W.decode(data)
             W.validate(state, meta.spec)
-        except W.WeightsError as err:
-            raise InvalidArgument(f"Contribute: {err}") from None
+        except BaseException as err:
+            if staged is not None:
+                staged.discard()
+            if isinstance(err, W.WeightsError):
+                raise InvalidArgument(f"Contribute: {err}") from None
+            raise
         out = self.store.add_contribution(
-            h.name, key, h.base_version, h.num_examples, dict(h.metrics), data, sha256=sha
-        )
+            h.name, key, h.base_version, h.num_examples, dict(h.metrics), data, sha256=sha,
+            staged=staged,
+        )  # fmt: skip
         log.info(
             "contribution %d to %r v%d from %s: %s%s",
             out["id"],

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -185,23 +186,13 @@ class BlobFiles:
 
     def put(self, data: bytes | bytearray, sha: str) -> Path:
         """Store ``data`` (whose SHA-256 is ``sha``) unless an intact copy is already there."""
-        path = self.path(sha)
-        if path.is_file() and path.stat().st_size == len(data):
-            os.utime(path)  # fresh again: collect_garbage spares files just (re)used
-            return path
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return self.stage(data, sha, background=False).commit()
+
+    def stage(self, data: bytes | bytearray, sha: str, background: bool = True) -> StagedBlob:
+        """Start writing ``data`` to a temporary file beside its final place (in a thread, with
+        ``background``: the caller checks the bytes meanwhile). Nothing is visible until
+        :meth:`StagedBlob.commit`; :meth:`StagedBlob.discard` removes the temporary file."""
+        return StagedBlob(self, data, sha, background)
 
     def get(self, sha: str, size: int) -> bytearray:
         """The blob's bytes (a ``bytearray``), checked against its size and hash."""
@@ -219,6 +210,68 @@ class BlobFiles:
 
     def names(self) -> set[str]:
         return {p.name for p in self.root.glob("??/*") if not p.name.startswith(".tmp-")}
+
+
+class StagedBlob:
+    """A blob file being written (see :meth:`BlobFiles.stage`); commit or discard it once."""
+
+    def __init__(self, files: BlobFiles, data: bytes | bytearray, sha: str, background: bool):
+        self.path, self.tmp, self._error = files.path(sha), None, None
+        self._thread = None
+        if self.path.is_file() and self.path.stat().st_size == len(data):
+            return  # identical bytes are stored already
+        self.path.parent.mkdir(exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
+        if background:  # file writes and fsync release the GIL
+            self._thread = threading.Thread(
+                target=self._write, args=(fd, data, files.fsync), name="blob-writer", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._write(fd, data, files.fsync)
+
+    def _write(self, fd: int, data, fsync: bool) -> None:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException as err:  # re-raised by commit()
+            self._error = err
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def commit(self) -> Path:
+        """Wait for the write, then move the file into place (atomically)."""
+        self._wait()
+        if self.tmp is None:
+            os.utime(self.path)  # fresh again: collect_garbage spares files just (re)used
+            return self.path
+        try:
+            if self._error is not None:
+                raise self._error
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            Path(self.tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            self.tmp = None
+        return self.path
+
+    def discard(self) -> None:
+        """Wait for the write and remove the temporary file: nothing stays behind."""
+        self._wait()
+        if self.tmp is not None:
+            Path(self.tmp).unlink(missing_ok=True)
+            self.tmp = None
+
+
+def _by_name(name: str):
+    return select(ModelRow).where(ModelRow.name == name)
 
 
 def _default_blob_dir(url: str) -> str | None:
@@ -437,6 +490,9 @@ class Store:
         spec = W.tensor_spec(state)
         W.validate(state, spec)  # finiteness
         limit = max_upload_bytes or max(self.max_upload_bytes, 2 * len(data))
+        with Session(self.read_engine) as s:  # refused before any file is written
+            if s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
+                raise AlreadyExists(f"model {name!r} exists")
         sha, ref = self._put_blob(data, sha256)
         with Session(self.engine) as s, s.begin():
             if s.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
@@ -513,24 +569,28 @@ class Store:
         metrics: Mapping[str, float],
         data: bytes | bytearray,
         sha256: str | None = None,
+        staged: StagedBlob | None = None,
     ) -> dict:
         """Store a validated contribution (``pending``, or ``stale`` when its base is too old).
 
         A participant's second contribution to the same base version replaces its first.
+        ``staged``: ``data``'s blob file already being written (:meth:`stage_blob`).
         Returns ``{"id", "status", "replaced", "latest_version", "message"}``.
         """
-        if num_examples <= 0:
-            raise InvalidArgument(f"num_examples must be > 0, got {num_examples}")
-        _, ref = self._put_blob(data, sha256)  # before the transaction: no lock held while writing
+        try:  # refused before any file is written (checked again in the transaction)
+            if num_examples <= 0:
+                raise InvalidArgument(f"num_examples must be > 0, got {num_examples}")
+            with Session(self.read_engine) as s:
+                self._check_base(name, base_version, s.scalar(_by_name(name)))
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
+        # before the transaction: no lock held while writing
+        _, ref = self._put_blob(data, sha256, staged)
         with Session(self.engine) as s, s.begin():
-            m = s.scalar(select(ModelRow).where(ModelRow.name == name).with_for_update(read=True))
-            if m is None:
-                raise NotFound(f"no model {name!r}")
-            if not 1 <= base_version <= m.current_version:
-                raise InvalidArgument(
-                    f"base version {base_version} of {name!r} does not exist (latest: "
-                    f"{m.current_version})"
-                )
+            m = s.scalar(_by_name(name).with_for_update(read=True))
+            self._check_base(name, base_version, m)
             behind = m.current_version - base_version
             status = "stale" if behind > m.max_staleness else "pending"
             old = s.scalar(
@@ -574,6 +634,16 @@ class Store:
                 "latest_version": m.current_version,
                 "message": message,
             }
+
+    @staticmethod
+    def _check_base(name: str, base_version: int, m: ModelRow | None) -> None:
+        if m is None:
+            raise NotFound(f"no model {name!r}")
+        if not 1 <= base_version <= m.current_version:
+            raise InvalidArgument(
+                f"base version {base_version} of {name!r} does not exist (latest: "
+                f"{m.current_version})"
+            )
 
     def contributions(self, name: str, base_version: int = 0) -> list[ContributionMeta]:
         with Session(self.read_engine) as s:
@@ -685,11 +755,23 @@ class Store:
 
     # ------------------------------------------------------------------ blobs
 
-    def _put_blob(self, data: bytes | bytearray, sha: str | None = None) -> tuple[str, str | None]:
+    def stage_blob(self, data: bytes | bytearray, sha: str) -> StagedBlob | None:
+        """Start writing upload bytes (SHA-256 ``sha``) to their blob file in the background
+        while the caller validates them; None when weights live in the rows. Pass the result
+        to :meth:`add_contribution`, or ``discard()`` it."""
+        return None if self.blobs is None else self.blobs.stage(data, sha)
+
+    def _put_blob(
+        self, data: bytes | bytearray, sha: str | None = None, staged: StagedBlob | None = None
+    ) -> tuple[str, str | None]:
         """``(sha256, ref)``: the bytes go to a blob file (ref = its name) when the store has
         a blob directory, else ref is None and the caller keeps them in the row. ``sha``: the
-        bytes' SHA-256 if already known (the server hashes uploads while receiving them)."""
+        bytes' SHA-256 if already known (the server hashes uploads while receiving them);
+        ``staged``: their file, already being written."""
         sha = sha or W.sha256(data)
+        if staged is not None:
+            staged.commit()
+            return sha, sha
         if self.blobs is None:
             return sha, None
         self.blobs.put(data, sha)

@@ -19,6 +19,7 @@ __all__ = [
     "WeightsError",
     "CHUNK_BYTES",
     "encode",
+    "encode_chunks",
     "decode",
     "tensor_spec",
     "validate",
@@ -52,12 +53,9 @@ _CODES = {v: k for k, v in DTYPES.items()}
 _LITTLE = sys.byteorder == "little"
 
 
-def encode(state: Mapping[str, torch.Tensor]) -> bytearray:
-    """A state dict as safetensors bytes (readable by ``safetensors.torch.load``).
-
-    Written straight into one buffer: the JSON header, then every tensor's raw little-endian
-    bytes (largest element size first, so every tensor stays aligned), one copy per tensor.
-    """
+def _layout(state: Mapping[str, torch.Tensor]) -> tuple[bytes, list[torch.Tensor], int]:
+    """``(prefix, tensors in file order, total size)`` of ``state`` as safetensors: the prefix
+    is the 8-byte length and the JSON header; the tensors' raw bytes follow it in that order."""
     if not state:
         raise WeightsError("no tensors to encode")
     tensors = {}
@@ -67,10 +65,7 @@ def encode(state: Mapping[str, torch.Tensor]) -> bytearray:
         if v.dtype not in _CODES:
             raise WeightsError(f"tensor {k!r}: dtype {v.dtype} cannot be stored")
         tensors[k] = v.detach().to("cpu").contiguous()
-    if not _LITTLE:  # pragma: no cover - big-endian hosts take the library's path
-        from safetensors.torch import save
-
-        return bytearray(save(tensors))
+    # largest element size first: every tensor stays aligned
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     header, offset = {}, 0
     for k in order:
@@ -84,16 +79,60 @@ def encode(state: Mapping[str, torch.Tensor]) -> bytearray:
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    buf = bytearray(8 + len(head) + offset)
-    buf[:8] = len(head).to_bytes(8, "little")
-    buf[8 : 8 + len(head)] = head
-    view, start = memoryview(buf), 8 + len(head)
-    for k in order:
-        t = tensors[k]
-        a, b = header[k]["data_offsets"]
-        if b > a:
-            view[start + a : start + b] = t.reshape(-1).view(torch.uint8).numpy()
+    prefix = len(head).to_bytes(8, "little") + head
+    return prefix, [tensors[k] for k in order], len(prefix) + offset
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """A tensor's bytes, without a copy."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def encode(state: Mapping[str, torch.Tensor]) -> bytearray:
+    """A state dict as safetensors bytes (readable by ``safetensors.torch.load``).
+
+    Written straight into one buffer: the JSON header, then every tensor's raw little-endian
+    bytes (largest element size first, so every tensor stays aligned), one copy per tensor.
+    """
+    if not _LITTLE:  # pragma: no cover - big-endian hosts take the library's path
+        from safetensors.torch import save
+
+        return bytearray(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+    prefix, tensors, total = _layout(state)
+    buf = bytearray(total)
+    buf[: len(prefix)] = prefix
+    view, at = memoryview(buf), len(prefix)
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        if n:
+            view[at : at + n] = _raw(t)
+        at += n
     return buf
+
+
+def encode_chunks(state: Mapping[str, torch.Tensor], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """:func:`encode`'s bytes as pieces of at most ``size`` bytes, made while they are sent:
+    no whole-file buffer, one copy of every byte. Bad tensors raise here, before the first
+    piece (the iterator is built eagerly), not in the middle of a stream."""
+    if not _LITTLE:  # pragma: no cover
+        return chunked(encode(state), size)
+    prefix, tensors, _ = _layout(state)
+
+    def pieces() -> Iterator[bytes]:
+        parts, filled = [], 0
+        for src in [memoryview(prefix), *(_raw(t) for t in tensors if t.numel())]:
+            i = 0
+            while i < len(src):
+                take = min(size - filled, len(src) - i)
+                parts.append(src[i : i + take])
+                filled, i = filled + take, i + take
+                if filled == size:
+                    yield b"".join(parts)
+                    parts, filled = [], 0
+        if parts:
+            yield b"".join(parts)
+
+    return pieces()
 
 
 def _header(data) -> tuple[dict, int]:

@@ -248,10 +248,11 @@ def test_compare_never_reuses_a_finished_run_of_another_recipe(
     # the same config: the finished run is reused, nothing is trained
     assert compare.stage_one(compare.parse_args([*base, "--set", *same])) == (stage_one, None)
     # another recipe under the same name: refused, naming the difference and the ways out
-    argv = [*base, "--set", *same, "ssl.temperature=0.2", "--results", str(tmp_path / "m.md")]
+    there = load_config(stage_one / "config.yaml").ssl.temperature
+    argv = [*base, "--set", *same, "ssl.temperature=0.33", "--results", str(tmp_path / "m.md")]
     assert compare.main(argv) == 2
     err = capsys.readouterr().err
-    assert "ssl.temperature: 0.5 there, 0.2 asked" in err and "--set name=<new>" in err
+    assert f"ssl.temperature: {there!r} there, 0.33 asked" in err and "--set name=<new>" in err
     assert not (tmp_path / "m.md").exists()
 
 

@@ -65,7 +65,11 @@ def test_large_model_streams_in_chunks(hub):
 
 
 def _snapshot(hub):
-    return {t: hub.store.count(t) for t in ("models", "versions", "contributions", "keys")}
+    """Row counts and every file in the blob folder (temporary files included)."""
+    rows = {t: hub.store.count(t) for t in ("models", "versions", "contributions", "keys")}
+    root = hub.store.blobs.root if hub.store.blobs else None
+    files = sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()) if root else []
+    return rows, files
 
 
 def test_calls_without_a_valid_key_are_refused(published):

@@ -296,3 +296,28 @@ def test_garbage_collection_removes_only_unused_old_files(tmp_path):
     merged = s.merge("m", 1)  # everything still referenced is intact
     assert torch.equal(W.decode(s.weights("m", merged.version)[1])["w"], torch.full((2, 2), 2.0))
     s.close()
+
+
+def test_a_staged_blob_is_invisible_until_committed_and_leaves_nothing_when_discarded(tmp_path):
+    """The server writes an upload's file while it validates the tensors (``stage_blob``):
+    discarding it (a refused upload) leaves no file at all, temporary ones included."""
+    s = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    s.create_model("m", "alice", W.encode(_state(0.0)))
+    root = s.blobs.root
+    before = sorted(f for f in root.rglob("*") if f.is_file())
+    data = W.encode(_state(1.0))
+    staged = s.stage_blob(data, W.sha256(data))
+    staged.discard()
+    assert sorted(f for f in root.rglob("*") if f.is_file()) == before
+    staged = s.stage_blob(data, W.sha256(data))
+    out = s.add_contribution("m", _key(s, "p1"), 1, 1, {}, data, W.sha256(data), staged=staged)
+    assert out["status"] == "pending" and W.sha256(data) in s.blobs.names()
+    assert not list(root.rglob(".tmp-*"))
+    again = s.stage_blob(data, W.sha256(data))  # identical bytes: nothing written twice
+    assert again.tmp is None and again.commit() == s.blobs.path(W.sha256(data))
+    refused = s.stage_blob(W.encode(_state(2.0)), W.sha256(W.encode(_state(2.0))))
+    with pytest.raises(InvalidArgument, match="num_examples"):
+        s.add_contribution("m", _key(s, "p2"), 1, 0, {}, b"", staged=refused)
+    assert not list(root.rglob(".tmp-*")) and len(s.blobs.names()) == 2
+    assert Store("sqlite://").stage_blob(data, W.sha256(data)) is None  # weights in rows
+    s.close()

@@ -155,3 +155,20 @@ def test_header_that_is_not_json_is_refused():
     data = (16).to_bytes(8, "little") + b"\xff\xfe not json  !!" + b"\0" * 4
     with pytest.raises(W.WeightsError, match="not JSON"):
         W.decode(data)
+
+
+@pytest.mark.parametrize("size", [W.CHUNK_BYTES, 7, 64])
+def test_streamed_encoding_gives_the_same_bytes_in_bounded_pieces(size):
+    """``encode_chunks`` (what ``push`` sends) makes exactly ``encode``'s bytes, in pieces of at
+    most ``size`` bytes, even when the header alone is larger than a piece."""
+    state = {**MIXED, "big": torch.arange(300_000, dtype=torch.float32)}
+    pieces = list(W.encode_chunks(state, size))
+    assert b"".join(pieces) == bytes(W.encode(state))
+    assert max(map(len, pieces)) <= size and min(map(len, pieces[:-1]), default=size) == size
+
+
+def test_streamed_encoding_refuses_bad_tensors_before_the_first_piece():
+    with pytest.raises(W.WeightsError, match="'b': not a tensor"):
+        W.encode_chunks({"a": torch.ones(2), "b": [1.0]})  # raised here, not on next()
+    with pytest.raises(W.WeightsError, match="no tensors"):
+        W.encode_chunks({})
