@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,18 @@ def _mode(meta: dict) -> str:
     return "RGB" if int(meta["in_chans"]) == 3 else "L"
 
 
+@contextmanager
+def channels_last(module: torch.nn.Module):
+    """Run convolutions in channels-last layout inside the block (CPU oneDNN kernels are
+    faster on it; ``python benchmarks/train_step.py`` measures it), then give the weights back
+    their usual layout, so state dicts stay contiguous (safetensors, Flower records)."""
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield module
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
 @torch.no_grad()
 def _features(module: BackboneClassifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     module.eval()
@@ -263,11 +276,16 @@ def fit(
     result as passing images every epoch, without augmentation, many times faster).
     Returns ``train_loss`` (last epoch), ``train_s``, ``labeled`` (images used), ``epochs``.
     """
-    f, t = cfg.finetune, cfg.train
-    torch.set_num_threads(max(1, t.threads))
+    torch.set_num_threads(max(1, cfg.train.threads))
     idx = labeled_indices(cfg, task)
-    size, chans = int(meta["image_size"]), int(meta["in_chans"])
     t0 = time.perf_counter()
+    with channels_last(module):
+        return _fit(module, cfg, task, meta, epochs, seed, idx, t0)
+
+
+def _fit(module, cfg, task, meta, epochs, seed, idx, t0) -> dict[str, float]:
+    f, t = cfg.finetune, cfg.train
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
     gen = torch.Generator().manual_seed(seed)
     if module.mode == "linear":
         plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
@@ -324,7 +342,8 @@ def evaluate(
     ):
         keep = idx[subsample(data.labels[idx], cap, seed)]
         loader = DataLoader(ImageDataset(data, keep, tf, _mode(meta)), batch_size=bs)
-        out[f"{name}_acc"] = _accuracy(module, loader)
+        with channels_last(module):
+            out[f"{name}_acc"] = _accuracy(module, loader)
         out[f"{name}_n"] = int(len(keep))
     return out
 
@@ -403,6 +422,15 @@ def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | Non
     save_head(module, rd / "head.safetensors", _head_meta(cfg, task, meta))
     (rd / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def timed_finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path) -> dict:
+    """:func:`finetune` plus its wall time (``wall_s``); a top-level function, so a process
+    pool can run it (``launch/compare.py`` trains the clients' heads side by side)."""
+    t = time.perf_counter()
+    r = finetune(cfg, client, run_dir)
+    r["wall_s"] = time.perf_counter() - t
+    return r
 
 
 # --------------------------------------------------------------------------- federated (Flower)

@@ -94,6 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="overrides for every head, e.g. finetune.lr=0.05",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="heads trained side by side, each in its own process (default 0: one per client, "
+        "at most one per CPU; 1: one after another in this process)",
+    )
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="offline")
     return p.parse_args(argv)  # fmt: skip
 
@@ -162,12 +169,25 @@ def head_epochs(labeled: int, batch: int, steps: int) -> int:
     return max(1, math.ceil(steps / max(1, math.ceil(labeled / batch))))
 
 
+def head_jobs(args, n_clients: int) -> int:
+    """Heads trained side by side: ``--jobs``, or one per client up to the CPU count."""
+    if args.jobs > 0:
+        return args.jobs
+    return max(1, min(n_clients, os.cpu_count() or 1))
+
+
 def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
+    """Every (label setting, method, client) head; the clients' heads of one method train side
+    by side in worker processes (``--jobs``), each with its share of the CPU threads."""
+    import copy
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     from fedssl.data.tasks import client_task
-    from fedssl.finetuning import finetune, finetune_config, labeled_indices
+    from fedssl.finetuning import finetune_config, labeled_indices, timed_finetune
 
     sources = {"none": "none", "federated": str(fed), "central": str(central)}
-    rows = []
+    work = []  # (label setting, method, config, client index, run dir)
     for n in args.labels:
         for method in args.methods:
             source, extra = METHODS[method]
@@ -182,21 +202,41 @@ def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
             )  # fmt: skip
             cfg.finetune.backbone = sources[source]
             for pid, client in enumerate(cfg.data.clients):
-                labeled = len(labeled_indices(cfg, client_task(cfg.data, pid)))
-                cfg.finetune.epochs = head_epochs(labeled, cfg.finetune.batch_size, args.steps)
+                c = copy.deepcopy(cfg)
+                labeled = len(labeled_indices(c, client_task(c.data, pid)))
+                c.finetune.epochs = head_epochs(labeled, c.finetune.batch_size, args.steps)
                 setting = "labeled25" if n == 0 else f"{n}perclass"
                 slug = method.lower().replace(" ", "-").replace("(", "").replace(")", "")
-                run_dir = Path(args.out_dir) / setting / slug / f"client{pid}-{client}"
-                t = time.perf_counter()
-                r = finetune(cfg, pid, run_dir)
-                r.update(method=method, labels_per_class=n, wall_s=time.perf_counter() - t)
-                rows.append(r)
-                print(
-                    f"[compare] {setting} {method:22s} {client:14s} labeled={r['labeled']:5d} "
-                    f"epochs={r['epochs']:4d} unlabeled_acc={r['unlabeled_acc']:.4f} "
-                    f"test_acc={r['test_acc']:.4f} ({r['wall_s']:.0f}s)",
-                    flush=True,
-                )
+                work.append((n, method, c, pid, Path(args.out_dir) / setting / slug /
+                             f"client{pid}-{client}"))  # fmt: skip
+    if not work:
+        return []
+    jobs = head_jobs(args, len(work[0][2].data.clients))
+    for _, _, c, _, _ in work:  # the CPU shared out, not oversubscribed
+        c.train.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else c.train.threads
+    print(f"[compare] {len(work)} heads, {jobs} at a time", flush=True)
+    rows = []
+
+    def report(n, method, r):
+        r.update(method=method, labels_per_class=n)
+        rows.append(r)
+        setting = "labeled25" if n == 0 else f"{n}perclass"
+        print(
+            f"[compare] {setting} {method:22s} {r['client']:14s} labeled={r['labeled']:5d} "
+            f"epochs={r['epochs']:4d} unlabeled_acc={r['unlabeled_acc']:.4f} "
+            f"test_acc={r['test_acc']:.4f} ({r['wall_s']:.0f}s)",
+            flush=True,
+        )
+
+    if jobs == 1:
+        for n, method, c, pid, rd in work:
+            report(n, method, timed_finetune(c, pid, rd))
+        return rows
+    # spawn: a forked child of a process that already ran torch threads can hang
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(timed_finetune, c, pid, rd) for _, _, c, pid, rd in work]
+        for (n, method, *_), fut in zip(work, futures, strict=True):
+            report(n, method, fut.result())
     return rows
 
 
