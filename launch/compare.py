@@ -2,7 +2,7 @@
 
 Examples::
 
-    python launch/compare.py                  # offline pair (Fashion-MNIST + MNIST), ~40 min CPU
+    python launch/compare.py                  # offline pair (Fashion-MNIST + MNIST), ~45 min CPU
     python launch/compare.py --pretrain runs/pretrain-default --labels 0 20
     python launch/compare.py --pretrain-config configs/pretrain/paper.yaml \\
         --set data.roots.intel_scene=/data/intel     # the paper's clients (GPU advised)
