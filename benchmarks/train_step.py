@@ -40,10 +40,11 @@ def main(argv=None) -> int:
     x = torch.randn(a.batch, a.chans, a.size, a.size)
     y = torch.randint(0, 10, (a.batch,))
     runs = {}
-    for layout in ("contiguous", "channels_last"):
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    for layout, memory_format in layouts.items():
         torch.manual_seed(0)
         m = BackboneClassifier(build_backbone(a.backbone, in_chans=a.chans), 10, mode="full")
-        m.to(memory_format=getattr(torch, f"{layout}_format" if layout == "contiguous" else layout))
+        m.to(memory_format=memory_format)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
         runs[layout] = (m.train(), opt, [])
 

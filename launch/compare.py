@@ -212,8 +212,9 @@ def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
     if not work:
         return []
     jobs = head_jobs(args, len(work[0][2].data.clients))
-    for _, _, c, _, _ in work:  # the CPU shared out, not oversubscribed
-        c.train.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else c.train.threads
+    if jobs > 1:  # the CPU shared out, not oversubscribed
+        for _, _, c, _, _ in work:
+            c.train.threads = max(1, (os.cpu_count() or 1) // jobs)
     print(f"[compare] {len(work)} heads, {jobs} at a time", flush=True)
     rows = []
 
