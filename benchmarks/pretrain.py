@@ -48,7 +48,8 @@ def config(overrides: list[str]) -> ExperimentConfig:
 # ----------------------------------------------------------------------------- throughput
 def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     """One epoch of client 0's unlabeled images with a hand-written PyTorch loop and the same
-    lightly components (views, projection head, NT-Xent), backbone, batch size and threads."""
+    lightly components (views, projection head, NT-Xent), backbone, batch size, threads and
+    weight layout (channels-last when the runtime trains in it)."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
@@ -66,6 +67,10 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     backbone = build_backbone(m.backbone, in_chans=model_in_chans(cfg), small_input=m.small_input)
     head = SimCLRProjectionHead(backbone.num_features, m.proj_hidden, m.proj_out)
     criterion = NTXentLoss(temperature=cfg.ssl.temperature)
+    from fedssl import runtime
+
+    if runtime.resolve(cfg).channels_last:
+        backbone.to(memory_format=torch.channels_last)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(
         params, lr=cfg.train.lr, momentum=0.9, weight_decay=cfg.train.weight_decay
@@ -97,6 +102,8 @@ def fedssl_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
 
 
 def throughput(overrides: list[str], repeats: int) -> dict:
+    from fedssl import runtime
+
     cfg = config(overrides)
     torch.set_num_threads(cfg.train.threads)
     best = {"fedssl": 0.0, "plain": 0.0}
@@ -113,6 +120,7 @@ def throughput(overrides: list[str], repeats: int) -> dict:
         "batch_size": cfg.train.batch_size,
         "threads": cfg.train.threads,
         "repeats": repeats,
+        "channels_last": runtime.resolve(cfg).channels_last,
         "fedssl_images_per_s": best["fedssl"],
         "plain_images_per_s": best["plain"],
         "ratio": ratio,
@@ -334,13 +342,20 @@ def render(results: dict) -> str:
             "",
             f"Command: `{r['command']}` ({r['date']}). {r['backbone']} at {r['image_size']} px, "
             f"batch {r['batch_size']}, {r['threads']} thread(s), client 0's unlabeled images, "
-            f"best of {r['repeats']} alternating repeats. {r.get('note', '')}",
+            f"best of {r['repeats']} alternating repeats"
+            + (
+                ", both loops with channels-last weights (fedssl.runtime's default)"
+                if r.get("channels_last")
+                else ""
+            )
+            + f". {r.get('note', '')}",
             "",
             "| loop | images/s |",
             "|---|---|",
-            f"| fedssl client (Lightning SimCLR module) | {r['fedssl_images_per_s']:.1f} |",
+            f"| fedssl client (Lightning SimCLR module, fedssl.runtime) | "
+            f"{r['fedssl_images_per_s']:.1f} |",
             f"| plain PyTorch loop, same lightly components | {r['plain_images_per_s']:.1f} |",
-            f"| **ratio** (target >= 0.9) | **{r['ratio']:.3f}** |",
+            f"| **ratio** (target >= 0.95) | **{r['ratio']:.3f}** |",
             "",
         ]
     if "overhead" in results:

@@ -9,23 +9,27 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from fedssl import runtime
 from fedssl.config import ExperimentConfig
 from fedssl.data.clients import dataset_and_splits, server_test_tensors, to_tensors
-from fedssl.federation.classification import build_model, quiet_trainer
+from fedssl.federation.classification import build_model
 from fedssl.models.classifier import Classifier, accuracy
 
 __all__ = ["train_centralized"]
 
 
 class _EpochEval(pl.Callback):
-    def __init__(self, x, y, batch):
-        self.x, self.y, self.batch, self.history = x, y, batch, []
+    """Test accuracy after every epoch, on the device the module trains on."""
+
+    def __init__(self, x, y, batch, rt: runtime.Runtime | None = None):
+        self.x, self.y, self.batch, self.rt, self.history = x, y, batch, rt, []
         self.t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module):
-        acc = accuracy(module.net, self.x, self.y, self.batch)
+        # on the fit's device and precision; predict gives training mode back
+        acc = accuracy(module.net, self.x, self.y, self.batch, self.rt)
         self.history.append(
             {
                 "epoch": trainer.current_epoch + 1,
@@ -62,10 +66,11 @@ def train_centralized(cfg: ExperimentConfig, epochs: int, threads: int | None = 
         augment=cfg.train.augment,
     )
     tx, ty = server_test_tensors(cfg.data)
-    cb = _EpochEval(tx, ty, cfg.train.eval_batch_size)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g
+    rt = runtime.resolve(cfg)
+    cb = _EpochEval(tx, ty, cfg.train.eval_batch_size, rt)
+    loader = runtime.loader(
+        rt, TensorDataset(x, y), cfg.train.batch_size, shuffle=True, seed=cfg.seed, workers=False
     )
-    quiet_trainer(callbacks=[cb], max_epochs=epochs).fit(module, loader)
+    with runtime.layout(net, rt):
+        runtime.trainer(rt, callbacks=[cb], max_epochs=epochs).fit(module, loader)
     return cb.history

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
-from fedssl.config import ConfigError, ExperimentConfig, load_config
+import yaml
 
-__all__ = ["add_run_args", "run_overrides", "resolve_config"]
+from fedssl.config import ConfigError, ExperimentConfig, load_config, to_dict
+
+__all__ = ["add_run_args", "run_overrides", "resolve_config", "print_config", "runtime_line"]
 
 
 def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
@@ -32,6 +36,43 @@ def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
         help="dotted config overrides, e.g. train.lr=0.02 federation.rounds=5",
     )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    add_print_config(p)
+
+
+def add_print_config(p: argparse.ArgumentParser) -> None:
+    """``--print-config``: print the resolved config and exit without running."""
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved config (YAML, runtime included) and exit",
+    )
+
+
+def runtime_line(cfg: ExperimentConfig | Any) -> str:
+    """What the config's runtime section resolves to on this machine, in one line."""
+    from fedssl import runtime
+
+    machine = runtime.Machine.probe()
+    try:
+        rt = runtime.resolve(cfg, machine)
+    except ConfigError as err:
+        return f"# runtime on this machine ({machine.describe()}): not possible: {err}"
+    return f"# runtime on this machine ({machine.describe()}): {rt.summary()}"
+
+
+def print_config(cfg: ExperimentConfig | dict, runtime_of: Any = None, file=None) -> None:
+    """Print a resolved config as YAML, then what its runtime resolves to on this machine.
+
+    Args:
+        cfg: an experiment config, or a plain dict (launchers without one).
+        runtime_of: the config or ``runtime`` section to resolve (default: ``cfg``).
+        file: where to print (default: stdout).
+    """
+    data = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    out = file or sys.stdout
+    out.write(yaml.safe_dump(data, sort_keys=False))
+    out.write(runtime_line(runtime_of if runtime_of is not None else cfg) + "\n")
+    out.flush()
 
 
 def run_overrides(args: argparse.Namespace) -> list[str]:

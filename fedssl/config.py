@@ -27,6 +27,7 @@ __all__ = [
     "TrackingConfig",
     "SSLConfig",
     "FinetuneConfig",
+    "RuntimeConfig",
     "ExperimentConfig",
     "load_config",
     "round_lr",
@@ -132,7 +133,6 @@ class TrainConfig:
 
     lr_schedule: str = "exp"  # exp: lr * lr_decay ** (r - 1); cosine: over the rounds
     prox_mu: float = 0.0  # FedProx: proximal term mu/2 ||w - w_global||^2 (0: off)
-    workers: int = 0  # DataLoader worker processes (0: in the training process)
 
     _choices = {
         "optimizer": ("sgd", "adam", "adamw"),
@@ -155,6 +155,13 @@ class FederationConfig:
     # that round). 0: federation.min_clients.
     min_replies: int = 1
     cpus_per_client: float = 1.0
+    # GPUs per simulated client, a Ray resource: 0.5 = two clients share one GPU; 0: clients see
+    # no GPU. null (auto): 0 where the runtime resolves to CPU, else the machine's GPUs shared
+    # evenly by the clients (all clients train at once).
+    gpus_per_client: float | None = None
+    # Stop the run (non-zero exit) after this many consecutive rounds without enough usable
+    # replies to merge; the message names the clients' errors. 0: never stop.
+    max_failed_rounds: int = 3
     eval_every: int = 1  # evaluate the merged model every k rounds (and always the last)
     # FedAvgM: the merged update goes through server momentum (0: plain merge) and a server
     # learning rate (1: take the merge). See docs/results/merge.md for when it pays off.
@@ -200,6 +207,29 @@ class FinetuneConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Hardware and numerics of every fit and evaluation; :mod:`fedssl.runtime` resolves it on
+    the machine that runs the fit. ``null`` (or ``auto``) lets that machine decide."""
+
+    accelerator: str = "auto"  # auto: a GPU where one is visible, else cpu | cpu | gpu
+    devices: int = 1  # GPUs one fit uses (one process each fit: 1)
+    precision: str = "auto"  # auto: bf16-mixed on a bf16 GPU, else 32-true | 32-true | ...
+    channels_last: bool | None = None  # NHWC weights for convolutions; auto: on
+    workers: int = 0  # DataLoader worker processes (0: in the training process)
+    pin_memory: bool | None = None  # page-locked batches; auto: on for GPUs
+    persistent_workers: bool = True  # keep loader workers across epochs (workers > 0)
+    matmul_precision: str = "auto"  # float32 matmuls: auto (high on GPUs) | highest | high | medium
+    cudnn_benchmark: bool | None = None  # cuDNN autotuning; auto: on for GPUs unless deterministic
+    deterministic: bool = False  # deterministic kernels (slower; Lightning's deterministic=True)
+
+    _choices = {
+        "accelerator": ("auto", "cpu", "gpu"),
+        "precision": ("auto", "32-true", "bf16-mixed", "16-mixed"),
+        "matmul_precision": ("auto", "highest", "high", "medium"),
+    }
+
+
+@dataclass
 class TrackingConfig:
     """Weights & Biases; ``auto`` = online with credentials, else offline."""
 
@@ -223,6 +253,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     _choices = {"experiment": ("merge", "pretrain", "finetune")}
@@ -249,8 +280,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or str(value).lower() == "auto"):
+            return None  # ``auto`` (or null): decided where the value is used
         for a in args:
             if a is type(None):
                 continue
@@ -306,9 +337,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+#: Keys that moved, old dotted name -> new: configs saved by earlier runs still load.
+MOVED_KEYS = {"train.workers": "runtime.workers"}
+
+
+def _move_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    out = _deepcopy(data)
+    for old, new in MOVED_KEYS.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        section = out.get(osec)
+        if isinstance(section, dict) and okey in section:
+            value = section.pop(okey)
+            target = out.setdefault(nsec, {})
+            if isinstance(target, dict):
+                target.setdefault(nkey, value)
+    return out
+
+
 def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and bad values."""
     data = dict(data or {})
+    if cls is ExperimentConfig and not prefix:
+        data = _move_legacy_keys(data)
     fields = _fields(cls)
     hints = typing.get_type_hints(cls)
     kwargs = {}

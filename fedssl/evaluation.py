@@ -13,20 +13,18 @@ from lightly.utils.benchmarking import knn_predict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedssl.runtime import Runtime, predict
+
 __all__ = ["extract_features", "knn_accuracy"]
 
 
-@torch.no_grad()
-def extract_features(backbone: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised features ``(N, D)`` and labels ``(N,)`` of every batch (eval mode)."""
-    was_training = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        feats.append(F.normalize(backbone(x).flatten(1), dim=1))
-        labels.append(y)
-    backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+def extract_features(
+    backbone: nn.Module, loader: DataLoader, rt: Runtime | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised float32 CPU features ``(N, D)`` and labels ``(N,)`` of every batch (eval
+    mode), computed on ``rt``'s device and precision (default: where the backbone is)."""
+    feats, labels = predict(backbone, loader, rt, fn=lambda m, x: m(x).flatten(1))
+    return F.normalize(feats, dim=1), labels
 
 
 def knn_accuracy(

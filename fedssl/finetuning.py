@@ -21,16 +21,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from fedssl import runtime
 from fedssl.config import ConfigError, ExperimentConfig, save_config
 from fedssl.data.tasks import ClientTask, ImageDataset, client_task, subsample
-from fedssl.federation.classification import quiet_trainer
 from fedssl.models.classifier import BackboneClassifier
 from fedssl.models.simclr import build_backbone, eval_transform, load_backbone
 
@@ -240,26 +239,11 @@ def _mode(meta: dict) -> str:
     return "RGB" if int(meta["in_chans"]) == 3 else "L"
 
 
-@contextmanager
-def channels_last(module: torch.nn.Module):
-    """Run convolutions in channels-last layout inside the block (CPU oneDNN kernels are
-    faster on it; ``python benchmarks/train_step.py`` measures it), then give the weights back
-    their usual layout, so state dicts stay contiguous (safetensors, Flower records)."""
-    module.to(memory_format=torch.channels_last)
-    try:
-        yield module
-    finally:
-        module.to(memory_format=torch.contiguous_format)
-
-
-@torch.no_grad()
-def _features(module: BackboneClassifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    module.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        feats.append(module.backbone(x))
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+def _features(
+    module: BackboneClassifier, loader, rt: runtime.Runtime | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's features (float32, CPU) and labels of every batch."""
+    return runtime.predict(module.backbone, loader, rt)
 
 
 def fit(
@@ -269,32 +253,32 @@ def fit(
     meta: dict,
     epochs: int,
     seed: int = 0,
+    rt: runtime.Runtime | None = None,
 ) -> dict[str, float]:
-    """Train ``module`` (head, and the backbone part its mode allows) on the labeled images.
+    """Train ``module`` (head, and the backbone part its mode allows) on the labeled images,
+    on ``rt``'s device and precision (default: resolved from ``cfg.runtime``).
 
     ``linear`` computes the frozen backbone's features once and trains the head on them (same
     result as passing images every epoch, without augmentation, many times faster).
     Returns ``train_loss`` (last epoch), ``train_s``, ``labeled`` (images used), ``epochs``.
     """
     f, t = cfg.finetune, cfg.train
+    rt = rt or runtime.resolve(cfg)
     torch.set_num_threads(max(1, t.threads))
     idx = labeled_indices(cfg, task)
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
     if module.mode == "linear":
         plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
-        x, y = _features(module, DataLoader(plain, batch_size=t.eval_batch_size))
-        loader = DataLoader(
-            TensorDataset(x, y), batch_size=f.batch_size, shuffle=True, generator=gen
+        x, y = _features(module, runtime.loader(rt, plain, t.eval_batch_size), rt)
+        loader = runtime.loader(
+            rt, TensorDataset(x, y), f.batch_size, shuffle=True, seed=seed, workers=False
         )
         module.features_input = True
     else:
         ds = ImageDataset(task.train, idx, _train_transform(size, chans, f.augment), _mode(meta))
-        loader = DataLoader(
-            ds, batch_size=f.batch_size, shuffle=True, generator=gen, num_workers=t.workers
-        )
-    trainer = quiet_trainer(max_epochs=epochs)
+        loader = runtime.loader(rt, ds, f.batch_size, shuffle=True, seed=seed)
+    trainer = runtime.trainer(rt, max_epochs=epochs)
     module.train()  # Lightning keeps the mode it finds (feature extraction left it in eval)
     try:
         with warnings.catch_warnings():  # frozen backbone parts are in eval mode on purpose
@@ -311,21 +295,22 @@ def fit(
     }
 
 
-@torch.no_grad()
-def _accuracy(module: BackboneClassifier, loader: DataLoader) -> float:
-    module.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((module(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(1, total)
+def _accuracy(module: BackboneClassifier, loader, rt: runtime.Runtime | None) -> float:
+    logits, y = runtime.predict(module, loader, rt)
+    return (logits.argmax(1) == y).sum().item() / max(1, len(y))
 
 
 def evaluate(
-    module: BackboneClassifier, cfg: ExperimentConfig, task: ClientTask, meta: dict
+    module: BackboneClassifier,
+    cfg: ExperimentConfig,
+    task: ClientTask,
+    meta: dict,
+    rt: runtime.Runtime | None = None,
 ) -> dict[str, float]:
     """``unlabeled_acc`` (the client's unlabeled part, paper 003's protocol) and ``test_acc``
-    (the dataset's test split), each on at most ``finetune.eval_max`` images (stratified)."""
+    (the dataset's test split), each on at most ``finetune.eval_max`` images (stratified), on
+    ``rt``'s device and precision (default: resolved from ``cfg.runtime``)."""
+    rt = rt or runtime.resolve(cfg)
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     tf = eval_transform(size, chans)
     cap, seed = cfg.finetune.eval_max, cfg.data.seed
@@ -336,8 +321,8 @@ def evaluate(
         ("test", task.test, np.arange(len(task.test))),
     ):
         keep = idx[subsample(data.labels[idx], cap, seed)]
-        loader = DataLoader(ImageDataset(data, keep, tf, _mode(meta)), batch_size=bs)
-        out[f"{name}_acc"] = _accuracy(module, loader)
+        loader = runtime.loader(rt, ImageDataset(data, keep, tf, _mode(meta)), bs)
+        out[f"{name}_acc"] = _accuracy(module, loader, rt)
         out[f"{name}_n"] = int(len(keep))
     return out
 
@@ -380,10 +365,19 @@ def load_head(module: BackboneClassifier, path: str | Path) -> None:
         raise ValueError(f"{path} does not fit this classifier: unexpected {unexpected[:3]}")
 
 
-def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | None = None) -> dict:
+def finetune(
+    cfg: ExperimentConfig,
+    client: str | int,
+    run_dir: str | Path | None = None,
+    device_index: int = 0,
+) -> dict:
     """Train and score one client's head; write ``<run_dir>/head.safetensors`` and
-    ``results.json``. Returns the results (accuracies, sizes, times, backbone source)."""
+    ``results.json``. Returns the results (accuracies, sizes, times, backbone source).
+
+    ``device_index``: the GPU to use on a machine with several (``launch/compare.py --jobs``
+    hands them out round-robin; jobs beyond the GPU count share them)."""
     f = cfg.finetune
+    rt = runtime.resolve(cfg, device_index=device_index)
     if f.epochs < 1:
         raise ConfigError(f"finetune.epochs must be >= 1, got {f.epochs}")
     path = resolve_backbone(f.backbone, cfg.out_dir)
@@ -399,10 +393,10 @@ def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | Non
     rd = Path(run_dir) if run_dir is not None else cfg.run_dir()
     rd.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rd / "config.yaml")
-    with channels_last(module):  # faster convolutions on CPU for training and scoring
-        train = fit(module, cfg, task, meta, f.epochs, seed=cfg.seed)
+    with runtime.layout(module, rt):  # one layout change around training and scoring
+        train = fit(module, cfg, task, meta, f.epochs, seed=cfg.seed, rt=rt)
         t0 = time.perf_counter()
-        scores = evaluate(module, cfg, task, meta)
+        scores = evaluate(module, cfg, task, meta, rt)
     results = {
         "client": task.name,
         "partition_id": pid,
@@ -410,6 +404,7 @@ def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | Non
         "backbone": meta["backbone"],
         "backbone_source": meta["source"],
         "num_classes": task.num_classes,
+        "device": rt.summary(),
         **train,
         **scores,
         "eval_s": time.perf_counter() - t0,
@@ -419,11 +414,13 @@ def finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path | Non
     return results
 
 
-def timed_finetune(cfg: ExperimentConfig, client: str | int, run_dir: str | Path) -> dict:
+def timed_finetune(
+    cfg: ExperimentConfig, client: str | int, run_dir: str | Path, device_index: int = 0
+) -> dict:
     """:func:`finetune` plus its wall time (``wall_s``); a top-level function, so a process
     pool can run it (``launch/compare.py`` trains the clients' heads side by side)."""
     t = time.perf_counter()
-    r = finetune(cfg, client, run_dir)
+    r = finetune(cfg, client, run_dir, device_index)
     r["wall_s"] = time.perf_counter() - t
     return r
 
@@ -522,7 +519,11 @@ def federated_train(
     _restore_head(cfg, pid, module, store)
     rounds = max(1, cfg.federation.rounds)
     module.lr = f.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / rounds))
-    metrics = fit(module, cfg, task, meta, f.local_epochs, seed=cfg.seed * 1009 + rnd * 31 + pid)
+    rt = runtime.resolve(cfg)
+    with runtime.layout(module, rt):
+        metrics = fit(
+            module, cfg, task, meta, f.local_epochs, seed=cfg.seed * 1009 + rnd * 31 + pid, rt=rt
+        )
     sd = module.state_dict()
     head = {k: sd[k].detach().clone() for k in sd if k.startswith("head.")}
     if store is not None:

@@ -39,7 +39,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fedssl  # noqa: E402,F401  (allocator settings before torch)
-from fedssl.config import ConfigError, config_diff, load_config, save_config  # noqa: E402
+from fedssl.config import (  # noqa: E402
+    ConfigError,
+    config_diff,
+    load_config,
+    save_config,
+    to_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "default.yaml"
@@ -102,6 +108,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "at most one per CPU; 1: one after another in this process)",
     )
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="offline")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved stage-one and head configs (YAML, runtime included) and exit",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -114,20 +125,29 @@ def _finished(run: Path, rounds: int) -> bool:
     )
 
 
-def stage_one(args) -> tuple[Path, float | None]:
-    """The federated backbone's run directory (run now unless finished); seconds if run."""
-    from fedssl.federation.simulation import simulate
-
+def stage_one_config(args):
+    """``(config, run dir)`` of the federated stage one: a given run's, or ``--pretrain-config``
+    with ``--set``."""
     cfg = load_config(args.pretrain_config, [*args.set, f"tracking.wandb={args.wandb}"])
     run = Path(args.pretrain) if args.pretrain else cfg.run_dir()
     if args.pretrain and (run / "config.yaml").is_file():
         cfg = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
         cfg.out_dir, cfg.name = str(run.parent), run.name
+    return cfg, run
+
+
+def stage_one(args) -> tuple[Path, float | None]:
+    """The federated backbone's run directory (run now unless finished); seconds if run."""
+    from fedssl.federation.simulation import preflight, simulate
+
+    cfg, run = stage_one_config(args)
     if _finished(run, cfg.federation.rounds):
         if not args.pretrain:
             # a finished run of the same name but another recipe must not stand in silently
             saved = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
-            diff = config_diff(saved, cfg, ignore=("tracking", "out_dir", "train.threads"))
+            diff = config_diff(
+                saved, cfg, ignore=("tracking", "out_dir", "train.threads", "runtime")
+            )
             if diff:
                 shown = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in diff[:6])
                 raise ConfigError(
@@ -139,6 +159,7 @@ def stage_one(args) -> tuple[Path, float | None]:
         return run, None
     if args.pretrain and not (run / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a stage-one run directory (no config.yaml)")
+    preflight(cfg)
     print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
     t = time.perf_counter()
     simulate(cfg)
@@ -178,7 +199,8 @@ def head_jobs(args, n_clients: int) -> int:
 
 def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
     """Every (label setting, method, client) head; the clients' heads of one method train side
-    by side in worker processes (``--jobs``), each with its share of the CPU threads."""
+    by side in worker processes (``--jobs``), each with its share of the CPU threads and, on a
+    GPU machine, a GPU: job ``i`` gets GPU ``i mod (GPUs)``, so several jobs share one GPU."""
     import copy
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -235,7 +257,10 @@ def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
         return rows
     # spawn: a forked child of a process that already ran torch threads can hang
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(timed_finetune, c, pid, rd) for _, _, c, pid, rd in work]
+        futures = [
+            pool.submit(timed_finetune, c, pid, rd, i % jobs)  # device index (mod GPUs)
+            for i, (_, _, c, pid, rd) in enumerate(work)
+        ]
         for (n, method, *_), fut in zip(work, futures, strict=True):
             report(n, method, fut.result())
     return rows
@@ -332,9 +357,32 @@ def render(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def print_configs(args) -> int:
+    """``--print-config``: the stage-one config, then the heads' (one method's overrides apply
+    on top of it per head: see METHODS)."""
+    from fedssl.cli import print_config
+
+    try:
+        cfg, run = stage_one_config(args)
+        print(f"# stage one ({run})")
+        print_config(cfg)
+        head = load_config(FINETUNE_CONFIG, [*args.finetune_set, "tracking.wandb=disabled"])
+        print("---\n# every head (plus its method's overrides; data/model/seed from stage one)")
+        print_config({k: v for k, v in to_dict(head).items() if k in ("finetune", "runtime")},
+                     runtime_of=head)  # fmt: skip
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    if args.print_config:
+        return print_configs(args)
+    from fedssl.federation.strategy import FederationFailed
+
     try:
         fed, fed_s = stage_one(args)
         central, central_s = (None, None)
@@ -344,6 +392,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     import torch
 
     from fedssl.runs import RunDir

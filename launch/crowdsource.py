@@ -53,7 +53,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", help="Fashion-MNIST idx folder (default: the usual places)")
     p.add_argument("--db", help="hub store URL (default: sqlite in the run directory)")
     p.add_argument("--no-central", action="store_true", help="skip the centralized reference")
+    p.add_argument(
+        "--runtime",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime settings of local training, e.g. accelerator=cpu precision=32-true",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and exit"
+    )
     return p.parse_args(argv)
+
+
+def settings(args) -> dict:
+    """The run's settings as plain data (for --print-config and crowdsource.json)."""
+    from fedssl.config import to_dict
+
+    out = {k: v for k, v in vars(args).items() if k not in ("runtime", "runtime_cfg")}
+    return {**out, "runtime": to_dict(args.runtime_cfg)}
+
+
+def runtime_config(pairs: list[str]):
+    """The ``runtime`` section from ``--runtime KEY=VALUE`` pairs (validated like a config)."""
+    from fedssl.config import RuntimeConfig, apply_overrides, from_dict
+
+    return from_dict(RuntimeConfig, apply_overrides({}, pairs), prefix="runtime.")
 
 
 def load_data(data_root: str | None):
@@ -111,16 +136,18 @@ def make_net(args):
 def train(net, x, y, args, seed: int) -> float:
     """Local training (Lightning); returns the last training loss."""
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import TensorDataset
 
-    from fedssl.federation.classification import quiet_trainer
+    from fedssl import runtime
     from fedssl.models.classifier import Classifier
 
+    rt = runtime.resolve(args.runtime_cfg)
     module = Classifier(net, lr=args.lr, momentum=args.momentum)
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=g)
-    trainer = quiet_trainer(max_epochs=args.epochs)
-    trainer.fit(module, loader)
+    ds = TensorDataset(x, y)
+    loader = runtime.loader(rt, ds, args.batch_size, shuffle=True, seed=seed, workers=False)
+    trainer = runtime.trainer(rt, max_epochs=args.epochs)
+    with runtime.layout(net, rt):
+        trainer.fit(module, loader)
     return float(trainer.callback_metrics.get("train_loss", torch.tensor(float("nan"))))
 
 
@@ -142,6 +169,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.participants < 2 or args.participants % 2:
         print("error: --participants must be even (half per dataset)", file=sys.stderr)
+        return 2
+    from fedssl import runtime
+    from fedssl.config import ConfigError
+
+    try:
+        args.runtime_cfg = runtime_config(args.runtime)
+        if args.print_config:
+            from fedssl.cli import print_config
+
+            print_config(settings(args), args.runtime_cfg)
+            return 0
+        runtime.resolve(args.runtime_cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     import torch
 
@@ -220,7 +261,7 @@ def main(argv=None) -> int:
         manager.close()
     finally:
         stop_server_process(proc)
-    out = {"args": vars(args), "notes": notes, "history": history, "address": address}
+    out = {"args": settings(args), "notes": notes, "history": history, "address": address}
     (run / "crowdsource.json").write_text(json.dumps(out, indent=1))
     from fedssl.plots import plot_curves
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedssl.cli import add_print_config, print_config, runtime_line  # noqa: E402
 from fedssl.config import ConfigError, to_dict  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "default.yaml"
@@ -51,8 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--verbose", action="store_true", help="--federated: Flower's and Ray's logs")
+    add_print_config(p)
     args = p.parse_args(argv)
-    if not args.federated and args.client is None:
+    if not args.federated and args.client is None and not args.print_config:
         p.error("--client is required (or --federated for every client)")
     return args
 
@@ -78,19 +80,31 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return ov
 
 
+def name_run(cfg, args) -> None:
+    """The run name: ``--name``, or one that says which client, mode and kind of run."""
+    f = cfg.finetune
+    if args.federated:
+        cfg.name = args.name or f"finetune-federated-{f.mode}"
+        return
+    client = args.client if args.client is not None else "CLIENT"
+    cl = "-cl" if f.backbone.lower() == "none" else ""
+    cfg.name = args.name or f"finetune-{client}-{f.mode}{cl}"
+
+
 def run_one(cfg, client: str, args) -> int:
+    from fedssl import runtime
     from fedssl.finetuning import finetune
     from fedssl.tracking import Tracker
 
     f = cfg.finetune
-    label = "none" if f.backbone.lower() == "none" else "stage one"
-    cfg.name = args.name or f"finetune-{client}-{f.mode}" + ("-cl" if label == "none" else "")
+    runtime.resolve(cfg)  # device and precision checked before anything is written
     scarce = f", {f.labels_per_class} labels per class" if f.labels_per_class else ""
     print(
         f"[fedssl] stage two: client {client}, mode {f.mode}, {f.epochs} epochs{scarce}; "
         f"run dir {cfg.run_dir()}",
         flush=True,
     )
+    print(runtime_line(cfg)[2:], flush=True)
     t = time.perf_counter()
     r = finetune(cfg, client)
     tracker = Tracker(
@@ -115,12 +129,13 @@ def run_one(cfg, client: str, args) -> int:
 
 
 def run_federated(cfg, args) -> int:
-    from fedssl.federation.simulation import simulate
+    from fedssl.federation.simulation import preflight, simulate
+    from fedssl.federation.strategy import FederationFailed
     from fedssl.runs import RunDir
 
     if len(cfg.data.clients) < 2:
         raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")
-    cfg.name = args.name or f"finetune-federated-{cfg.finetune.mode}"
+    preflight(cfg)
     f = cfg.federation
     print(
         f"[fedssl] stage two, federated: {', '.join(cfg.data.clients)}; mode "
@@ -129,7 +144,11 @@ def run_federated(cfg, args) -> int:
         flush=True,
     )
     t = time.perf_counter()
-    simulate(cfg, verbose=args.verbose)
+    try:
+        simulate(cfg, verbose=args.verbose)
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     rows = [r for r in RunDir(cfg.run_dir()).metrics() if r.get("test_acc_mean") is not None]
     if rows:
         last = rows[-1]
@@ -149,6 +168,10 @@ def main(argv=None) -> int:
 
     try:
         cfg, _ = finetune_config(args.config, overrides(args))
+        name_run(cfg, args)
+        if args.print_config:
+            print_config(cfg)
+            return 0
         if args.federated:
             return run_federated(cfg, args)
         return run_one(cfg, args.client, args)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedssl.cli import add_run_args, resolve_config, run_overrides  # noqa: E402
+from fedssl.cli import add_run_args, print_config, resolve_config, run_overrides  # noqa: E402
 from fedssl.config import ConfigError, load_config  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "merge" / "paper.yaml"
@@ -60,18 +60,34 @@ def overrides(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from fedssl.federation.simulation import simulate
+    from fedssl.federation.simulation import preflight, simulate
+    from fedssl.federation.strategy import FederationFailed
 
     try:
         if args.resume:
             cfg, _ = resolve_config(args, env_overrides(args))
+            if args.print_config:
+                print_config(cfg)
+                return 0
             simulate(cfg, resume=True, verbose=args.verbose)
             print(f"[fedssl] metrics: {cfg.run_dir() / 'metrics.csv'}")
             return 0
         base = load_config(args.config, overrides(args))
+        if args.print_config:
+            print_config(base)
+            return 0
+        if args.centralized:
+            from fedssl import runtime
+
+            runtime.resolve(base)
+        else:
+            preflight(base)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     env = {v: k for k, v in ENVS.items()}.get(base.data.partition, base.data.partition)
 
     if args.centralized:
@@ -106,7 +122,11 @@ def main(argv=None) -> int:
         prefix = args.name or f"{cfg.name}-{env}"
         cfg.name = f"{prefix}-{method}" if (args.method == "all" or not args.name) else args.name
         t = time.perf_counter()
-        simulate(cfg, verbose=args.verbose)
+        try:
+            simulate(cfg, verbose=args.verbose)
+        except FederationFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         rd = RunDir(cfg.run_dir())
         last = rd.metrics()[-1]
         print(

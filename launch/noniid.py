@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedssl.cli import add_run_args, resolve_config  # noqa: E402
+from fedssl.cli import add_run_args, print_config, resolve_config  # noqa: E402
 from fedssl.config import ConfigError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "noniid" / "paper.yaml"
@@ -225,13 +225,20 @@ def main(argv=None) -> int:
         cfg, resume = resolve_config(args, overrides(args))
         if not resume:
             cfg.name = run_name(cfg, args)
+        if args.print_config:
+            print_config(cfg)
+            return 0
         if cfg.experiment != "merge":
             raise ConfigError(f"experiment: {cfg.experiment!r}; launch/noniid.py runs merge")
+        from fedssl.federation.simulation import preflight
+
+        preflight(cfg)
         table, notes = histogram_table(cfg)
     except (ConfigError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from fedssl.federation.simulation import simulate
+    from fedssl.federation.strategy import FederationFailed
     from fedssl.runs import RunDir
 
     rd = RunDir(cfg.run_dir())
@@ -252,7 +259,11 @@ def main(argv=None) -> int:
         f"# Training labels per client ({skew})\n\n{table}\n" + "".join(f"\n{n}\n" for n in notes)
     )
     t = time.perf_counter()
-    simulate(cfg, resume=resume, verbose=args.verbose)
+    try:
+        simulate(cfg, resume=resume, verbose=args.verbose)
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     fed_s = time.perf_counter() - t
     rows = rd.metrics()
     last = rows[-1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedssl.cli import add_run_args, resolve_config  # noqa: E402
+from fedssl.cli import add_run_args, print_config, resolve_config  # noqa: E402
 from fedssl.config import ConfigError, ExperimentConfig  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "default.yaml"
@@ -91,9 +91,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg, resume = resolve_config(args)
+        if args.print_config:
+            print_config(cfg)
+            return 0
         if cfg.experiment != "pretrain":
             raise ConfigError(f"experiment: {cfg.experiment!r}; launch/pretrain.py runs pretrain")
         from fedssl.data.datasets import DatasetNotFoundError
+        from fedssl.federation.simulation import preflight
+
+        preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
 
         try:
             lines = check_data(cfg)
@@ -104,7 +110,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from fedssl.cli import runtime_line
     from fedssl.federation.simulation import simulate
+    from fedssl.federation.strategy import FederationFailed
     from fedssl.tracking import resolve_mode
 
     f, m, t = cfg.federation, cfg.model, cfg.train
@@ -116,8 +124,13 @@ def main(argv=None) -> int:
         flush=True,
     )
     print("\n".join(lines), flush=True)
+    print(runtime_line(cfg)[2:], flush=True)
     t = time.perf_counter()
-    simulate(cfg, resume=resume, verbose=args.verbose)
+    try:
+        simulate(cfg, resume=resume, verbose=args.verbose)
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     rd = cfg.run_dir()
     print("\n".join(summary(cfg)))
     print(f"[fedssl] done in {time.perf_counter() - t:.0f}s")

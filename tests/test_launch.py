@@ -56,7 +56,94 @@ def test_pretrain_bad_input_exits_2_with_message(pretrain, argv, message, capsys
 
 def test_pretrain_missing_data_says_where_and_how(pretrain, tmp_path, capsys):
     roots = [f"data.roots.flower102={tmp_path}/flowers", f"data.roots.intel_scene={tmp_path}/i"]
-    argv = ["--config", "configs/pretrain/paper.yaml", "--set", *roots]
+    on_cpu = ["runtime.accelerator=cpu", "federation.gpus_per_client=0",
+              "federation.cpus_per_client=1", "runtime.workers=0"]  # fmt: skip
+    argv = ["--config", "configs/pretrain/paper.yaml", "--set", *roots, *on_cpu]
     assert pretrain.main(argv) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path}/flowers" in err and "imagelabels.mat" in err
+
+
+# ------------------------------------------------------------------ refused before anything
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["model.backbone=resnet9999"], "model.backbone: 'resnet9999' is not a timm model"),
+        (["federation.cpus_per_client=4096"], "usable CPUs, so no client could start"),
+        (["runtime.accelerator=cpu", "runtime.precision=16-mixed"], "16-mixed needs a GPU"),
+    ],
+)
+def test_pretrain_refuses_before_ray_starts_and_leaves_the_run_untouched(
+    pretrain, tmp_path, capsys, monkeypatch, sets, message
+):
+    import flwr.simulation
+
+    run = tmp_path / "runs" / "pretrain-default"
+    (run / "checkpoints").mkdir(parents=True)
+    for name, text in {
+        "metrics.csv": "round,knn_acc_mean\n1,0.5\n",
+        "metrics.jsonl": '{"round": 1}\n',
+        "state.json": '{"round": 1, "checkpoint": "checkpoints/round-1.safetensors"}',
+        "config.yaml": "name: pretrain-default\n",
+        "checkpoints/round-1.safetensors": "x",
+    }.items():
+        (run / name).write_text(text)
+    before = _snapshot(tmp_path)
+
+    def no_ray(*a, **k):
+        raise AssertionError("the simulation started")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", no_ray)
+    argv = ["--out-dir", str(tmp_path / "runs"), "--wandb", "disabled", "--set", *sets]
+    assert pretrain.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------- --print-config
+@pytest.mark.parametrize(
+    "launcher, argv",
+    [
+        ("pretrain", []),
+        ("merge", ["--env", "h"]),
+        ("noniid", []),
+        ("finetune", ["--client", "mnist", "--backbone", "none", "--mode", "full"]),
+        ("compare", []),
+        ("crowdsource", ["--runtime", "accelerator=cpu"]),
+    ],
+)
+def test_every_launcher_prints_its_resolved_config_and_runs_nothing(
+    load_launch, launcher, argv, tmp_path, capsys, monkeypatch
+):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # anything written would land here
+    out = ["--out-dir", str(tmp_path / "runs")]
+    assert load_launch(launcher).main([*argv, *out, "--print-config"]) == 0
+    text = capsys.readouterr().out
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert docs and all("runtime" in d for d in docs)
+    assert {"accelerator", "precision", "channels_last", "workers"} <= set(docs[0]["runtime"])
+    assert "# runtime on this machine" in text and "cpu" in text.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_server_prints_its_settings(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    from fedssl.hub.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--port", "0", "--db", "sqlite:///x.db", "--print-config"]) == 0
+    settings = yaml.safe_load(capsys.readouterr().out)
+    assert settings["port"] == 0 and settings["db"] == "sqlite:///x.db"
+    assert list(tmp_path.iterdir()) == []  # no database, no server

@@ -68,14 +68,16 @@ def _drift(prox_mu: float) -> float:
     """How far 20 SGD steps move an MLP from its start, with the given FedProx weight."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from fedssl.federation.classification import quiet_trainer
+    from fedssl import runtime
+    from fedssl.config import RuntimeConfig
 
     torch.manual_seed(0)
     net = MLP(4, hidden=16, in_features=8)
     start = [p.detach().clone() for p in net.parameters()]
     module = Classifier(net, lr=0.1, momentum=0.0, prox_mu=prox_mu)
     x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
-    quiet_trainer(max_steps=20).fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
+    trainer = runtime.trainer(runtime.resolve(RuntimeConfig()), max_steps=20)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
     if prox_mu:
         assert module.proximal_term() > 0  # the term is live at the end of the fit
     with torch.no_grad():

@@ -9,10 +9,10 @@ import logging
 import time
 import warnings
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.clients import client_tensors, dataset_and_splits, server_test_tensors
 from fedssl.models.classifier import Classifier, accuracy
@@ -49,31 +49,11 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     return build_model(cfg).state_dict()
 
 
-def quiet_trainer(callbacks: list | None = None, **limits) -> pl.Trainer:
-    """A CPU Lightning Trainer without loggers, checkpoints or progress bars (fedssl logs itself).
-
-    Args:
-        callbacks: Lightning callbacks.
-        **limits: ``max_epochs`` / ``max_steps``.
-    """
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
-        **limits,
-    )
-
-
-def _trainer(cfg: ExperimentConfig) -> pl.Trainer:
+def _trainer(cfg: ExperimentConfig, rt: runtime.Runtime):
     t = cfg.train
     if t.local_steps > 0:
-        return quiet_trainer(max_steps=t.local_steps, max_epochs=-1)
-    return quiet_trainer(max_epochs=t.local_epochs)
+        return runtime.trainer(rt, max_steps=t.local_steps, max_epochs=-1)
+    return runtime.trainer(rt, max_epochs=t.local_epochs)
 
 
 def local_train(
@@ -104,13 +84,19 @@ def local_train(
         augment=cfg.train.augment,
         prox_mu=cfg.train.prox_mu,
     )
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
-    loader = DataLoader(
-        TensorDataset(x, y), batch_size=cfg.train.batch_size, shuffle=True, generator=g
+    rt = runtime.resolve(cfg)
+    loader = runtime.loader(
+        rt,
+        TensorDataset(x, y),
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,
+        workers=False,  # in-memory tensors
     )
     t0 = time.perf_counter()
-    trainer = _trainer(cfg)
-    trainer.fit(module, loader)
+    trainer = _trainer(cfg, rt)
+    with runtime.layout(net, rt):
+        trainer.fit(module, loader)
     train_s = time.perf_counter() - t0
     vx, vy = data["val"]
     f = cfg.federation
@@ -118,7 +104,9 @@ def local_train(
     metrics = {
         "num-examples": int(len(y)),
         "partition-id": int(partition_id),
-        "local_acc": accuracy(net, vx, vy, cfg.train.eval_batch_size) if evaluate_now else -1.0,
+        "local_acc": (
+            accuracy(net, vx, vy, cfg.train.eval_batch_size, rt) if evaluate_now else -1.0
+        ),
         "train_loss": float(trainer.callback_metrics.get("train_loss", torch.tensor(float("nan")))),
         "train_s": train_s,
         "steps": int(trainer.global_step),
@@ -138,4 +126,4 @@ def server_accuracy(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> fl
     net = build_model(cfg)
     net.load_state_dict(state, strict=True)
     x, y = server_test_tensors(cfg.data)
-    return accuracy(net, x, y, cfg.train.eval_batch_size)
+    return accuracy(net, x, y, cfg.train.eval_batch_size, runtime.resolve(cfg))

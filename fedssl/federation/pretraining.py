@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.tasks import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.evaluation import extract_features, knn_accuracy
-from fedssl.federation.classification import quiet_trainer
 from fedssl.federation.records import SHARED_KEYS, travelling_keys
 from fedssl.models.simclr import SimCLR, eval_transform, simclr_transform
 
@@ -107,17 +107,20 @@ def views_transform(cfg: ExperimentConfig):
     )
 
 
-def views_loader(cfg: ExperimentConfig, ds, seed: int) -> DataLoader:
-    """Shuffled batches of view pairs (last partial batch dropped: NT-Xent wants full batches)."""
+def views_loader(
+    cfg: ExperimentConfig, ds, seed: int, rt: runtime.Runtime | None = None
+) -> DataLoader:
+    """Shuffled batches of view pairs (last partial batch dropped: NT-Xent wants full batches),
+    loaded with the runtime's workers and pinned memory."""
+    rt = rt or runtime.resolve(cfg)
+    return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
+
+
+def _trainer(cfg: ExperimentConfig, rt: runtime.Runtime, epochs: int | None = None):
     t = cfg.train
-    return DataLoader(
-        ds,
-        batch_size=t.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=t.workers,
-    )
+    if epochs is None and t.local_steps > 0:
+        return runtime.trainer(rt, max_steps=t.local_steps, max_epochs=-1)
+    return runtime.trainer(rt, max_epochs=epochs or t.local_epochs)
 
 
 def local_train(
@@ -140,14 +143,12 @@ def local_train(
             f"({t.batch_size}); lower train.batch_size"
         )
     seed = cfg.seed * 1_000_003 + server_round * 1009 + partition_id
-    loader = views_loader(cfg, ds, seed)
-    trainer = (
-        quiet_trainer(max_steps=t.local_steps, max_epochs=-1)
-        if t.local_steps > 0
-        else quiet_trainer(max_epochs=t.local_epochs)
-    )
+    rt = runtime.resolve(cfg)
+    loader = views_loader(cfg, ds, seed, rt)
+    trainer = _trainer(cfg, rt)
     t0 = time.perf_counter()
-    trainer.fit(module, loader)
+    with runtime.layout(module, rt):
+        trainer.fit(module, loader)
     train_s = time.perf_counter() - t0
     steps = int(trainer.global_step)
     loss = trainer.callback_metrics.get("train_loss")
@@ -172,11 +173,11 @@ def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> fl
     query_idx = subsample(task.test.labels, s.knn_queries, seed)
     mode = image_mode(cfg)
     bs = cfg.train.eval_batch_size
+    rt = runtime.resolve(cfg)
 
     def feats(data, idx: np.ndarray):
-        return extract_features(
-            module.backbone, DataLoader(ImageDataset(data, idx, tf, mode), batch_size=bs)
-        )
+        ds = ImageDataset(data, idx, tf, mode)
+        return extract_features(module.backbone, runtime.loader(rt, ds, bs), rt)
 
     bank, bank_y = feats(task.train, bank_idx)
     queries, query_y = feats(task.test, query_idx)
@@ -238,11 +239,13 @@ def pretrain_centralized(
         task = client_task(cfg.data, pid)
         parts.append(ImageDataset(task.train, task.unlabeled, tf, mode=image_mode(cfg)))
     ds = ConcatDataset(parts)
+    rt = runtime.resolve(cfg)
     t0, images = time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
         module.lr = round_lr(cfg, epoch)  # a fresh optimizer each epoch, as each round has
-        trainer = quiet_trainer(max_epochs=1)
-        trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch))
+        trainer = _trainer(cfg, rt, epochs=1)
+        with runtime.layout(module, rt):
+            trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch, rt))
         images += int(trainer.global_step) * cfg.train.batch_size
     out: dict = {"train_s": time.perf_counter() - t0, "images": images}
     if export is not None:

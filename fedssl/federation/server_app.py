@@ -22,7 +22,7 @@ from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
 from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
 from fedssl.federation.records import from_record, to_record
-from fedssl.federation.strategy import MergeStrategy, build_strategy
+from fedssl.federation.strategy import FederationFailed, MergeStrategy, build_strategy
 from fedssl.federation.tasks import Task, get_task
 from fedssl.plots import plot_curves
 from fedssl.runs import RunDir
@@ -143,7 +143,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         to_dict(cfg),
         run_id=rd.state().get("wandb_id") if resume else None,
     )
-    rd.update_state(wandb_id=tracker.run_id, experiment=cfg.experiment)
+    rd.update_state(wandb_id=tracker.run_id, experiment=cfg.experiment, failed=None)
 
     f = cfg.federation
     n_clients = len(cfg.data.clients) or cfg.data.num_clients
@@ -190,6 +190,12 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         rd.save_checkpoint(rnd, sd)
         task.on_checkpoint(cfg, rd.path, rnd, sd)
         tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
+        limit = f.max_failed_rounds
+        if limit > 0 and strategy.failed_streak >= limit:
+            report = strategy.failure_report(rnd)
+            rd.update_state(failed=report)
+            print(f"[fedssl] {cfg.name} stopped after round {rnd}: {report}", flush=True)
+            raise FederationFailed(f"{cfg.name}: {report}")
         if not strategy.is_eval_round(rnd):
             return None
         _plot(rd, f"{cfg.name}: {f.method}", task)
@@ -201,15 +207,19 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         print(f"[fedssl] {rd.path} already completed {start_round} rounds", flush=True)
     else:
         config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
-        strategy.start(
-            grid=grid,
-            initial_arrays=to_record(state),
-            num_rounds=remaining,
-            timeout=f.timeout_s,
-            train_config=config,
-            evaluate_config=ConfigRecord(dict(config)),
-            evaluate_fn=evaluate,
-        )
+        try:
+            strategy.start(
+                grid=grid,
+                initial_arrays=to_record(state),
+                num_rounds=remaining,
+                timeout=f.timeout_s,
+                train_config=config,
+                evaluate_config=ConfigRecord(dict(config)),
+                evaluate_fn=evaluate,
+            )
+        finally:
+            tracker.finish()
+        return rd
     tracker.finish()
     return rd
 

@@ -1,24 +1,111 @@
-"""Run an experiment in Flower's simulation engine (Ray), one virtual SuperNode per client."""
+"""Run an experiment in Flower's simulation engine (Ray), one virtual SuperNode per client.
+
+This module is the one adapter between fedssl and ``flwr.simulation.run_simulation``. Flower
+1.42 marks that function deprecated (its supported path is ``flwr run`` against a local
+SuperLink) and logs a DEPRECATED FEATURE banner on every call; fedssl keeps it here because it
+runs the apps in-process (a launcher's config object, exceptions and exit codes reach the
+caller; no SuperLink to start or stop) and drops exactly that one banner. The same apps run
+under ``flwr run .`` (``tests/federation/test_flwr_run.py``), so the day Flower removes
+``run_simulation`` only this module changes (docs/architecture.md).
+
+Everything that can be refused is checked by :func:`preflight` before Ray starts: the runtime
+(device, precision, workers), Ray's client resources against this machine, the backbone name.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 
-from fedssl.config import ExperimentConfig
+from fedssl import runtime
+from fedssl.config import ConfigError, ExperimentConfig
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "preflight", "num_clients", "check_model"]
+
+
+def num_clients(cfg: ExperimentConfig) -> int:
+    """Virtual SuperNodes: one per ``data.clients`` entry, else ``data.num_clients``."""
+    return len(cfg.data.clients) or cfg.data.num_clients
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """Refuse an unknown timm backbone before anything starts (stage one and two).
+
+    Raises:
+        ConfigError: names the key and how to list the valid names.
+    """
+    if cfg.experiment not in ("pretrain", "finetune"):
+        return
+    import timm
+
+    if not timm.is_model(cfg.model.backbone):
+        close = timm.list_models(f"*{cfg.model.backbone[:6]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ConfigError(
+            f"model.backbone: {cfg.model.backbone!r} is not a timm model{hint}; "
+            "see timm.list_models()"
+        )
+
+
+def preflight(cfg: ExperimentConfig, machine: runtime.Machine | None = None) -> dict:
+    """Every check of ``cfg`` against this machine that can fail before Ray starts.
+
+    Returns Flower's Ray ``backend_config`` (client resources and Ray's own limits).
+
+    Raises:
+        ConfigError: impossible resources, a device or precision the machine cannot do, an
+            unknown backbone (one line that says what to set).
+    """
+    check_model(cfg)
+    resources, init = runtime.client_resources(cfg, num_clients(cfg), machine)
+    return {
+        "client_resources": resources,
+        "init_args": {**init, "include_dashboard": False},
+    }
+
+
+class _DropRunSimulationBanner(logging.Filter):
+    """Drops Flower's DEPRECATED FEATURE banner about ``run_simulation`` (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("DEPRECATED FEATURE") and "run_simulation" in str(record.args))
+
+
+@contextmanager
+def _deprecations_handled():
+    flwr_log = logging.getLogger("flwr")
+    banner = _DropRunSimulationBanner()
+    flwr_log.addFilter(banner)
+    try:
+        with warnings.catch_warnings():
+            # Ray's tip that it will stop hiding GPUs from zero-GPU actors: fedssl sets the
+            # variable (below) so that they stay hidden.
+            warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
+            yield
+    finally:
+        flwr_log.removeFilter(banner)
 
 
 def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False) -> None:
     """Run ``cfg``'s rounds with one virtual client per ``data.clients`` entry (or
     ``data.num_clients`` for the partitioned single-dataset experiments).
 
-    Each client gets ``federation.cpus_per_client`` CPUs from Ray, so on a 2-core machine two
-    clients train at once with one thread each (``train.threads``).
+    Each client gets ``federation.cpus_per_client`` CPUs and ``federation.gpus_per_client``
+    GPUs from Ray (a client with no GPU share sees no GPU), so on a 2-core machine two clients
+    train at once with one thread each (``train.threads``).
+
+    Raises:
+        ConfigError: from :func:`preflight`, before Ray starts.
+        fedssl.federation.strategy.FederationFailed: no usable reply for
+            ``federation.max_failed_rounds`` consecutive rounds.
     """
+    backend_config = preflight(cfg)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # a client with num_gpus 0 gets CUDA_VISIBLE_DEVICES="" (Ray's default, made explicit)
+    os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
     from flwr.simulation import run_simulation
 
     from fedssl.federation.client_app import app as client_app
@@ -26,14 +113,11 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    backend_config = {
-        "client_resources": {"num_cpus": cfg.federation.cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-    }
-    run_simulation(
-        server_app=make_server_app(cfg, resume),
-        client_app=client_app,
-        num_supernodes=len(cfg.data.clients) or cfg.data.num_clients,
-        backend_config=backend_config,
-        verbose_logging=verbose,
-    )
+    with _deprecations_handled():
+        run_simulation(
+            server_app=make_server_app(cfg, resume),
+            client_app=client_app,
+            num_supernodes=num_clients(cfg),
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )

@@ -20,7 +20,13 @@ from flwr.serverapp.strategy import FedAvg
 from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.federation.records import from_record, num_bytes, to_record
 
-__all__ = ["MergeStrategy", "merge_contents", "build_strategy", "SERVER_OPTIMIZERS"]
+__all__ = [
+    "MergeStrategy",
+    "FederationFailed",
+    "merge_contents",
+    "build_strategy",
+    "SERVER_OPTIMIZERS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,10 @@ def merge_contents(
         state_dicts.append(from_record(next(iter(c.array_records.values()))))
     weights = [float(m[weight_key]) for m in metrics] if weighted else None
     return merge(state_dicts, method, weights=weights, keys=keys), metrics
+
+
+class FederationFailed(RuntimeError):
+    """Too many consecutive rounds ended without enough usable client replies to merge."""
 
 
 def _non_finite_key(content: RecordDict) -> str | None:
@@ -135,6 +145,10 @@ class MergeStrategy(FedAvg):
         self.eval_metrics: dict[int, list[dict]] = {}
         self.failures: dict[int, int] = {}
         self.round_info: dict[int, dict] = {}
+        #: why clients' replies were unusable, per round (errors, timeouts, NaN/inf weights)
+        self.round_errors: dict[int, list[str]] = {}
+        #: consecutive rounds that kept the global model for lack of usable replies
+        self.failed_streak = 0
         self._t0 = 0.0
 
     @property
@@ -216,6 +230,9 @@ class MergeStrategy(FedAvg):
                 kept.append(m.content)
                 continue
             self.failures[rnd] += 1
+            self.round_errors.setdefault(rnd, []).append(
+                f"node {m.metadata.src_node_id}: non-finite value in {bad!r}"
+            )
             log.warning(
                 "round %d: node %s sent a non-finite value in %r; its reply is left out",
                 rnd,
@@ -234,7 +251,22 @@ class MergeStrategy(FedAvg):
             need,
         )
         self.round_info.setdefault(rnd, {}).update(clients=0, failures=self.failures[rnd])
+        self.failed_streak += 1
         return None, None
+
+    def failure_report(self, last: int) -> str:
+        """What went wrong in the failed rounds up to ``last`` (for :class:`FederationFailed`)."""
+        rounds = range(last - self.failed_streak + 1, last + 1)
+        reasons: list[str] = []
+        for r in rounds:
+            for e in self.round_errors.get(r, []):
+                if e not in reasons:
+                    reasons.append(e)
+        shown = "; ".join(reasons[:6]) or "no reply arrived"
+        return (
+            f"rounds {rounds.start}-{rounds.stop - 1}: no round had the {self.min_replies} "
+            f"usable client replies it needs (federation.min_replies); the clients said: {shown}"
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -253,10 +285,18 @@ class MergeStrategy(FedAvg):
                 sent,
             )
         self.round_info.setdefault(rnd, {})["timeouts"] = max(0, sent - len(replies))
+        if len(replies) < sent:
+            self.round_errors.setdefault(rnd, []).append(
+                f"{sent - len(replies)} of {sent} clients did not reply within the timeout"
+            )
         need = min(self.min_replies, max(1, sent))  # never more than were asked this round
         for m in errors:
             log.warning(
                 "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
+            )
+            reason = str(m.error.reason).strip().splitlines()
+            self.round_errors.setdefault(rnd, []).append(
+                f"node {m.metadata.src_node_id}: {reason[-1] if reason else 'error'}"
             )
         if len(valid) < need:
             return self._keep_global(rnd, len(valid), need)
@@ -278,6 +318,7 @@ class MergeStrategy(FedAvg):
             )
         if self.uses_server_optimizer:
             merged = self.server_step(merged)
+        self.failed_streak = 0
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info.setdefault(rnd, {}).update(

@@ -31,6 +31,13 @@ def _client(args):
 
 
 def cmd_serve(args) -> int:
+    if args.print_config:
+        import yaml
+
+        settings = {k: v for k, v in vars(args).items() if k not in ("func", "print_config")}
+        print(yaml.safe_dump(settings, sort_keys=False), end="")
+        print("# the hub stores and merges weights; it trains nothing (no runtime section)")
+        return 0
     from fedssl.hub.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -191,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--blob-dir", default="auto", help=blob_help)
     s.add_argument(
         "--no-fsync", action="store_true", help="do not flush blob files to disk (faster, unsafe)"
+    )
+    s.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and exit"
     )
     s.set_defaults(func=cmd_serve)
 

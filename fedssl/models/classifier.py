@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedssl.runtime import Runtime, predict
+
 __all__ = [
     "Classifier",
     "BackboneClassifier",
@@ -159,20 +161,22 @@ class Classifier(pl.LightningModule):
 
 @torch.no_grad()
 def accuracy(
-    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+    rt: Runtime | None = None,
 ) -> float:
-    """Top-1 accuracy of ``net`` on in-memory tensors (eval mode, restored afterwards)."""
+    """Top-1 accuracy of ``net`` on in-memory tensors (eval mode, restored afterwards), on
+    ``rt``'s device and precision (default: wherever ``net`` is)."""
     if len(labels) == 0:
         raise ValueError("accuracy: no examples to evaluate")
-    was_training = net.training
-    net.eval()
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        correct += (
-            (net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
-        )
-    net.train(was_training)
-    return correct / len(labels)
+    batches = (
+        (images[i : i + batch_size], labels[i : i + batch_size])
+        for i in range(0, len(labels), batch_size)
+    )
+    logits, y = predict(net, batches, rt)
+    return (logits.argmax(1) == y).sum().item() / len(labels)
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:

@@ -84,7 +84,9 @@ def test_paper_config_runs_one_step_on_fixture_data(tiny_flowers, tiny_intel, tm
             f"data.roots.intel_scene={tiny_intel}",
             "train.batch_size=4",
             "train.local_steps=1",
-            "train.workers=0",
+            "runtime.workers=0",
+            "runtime.accelerator=cpu",  # paper.yaml asks for a GPU
+            "runtime.precision=32-true",
             "train.threads=2",
         ],
     )

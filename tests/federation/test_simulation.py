@@ -151,12 +151,15 @@ def test_failing_and_hanging_clients_do_not_stop_the_run(cfg, monkeypatch):
     assert rows[2]["merged_acc"] is not None
 
 
-def test_too_few_replies_keep_the_global_model(cfg, monkeypatch):
+def test_too_few_replies_keep_the_global_model(cfg, monkeypatch, capfd):
     from fedssl.federation.classification import initial_state
 
     cfg.name, cfg.federation.rounds, cfg.federation.min_replies = "few", 1, 2
     monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise")
     simulate(cfg)
+    logs = "".join(capfd.readouterr())
+    assert "WARNING" in logs  # Flower's warnings reach the terminal ...
+    assert "DEPRECATED FEATURE" not in logs  # ... without run_simulation's banner
     rd = RunDir(cfg.run_dir())
     assert rd.metrics()[-1]["clients"] == 0 and rd.metrics()[-1]["failures"] == 1
     saved = load_file(str(rd.path / rd.state()["checkpoint"]))
@@ -174,3 +177,28 @@ def test_fault_specification_errors():
     inject_fault(1, 3, "1:raise:2")  # only in round 2
     with pytest.raises(ConfigError, match="cannot read 'x:boom'"):
         inject_fault(0, 1, "x:boom")
+
+
+def test_a_run_where_every_client_fails_stops_non_zero_naming_the_errors(
+    load_launch, tiny_fashion, tmp_path, monkeypatch, capsys
+):
+    """Every client raises every round: the run stops after federation.max_failed_rounds
+    rounds (not all six), exits 1 and says what the clients reported."""
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise,1:raise")
+    sets = [
+        f"data.root={tiny_fashion}",
+        "data.train_per_client=150",
+        "data.test_per_client=30",
+        "model.width=4",
+        "model.hidden=16",
+        "train.local_steps=2",
+        "federation.max_failed_rounds=2",
+    ]
+    argv = ["--out-dir", str(tmp_path), "--name", "allfail", "--rounds", "6", "--wandb",
+            "disabled", "--set", *sets]  # fmt: skip
+    assert load_launch("merge").main(argv) == 1
+    err = capsys.readouterr().err
+    assert "rounds 1-2" in err and "injected failure" in err
+    rd = RunDir(tmp_path / "allfail")
+    assert [r["round"] for r in rd.metrics()] == [0, 1, 2]
+    assert "injected failure" in rd.state()["failed"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedssl.federation.classification import quiet_trainer
+from fedssl import runtime
+from fedssl.config import RuntimeConfig
 from fedssl.models.classifier import BackboneClassifier, trainable_prefixes
 from fedssl.models.simclr import build_backbone
 
@@ -22,7 +23,7 @@ def test_trainable_prefixes_per_mode_and_architecture():
 
 
 def _fit(module, x, y, epochs=3):
-    trainer = quiet_trainer(max_epochs=epochs)
+    trainer = runtime.trainer(runtime.resolve(RuntimeConfig()), max_epochs=epochs)
     module.train()
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
 
