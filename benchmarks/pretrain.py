@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -440,7 +441,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--note", default="", help="a remark stored with the section (e.g. the load)")
     args = p.parse_args(argv)
-    cmd = "python benchmarks/pretrain.py " + " ".join(argv or sys.argv[1:])
+    cmd = "python benchmarks/pretrain.py " + shlex.join(argv or sys.argv[1:])
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results["_env"] = {
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, no GPU"
