@@ -15,6 +15,7 @@ This module imports nothing from fedssl above :mod:`fedssl.config`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -61,14 +62,9 @@ class Machine:
 
     @classmethod
     def probe(cls) -> Machine:
-        """This machine (without initialising CUDA when no GPU is visible)."""
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return cls(
-            cpus=usable_cpus(),
-            gpus=gpus,
-            gpu_name=torch.cuda.get_device_name(0) if gpus else "",
-            bf16=bool(gpus) and torch.cuda.is_bf16_supported(),
-        )
+        """This machine as this process sees it (looked up once per process: the GPUs a
+        process may use do not change while it runs; without a GPU CUDA is not initialised)."""
+        return _probe()
 
     def describe(self) -> str:
         """One line: CPUs and GPUs."""
@@ -121,6 +117,17 @@ class Runtime:
             f"matmul_precision={self.matmul_precision or 'default'}, "
             f"cudnn_benchmark={self.cudnn_benchmark}, deterministic={self.deterministic}"
         )
+
+
+@functools.cache
+def _probe() -> Machine:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return Machine(
+        cpus=usable_cpus(),
+        gpus=gpus,
+        gpu_name=torch.cuda.get_device_name(0) if gpus else "",
+        bf16=bool(gpus) and torch.cuda.is_bf16_supported(),
+    )
 
 
 def _section(cfg: ExperimentConfig | RuntimeConfig) -> RuntimeConfig:
