@@ -211,9 +211,10 @@ class RuntimeConfig:
     """Hardware and numerics of every fit and evaluation; :mod:`fedssl.runtime` resolves it on
     the machine that runs the fit. ``null`` (or ``auto``) lets that machine decide."""
 
-    accelerator: str = "auto"  # auto: a GPU where one is visible, else cpu | cpu | gpu
-    devices: int = 1  # GPUs one fit uses (one process each fit: 1)
-    precision: str = "auto"  # auto: bf16-mixed on a bf16 GPU, else 32-true | 32-true | ...
+    accelerator: str = "auto"  # auto (a GPU where one is visible, else the CPU) | cpu | gpu
+    devices: int = 1  # GPUs one fit uses (one process per fit: 1)
+    # auto (bf16-mixed on a GPU with bfloat16, else 32-true) | 32-true | bf16-mixed | 16-mixed
+    precision: str = "auto"
     channels_last: bool | None = None  # NHWC weights for convolutions; auto: on
     workers: int = 0  # DataLoader worker processes (0: in the training process)
     pin_memory: bool | None = None  # page-locked batches; auto: on for GPUs
