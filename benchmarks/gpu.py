@@ -335,8 +335,9 @@ def input_pipeline(cfg) -> list[dict]:
 # ------------------------------------------------------------------------ 3. federated rounds
 def federated_rounds(cfg) -> dict:
     from fedssl.federation.simulation import simulate
-    from fedssl.runs import RunDir
+    from fedssl.runs import RunDir, claim_run_dir
 
+    claim_run_dir(cfg.run_dir(), overwrite=True)  # a rerun in the same --work-dir
     t0 = time.perf_counter()
     simulate(cfg)
     wall = time.perf_counter() - t0

@@ -64,7 +64,8 @@ def data_key(ds: str) -> str:
 def run_point(key: str, args: list[str], central: bool, out_dir: str) -> dict:
     """One ``launch/noniid.py`` run; returns its summary plus the command and wall time."""
     name = f"bench-noniid-{key}"
-    cmd = ["python", "launch/noniid.py", "--wandb", "disabled", "--name", name, *args]
+    cmd = ["python", "launch/noniid.py", "--wandb", "disabled", "--name", name, "--overwrite"]
+    cmd += args
     if not central:
         cmd.append("--no-centralized")
     if out_dir != "runs":

@@ -29,6 +29,11 @@ def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start anew where a run exists: the old one is moved to <name>.replaced-<time>",
+    )
+    p.add_argument(
         "--set",
         nargs="*",
         default=[],

@@ -264,13 +264,15 @@ class ExperimentConfig:
         return Path(self.out_dir) / self.name
 
 
-def round_lr(cfg: ExperimentConfig, server_round: int) -> float:
-    """Learning rate of a round: ``exp`` (``lr * lr_decay ** (r - 1)``) or ``cosine`` from ``lr``
-    at round 1 towards 0 over ``federation.rounds``."""
+def round_lr(cfg: ExperimentConfig, server_round: int, base: float | None = None) -> float:
+    """Learning rate of a round (``train.lr_schedule``): ``exp`` (``base * lr_decay ** (r - 1)``)
+    or ``cosine`` from ``base`` at round 1 towards 0 over ``federation.rounds``. ``base``
+    defaults to ``train.lr`` (federated fine-tuning passes ``finetune.lr``)."""
     t, rounds = cfg.train, max(1, cfg.federation.rounds)
+    lr = t.lr if base is None else base
     if t.lr_schedule == "cosine":
-        return t.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
-    return t.lr * t.lr_decay ** max(0, server_round - 1)
+        return lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return lr * t.lr_decay ** max(0, server_round - 1)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -472,8 +474,13 @@ def load_config(
 
 
 def save_config(cfg, path: str | Path) -> Path:
-    """Write the resolved config as YAML; returns the path."""
+    """Write the resolved config as YAML (atomically: temporary file + rename); returns the
+    path."""
+    import os
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)
     return p

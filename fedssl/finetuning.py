@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 
 from fedssl import runtime
 from fedssl.config import ConfigError, ExperimentConfig, save_config
-from fedssl.data.tasks import ClientTask, ImageDataset, client_task, subsample
+from fedssl.data.tasks import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
 from fedssl.models.classifier import BackboneClassifier
 from fedssl.models.simclr import build_backbone, eval_transform, load_backbone
 
@@ -40,6 +40,7 @@ __all__ = [
     "client_index",
     "build_classifier",
     "labeled_indices",
+    "check_backbone_fits",
     "fit",
     "evaluate",
     "finetune",
@@ -183,7 +184,12 @@ def build_classifier(
     cfg: ExperimentConfig, num_classes: int, path: Path | None
 ) -> tuple[BackboneClassifier, dict]:
     """Backbone (from ``path``, or random when None) + a fresh linear head; returns the module
-    and the backbone's metadata (``backbone``, ``in_chans``, ``image_size``, ``source``)."""
+    and the backbone's metadata (``backbone``, ``in_chans``, ``image_size``, ``source``).
+
+    A random-init backbone (the CL baseline) always learns at the head's rate: a slower rate
+    (``finetune.backbone_lr_scale``) is for protecting pretrained weights, which it has none of.
+    So ``launch/finetune.py --backbone none --mode full`` and ``launch/compare.py``'s CL are
+    one and the same baseline."""
     f = cfg.finetune
     net, meta = _backbone(cfg, path)
     torch.manual_seed(cfg.seed + 1)
@@ -193,11 +199,44 @@ def build_classifier(
         mode=f.mode,
         optimizer=f.optimizer,
         lr=f.lr,
-        backbone_lr_scale=f.backbone_lr_scale,
+        backbone_lr_scale=1.0 if path is None else f.backbone_lr_scale,
         momentum=f.momentum,
         weight_decay=f.weight_decay,
     )
     return module, meta
+
+
+def check_backbone_fits(dataset: str, meta: dict, side: int) -> None:
+    """Refuse a backbone that cannot see ``dataset``'s images as they are: fewer channels than
+    the images have (colour dropped), or an input size under a quarter of ``side`` (the shorter
+    side of the client's images, in pixels).
+
+    Raises:
+        ConfigError: says what does not fit and the ways out.
+    """
+    chans, size = int(meta["in_chans"]), int(meta["image_size"])
+    want = IN_CHANS.get(dataset, chans)
+    way = (
+        f"use a stage-one backbone trained on images like {dataset}'s (e.g. "
+        "configs/pretrain/paper.yaml), or for the CL baseline --backbone none --set "
+        f"model.image_size={min(224, side)} model.in_chans={max(chans, want)}"
+    )
+    what = f"the backbone ({meta['backbone']}, {meta['source']})"
+    if chans < want:
+        raise ConfigError(
+            f"{what} takes {chans}-channel images; {dataset}'s have {want} (their colour would "
+            f"be dropped); {way}"
+        )
+    if size * 4 < side:
+        raise ConfigError(
+            f"{what} sees {size} px images; {dataset}'s are {side} px and would be shrunk "
+            f"{side // size}x; {way}"
+        )
+
+
+def _image_side(task: ClientTask) -> int:
+    """The shorter side of the client's first labeled image."""
+    return min(task.train.pil(int(task.labeled[0])).size)
 
 
 def labeled_indices(cfg: ExperimentConfig, task: ClientTask) -> np.ndarray:
@@ -384,6 +423,7 @@ def finetune(
     pid = client_index(cfg, client)
     task = client_task(cfg.data, pid)
     module, meta = build_classifier(cfg, task.num_classes, path)
+    check_backbone_fits(task.name, meta, _image_side(task))
     if path is not None and meta["backbone"] != cfg.model.backbone:
         print(
             f"[fedssl] note: the backbone file holds {meta['backbone']!r}; "
@@ -410,7 +450,9 @@ def finetune(
         "eval_s": time.perf_counter() - t0,
     }
     save_head(module, rd / "head.safetensors", _head_meta(cfg, task, meta))
-    (rd / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from fedssl.runs import write_text_atomic
+
+    write_text_atomic(rd / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -508,17 +550,16 @@ def federated_train(
     received trainable backbone part train ``finetune.local_epochs`` on its labeled images; only
     the backbone part is returned. The round's learning rate follows ``train.lr_schedule`` over
     the rounds, starting at ``finetune.lr``."""
-    import math
-
     from flwr.app import ArrayRecord
+
+    from fedssl.config import round_lr
 
     f = cfg.finetune
     task = client_task(cfg.data, pid)
     module, meta = _federated_module(cfg, task.num_classes)
     _load_received(module, state)
     _restore_head(cfg, pid, module, store)
-    rounds = max(1, cfg.federation.rounds)
-    module.lr = f.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / rounds))
+    module.lr = round_lr(cfg, rnd, base=f.lr)
     rt = runtime.resolve(cfg)
     with runtime.layout(module, rt):
         metrics = fit(

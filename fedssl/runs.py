@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,76 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["RunDir", "write_safetensors"]
+__all__ = [
+    "RunDir",
+    "RunExistsError",
+    "holds_run",
+    "claim_run_dir",
+    "write_safetensors",
+    "write_text_atomic",
+]
+
+#: Files whose presence means a directory holds a run that a fresh start would clobber.
+RUN_MARKERS = ("state.json", "metrics.jsonl", "metrics.csv", "metrics.json", "results.json")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+class RunExistsError(ValueError):
+    """A new run was asked for in a directory that already holds one."""
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether ``path`` holds (part of) an earlier run: metrics, resume state or results."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).exists() for m in RUN_MARKERS)
+
+
+def _describe(path: Path) -> str:
+    try:
+        st = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return "a run"
+    return f"a run that completed round {st['round']}" if "round" in st else "a run"
+
+
+def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """Make ``path`` ready for a run without losing an earlier one; call it after every other
+    check has passed, before the first write.
+
+    * nothing there (or no run in it): nothing to do;
+    * ``resume``: the run there is continued, nothing moves;
+    * ``overwrite``: the earlier run is moved aside to ``<path>.replaced-<time>`` (never
+      deleted) and that new path is returned;
+    * else :class:`RunExistsError` names the ways out.
+    """
+    p = Path(path)
+    if resume or not holds_run(p):
+        return None
+    if not overwrite:
+        raise RunExistsError(
+            f"{p} already holds {_describe(p)}; continue it with --resume {p}, give this run "
+            f"another --name, or pass --overwrite to move the old one aside (it is kept)"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = p.with_name(f"{p.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = p.with_name(f"{p.name}.replaced-{stamp}-{n}")
+    os.replace(p, aside)
+    return aside
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers (and a crash)
+    see the old file or the new one, never half of one."""
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    os.replace(tmp, p)
+    return p
+
+
+_atomic_write = write_text_atomic
 
 
 def write_safetensors(
@@ -78,10 +142,11 @@ class RunDir:
         return [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line]
 
     def log_metrics(self, row: Mapping[str, Any]) -> None:
-        """Append one row (must hold ``round``) and rewrite the CSV."""
-        with self.metrics_jsonl.open("a") as f:
-            f.write(json.dumps(dict(row)) + "\n")
-        self._write_csv(self.metrics())
+        """Append one row (must hold ``round``) and rewrite the CSV, both atomically: a crash
+        leaves the rows before this one, never half a file."""
+        rows = [*self.metrics(), dict(row)]
+        _atomic_write(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
 
     def truncate_metrics(self, last_round: int) -> None:
         """Drop rows after ``last_round`` (a resumed run repeats them)."""

@@ -61,7 +61,7 @@ PAPER = {
 
 #: method -> (backbone source, finetune overrides)
 METHODS = {
-    "CL": ("none", ["finetune.mode=full", "finetune.backbone_lr_scale=1.0"]),
+    "CL": ("none", ["finetune.mode=full"]),  # random init learns at the head's rate
     "FL+SSL (linear)": ("federated", ["finetune.mode=linear"]),
     "FL+SSL (partial)": ("federated", ["finetune.mode=partial"]),
     "FL+SSL (full)": ("federated", ["finetune.mode=full"]),
@@ -137,32 +137,43 @@ def stage_one_config(args):
 
 
 def stage_one(args) -> tuple[Path, float | None]:
-    """The federated backbone's run directory (run now unless finished); seconds if run."""
+    """The federated backbone's run directory and the seconds spent on it now: a finished run
+    is reused, an interrupted one (same config) resumed from its last round, else one is run."""
     from fedssl.federation.simulation import preflight, simulate
+    from fedssl.runs import RunDir, holds_run
 
     cfg, run = stage_one_config(args)
-    if _finished(run, cfg.federation.rounds):
-        if not args.pretrain:
-            # a finished run of the same name but another recipe must not stand in silently
-            saved = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
-            diff = config_diff(
-                saved, cfg, ignore=("tracking", "out_dir", "train.threads", "runtime")
-            )
-            if diff:
-                shown = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in diff[:6])
-                raise ConfigError(
-                    f"{run} already holds a finished stage-one run with another config ({shown}"
-                    f"{'; ...' if len(diff) > 6 else ''}). Give this one a new name "
-                    f"(--set name=<new>), reuse that run as it is (--pretrain {run}), or delete it."
-                )
-        print(f"[compare] stage one: reusing {run}", flush=True)
-        return run, None
     if args.pretrain and not (run / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a stage-one run directory (no config.yaml)")
+    started = holds_run(run) and (run / "config.yaml").is_file()
+    if started and not args.pretrain:
+        # a run of the same name but another recipe must not stand in (or be resumed) silently
+        saved = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
+        diff = config_diff(saved, cfg, ignore=("tracking", "out_dir", "train.threads", "runtime"))
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in diff[:6])
+            raise ConfigError(
+                f"{run} already holds a stage-one run with another config ({shown}"
+                f"{'; ...' if len(diff) > 6 else ''}). Give this one a new name "
+                f"(--set name=<new>), or reuse that run as it is (--pretrain {run})."
+            )
+    if _finished(run, cfg.federation.rounds):
+        print(f"[compare] stage one: reusing {run}", flush=True)
+        return run, None
     preflight(cfg)
-    print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
+    done = RunDir(run).state().get("round", 0) if started else 0
+    resume = started and "checkpoint" in RunDir(run).state()
+    if resume:
+        print(f"[compare] stage one: resuming {run} after round {done}", flush=True)
+    else:
+        if started:  # interrupted before its first round: nothing to resume, keep it aside
+            from fedssl.runs import claim_run_dir
+
+            print(f"[compare] stage one: {run} has no finished round; kept at "
+                  f"{claim_run_dir(run, overwrite=True)}", flush=True)  # fmt: skip
+        print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
     t = time.perf_counter()
-    simulate(cfg)
+    simulate(cfg, resume=resume)
     return run, time.perf_counter() - t
 
 

@@ -52,6 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--verbose", action="store_true", help="--federated: Flower's and Ray's logs")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start anew where a run exists: the old one is moved to <name>.replaced-<time>",
+    )
     add_print_config(p)
     args = p.parse_args(argv)
     if not args.federated and args.client is None and not args.print_config:
@@ -91,13 +96,29 @@ def name_run(cfg, args) -> None:
     cfg.name = args.name or f"finetune-{client}-{f.mode}{cl}"
 
 
+def keep_earlier(cfg, args) -> None:
+    """Refuse to start over an earlier run (or move it aside with ``--overwrite``).
+
+    Raises:
+        fedssl.runs.RunExistsError: the run directory holds a run and ``--overwrite`` is off.
+    """
+    from fedssl.runs import claim_run_dir
+
+    aside = claim_run_dir(cfg.run_dir(), overwrite=args.overwrite)
+    if aside is not None:
+        print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
+
+
 def run_one(cfg, client: str, args) -> int:
     from fedssl import runtime
-    from fedssl.finetuning import finetune
+    from fedssl.data.tasks import client_task
+    from fedssl.finetuning import client_index, finetune
     from fedssl.tracking import Tracker
 
     f = cfg.finetune
-    runtime.resolve(cfg)  # device and precision checked before anything is written
+    runtime.resolve(cfg)  # device, precision and data checked before anything is written
+    client_task(cfg.data, client_index(cfg, client))
+    keep_earlier(cfg, args)
     scarce = f", {f.labels_per_class} labels per class" if f.labels_per_class else ""
     print(
         f"[fedssl] stage two: client {client}, mode {f.mode}, {f.epochs} epochs{scarce}; "
@@ -136,6 +157,7 @@ def run_federated(cfg, args) -> int:
     if len(cfg.data.clients) < 2:
         raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")
     preflight(cfg)
+    keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
     f = cfg.federation
     print(
         f"[fedssl] stage two, federated: {', '.join(cfg.data.clients)}; mode "

@@ -92,9 +92,15 @@ def main(argv=None) -> int:
 
     if args.centralized:
         from fedssl.centralized import train_centralized
+        from fedssl.runs import RunExistsError, claim_run_dir
 
         name = args.name or f"{base.name}-{env}-centralized"
         out = Path(base.out_dir) / name
+        try:
+            claim_run_dir(out, overwrite=args.overwrite)
+        except RunExistsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         out.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         hist = train_centralized(base, args.centralized)
@@ -108,19 +114,32 @@ def main(argv=None) -> int:
     methods = ALL if args.method == "all" else [args.method or base.federation.method]
     runs = {}
     from fedssl.aggregation import resolve_method
-    from fedssl.runs import RunDir
+    from fedssl.runs import RunDir, RunExistsError, claim_run_dir, holds_run
 
+    cfgs = []
     for method in methods:
         try:
             resolve_method(method)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    t_all = time.perf_counter()
-    for method in methods:
         cfg = load_config(args.config, overrides(args) + [f"federation.method={method}"])
         prefix = args.name or f"{cfg.name}-{env}"
         cfg.name = f"{prefix}-{method}" if (args.method == "all" or not args.name) else args.name
+        cfgs.append((method, cfg))
+    taken = [str(c.run_dir()) for _, c in cfgs if holds_run(c.run_dir())]
+    if taken and not args.overwrite:  # every run checked before the first one starts
+        err = RunExistsError(
+            f"{', '.join(taken)} already hold(s) a run; continue one with --resume RUN_DIR, "
+            "choose another --name, or pass --overwrite to move the old runs aside (kept)"
+        )
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    t_all = time.perf_counter()
+    for method, cfg in cfgs:
+        aside = claim_run_dir(cfg.run_dir(), overwrite=args.overwrite)
+        if aside is not None:
+            print(f"[fedssl] the earlier {cfg.name} is kept at {aside}", flush=True)
         t = time.perf_counter()
         try:
             simulate(cfg, verbose=args.verbose)

@@ -220,6 +220,7 @@ def summary(cfg, args, rows: list[dict], central, fed_s: float) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from fedssl.data.datasets import DatasetNotFoundError
+    from fedssl.runs import RunExistsError, claim_run_dir
 
     try:
         cfg, resume = resolve_config(args, overrides(args))
@@ -234,9 +235,12 @@ def main(argv=None) -> int:
 
         preflight(cfg)
         table, notes = histogram_table(cfg)
-    except (ConfigError, DatasetNotFoundError) as err:
+        aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
+    except (ConfigError, DatasetNotFoundError, RunExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if aside is not None:
+        print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
     from fedssl.federation.simulation import simulate
     from fedssl.federation.strategy import FederationFailed
     from fedssl.runs import RunDir

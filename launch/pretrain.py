@@ -101,11 +101,16 @@ def main(argv=None) -> int:
 
         preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
 
+        from fedssl.runs import RunExistsError, claim_run_dir
+
         try:
             lines = check_data(cfg)
-        except DatasetNotFoundError as err:
+            aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)  # the last check
+        except (DatasetNotFoundError, RunExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if aside is not None:
+            print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -79,6 +79,8 @@ def _snapshot(folder):
         (["model.backbone=resnet9999"], "model.backbone: 'resnet9999' is not a timm model"),
         (["federation.cpus_per_client=4096"], "usable CPUs, so no client could start"),
         (["runtime.accelerator=cpu", "runtime.precision=16-mixed"], "16-mixed needs a GPU"),
+        # a valid config: the finished run is not started over (issue 16's data loss)
+        ([], "already holds a run that completed round 1; continue it with --resume"),
     ],
 )
 def test_pretrain_refuses_before_ray_starts_and_leaves_the_run_untouched(
@@ -147,3 +149,18 @@ def test_hub_server_prints_its_settings(capsys, tmp_path, monkeypatch):
     settings = yaml.safe_load(capsys.readouterr().out)
     assert settings["port"] == 0 and settings["db"] == "sqlite:///x.db"
     assert list(tmp_path.iterdir()) == []  # no database, no server
+
+
+def test_pretrain_overwrite_moves_the_earlier_run_aside(pretrain, tmp_path, monkeypatch):
+    import flwr.simulation
+
+    runs = tmp_path / "runs"
+    (runs / "pretrain-default").mkdir(parents=True)
+    (runs / "pretrain-default" / "state.json").write_text('{"round": 8}')
+    started = []
+    monkeypatch.setattr(flwr.simulation, "run_simulation", lambda **k: started.append(k))
+    monkeypatch.setattr(pretrain, "summary", lambda cfg: [])
+    argv = ["--out-dir", str(runs), "--wandb", "disabled", "--overwrite"]
+    assert pretrain.main(argv) == 0 and started
+    (kept,) = runs.glob("pretrain-default.replaced-*")
+    assert (kept / "state.json").read_text() == '{"round": 8}'

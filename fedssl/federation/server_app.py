@@ -25,7 +25,7 @@ from fedssl.federation.records import from_record, to_record
 from fedssl.federation.strategy import FederationFailed, MergeStrategy, build_strategy
 from fedssl.federation.tasks import Task, get_task
 from fedssl.plots import plot_curves
-from fedssl.runs import RunDir
+from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
 __all__ = ["app", "make_server_app", "run_server", "config_from_run_config"]
@@ -120,6 +120,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         resume: continue from the last completed round saved in the run directory.
     """
     task = get_task(cfg)
+    claim_run_dir(cfg.run_dir(), resume=resume)  # refuses to start over an earlier run
     rd = RunDir(cfg.run_dir())
     start_round = 0
     velocity = moments = None
@@ -130,8 +131,6 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         rd.truncate_metrics(start_round)
         print(f"[fedssl] resuming {rd.path} after round {start_round}", flush=True)
     else:
-        for stale in (rd.metrics_jsonl, rd.metrics_csv, rd.state_file):
-            stale.unlink(missing_ok=True)
         state = task.initial_state(cfg)
     save_config(cfg, rd.path / "config.yaml")
     write_manifest(rd.path / "partition.json", task.manifest(cfg))

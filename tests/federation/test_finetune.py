@@ -267,3 +267,110 @@ def test_launch_refuses_a_backbone_file_that_does_not_fit_its_architecture(
     argv = ["--client", "mnist", "--backbone", str(path), "--out-dir", str(tmp_path)]
     assert launch.main([*argv, "--wandb", "disabled"]) == 2
     assert "does not fit 'resnet18'" in capsys.readouterr().err
+
+
+def test_compare_resumes_an_interrupted_stage_one_instead_of_restarting_it(
+    stage_one, load_launch, monkeypatch
+):
+    """A stage-one run asked for 3 rounds that stopped after round 1 is continued (resume),
+    its metrics kept; before, compare started it again from round 0 and deleted them."""
+    import fedssl.federation.simulation as sim
+
+    cfg = load_config(stage_one / "config.yaml", ["federation.rounds=3"])
+    save_config(cfg, stage_one / "config.yaml")
+    rd = RunDir(stage_one)
+    rd.log_metrics({"round": 1, "knn_acc_mean": 0.5})
+    rd.save_checkpoint(1, pretraining.initial_state(cfg))
+    before = rd.metrics_jsonl.read_bytes()
+    calls = []
+    monkeypatch.setattr(sim, "simulate", lambda c, resume=False, **k: calls.append((c, resume)))
+    compare = load_launch("compare")
+    same = [f"out_dir={stage_one.parent}", f"name={stage_one.name}", "federation.rounds=3"]
+    base = ["--pretrain-config", str(stage_one / "config.yaml"), "--wandb", "disabled"]
+    run, seconds = compare.stage_one(compare.parse_args([*base, "--set", *same]))
+    assert run == stage_one and seconds is not None
+    assert [(c.run_dir(), resume) for c, resume in calls] == [(stage_one, True)]
+    assert rd.metrics_jsonl.read_bytes() == before
+
+
+def test_federated_rerun_never_starts_from_the_earlier_runs_heads(
+    stage_one, launch, monkeypatch, capsys
+):
+    import fedssl.federation.simulation as sim
+
+    runs = stage_one.parent
+    old = runs / "finetune-federated-partial"
+    (old / "heads").mkdir(parents=True)
+    (old / "heads" / "client0-fashion_mnist.safetensors").write_bytes(b"old head")
+    (old / "state.json").write_text('{"round": 2}')
+    calls = []
+    monkeypatch.setattr(sim, "simulate", lambda c, **k: calls.append(c))
+    argv = ["--federated", "--out-dir", str(runs), "--wandb", "disabled",
+            "--set", "data.clients=[fashion_mnist,fashion_mnist]"]  # fmt: skip
+    assert launch.main(argv) == 2  # refused: resume or --overwrite
+    assert "already holds a run that completed round 2" in capsys.readouterr().err
+    assert not calls and (old / "heads" / "client0-fashion_mnist.safetensors").is_file()
+    assert launch.main([*argv, "--overwrite"]) == 0 and len(calls) == 1
+    assert not (old / "heads").exists()  # the new run starts with no heads
+    (kept,) = runs.glob("finetune-federated-partial.replaced-*")
+    assert (kept / "heads" / "client0-fashion_mnist.safetensors").read_bytes() == b"old head"
+
+
+def test_one_cl_baseline_random_init_learns_at_the_heads_rate(stage_one):
+    """launch/finetune.py --backbone none --mode full used to inherit backbone_lr_scale 0.1
+    while launch/compare.py's CL used 1.0: two different baselines under one name."""
+    cfg, path = _cfg(stage_one, "finetune.backbone=none", "finetune.mode=full")
+    assert path is None and cfg.finetune.backbone_lr_scale == 0.1  # the config's default
+    module, _ = finetuning.build_classifier(cfg, 10, path)
+    module.anneal = False  # the optimizer alone (its schedule needs a Trainer)
+    assert {g["lr"] for g in module.configure_optimizers().param_groups} == {cfg.finetune.lr}
+    pre, _ = _cfg(stage_one, "finetune.mode=full")  # a pretrained backbone keeps the scale
+    module, _ = finetuning.build_classifier(pre, 10, stage_one / "backbone.safetensors")
+    module.anneal = False
+    lrs = sorted(g["lr"] for g in module.configure_optimizers().param_groups)
+    assert lrs == pytest.approx([0.1 * pre.finetune.lr, pre.finetune.lr])
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [("exp", [0.1, 0.05, 0.025]), ("cosine", [0.1, 0.075, 0.025])],  # 3 rounds, lr 0.1
+)
+def test_federated_finetuning_follows_the_configured_schedule(
+    stage_one, monkeypatch, schedule, expected
+):
+    """It used to anneal by cosine whatever train.lr_schedule said."""
+    cfg, _ = _cfg(
+        stage_one, "finetune.mode=partial", "finetune.lr=0.1", "federation.rounds=3",
+        f"train.lr_schedule={schedule}", "train.lr_decay=0.5", "name=sched",
+    )  # fmt: skip
+    seen = []
+
+    def fake_fit(module, cfg, task, meta, epochs, seed=0, rt=None):
+        seen.append(module.lr)
+        return {"labeled": 1, "train_loss": 0.0, "train_s": 0.0}
+
+    monkeypatch.setattr(finetuning, "fit", fake_fit)
+    state = finetuning.federated_initial_state(cfg)
+    for rnd in (1, 2, 3):
+        finetuning.federated_train(cfg, 0, state, rnd)
+    assert seen == pytest.approx(expected)
+
+
+def test_a_backbone_that_cannot_see_the_clients_images_is_refused(
+    stage_one, tiny_flowers, launch, tmp_path, capsys
+):
+    """After the default stage one (28 px, one channel), a head for Flowers102 used to train on
+    28 px grey thumbnails without a word."""
+    cfg, path = _cfg(stage_one, f"data.roots.flower102={tiny_flowers}")
+    with pytest.raises(ConfigError, match="takes 1-channel images; flower102's have 3"):
+        finetuning.finetune(cfg, "flower102", tmp_path / "head")
+    assert not (tmp_path / "head").exists()
+    meta = {"backbone": "resnet18", "source": "x", "in_chans": 3, "image_size": 28}
+    with pytest.raises(ConfigError, match="shrunk 17x.*model.image_size=224 model.in_chans=3"):
+        finetuning.check_backbone_fits("flower102", meta, side=500)  # the real images
+    finetuning.check_backbone_fits("flower102", meta, side=100)  # shrunk 3.6x: allowed
+    finetuning.check_backbone_fits("mnist", {**meta, "image_size": 224}, side=28)  # upscaled
+    argv = ["--client", "flower102", "--backbone", str(stage_one), "--out-dir", str(tmp_path),
+            "--wandb", "disabled", "--set", f"data.roots.flower102={tiny_flowers}"]  # fmt: skip
+    assert launch.main(argv) == 2
+    assert "colour would be dropped" in capsys.readouterr().err
