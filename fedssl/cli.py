@@ -11,7 +11,15 @@ import yaml
 
 from fedssl.config import ConfigError, ExperimentConfig, load_config, to_dict
 
-__all__ = ["add_run_args", "run_overrides", "resolve_config", "print_config", "runtime_line"]
+__all__ = [
+    "add_run_args",
+    "add_overwrite",
+    "add_print_config",
+    "run_overrides",
+    "resolve_config",
+    "print_config",
+    "runtime_line",
+]
 
 
 def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
@@ -28,11 +36,7 @@ def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
     p.add_argument("--out-dir", help="parent of run directories (default: runs)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its last round")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start anew where a run exists: the old one is moved to <name>.replaced-<time>",
-    )
+    add_overwrite(p)
     p.add_argument(
         "--set",
         nargs="*",
@@ -42,6 +46,15 @@ def add_run_args(p: argparse.ArgumentParser, default_config: Path) -> None:
     )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     add_print_config(p)
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: start anew where a run exists, moving the old one aside (kept)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start anew where a run exists: the old one is moved to <name>.replaced-<time>",
+    )
 
 
 def add_print_config(p: argparse.ArgumentParser) -> None:

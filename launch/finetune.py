@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedssl.cli import add_print_config, print_config, runtime_line  # noqa: E402
+from fedssl.cli import add_overwrite, add_print_config, print_config, runtime_line  # noqa: E402
 from fedssl.config import ConfigError, to_dict  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "default.yaml"
@@ -52,11 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--verbose", action="store_true", help="--federated: Flower's and Ray's logs")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start anew where a run exists: the old one is moved to <name>.replaced-<time>",
-    )
+    add_overwrite(p)
     add_print_config(p)
     args = p.parse_args(argv)
     if not args.federated and args.client is None and not args.print_config:
