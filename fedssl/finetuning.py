@@ -433,6 +433,7 @@ def finetune(
     rd = Path(run_dir) if run_dir is not None else cfg.run_dir()
     rd.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rd / "config.yaml")
+    runtime.seed_everything(cfg.seed)
     with runtime.layout(module, rt):  # one layout change around training and scoring
         train = fit(module, cfg, task, meta, f.epochs, seed=cfg.seed, rt=rt)
         t0 = time.perf_counter()
@@ -561,10 +562,10 @@ def federated_train(
     _restore_head(cfg, pid, module, store)
     module.lr = round_lr(cfg, rnd, base=f.lr)
     rt = runtime.resolve(cfg)
+    seed = runtime.round_seed(cfg.seed, rnd, pid)
+    runtime.seed_everything(seed)
     with runtime.layout(module, rt):
-        metrics = fit(
-            module, cfg, task, meta, f.local_epochs, seed=cfg.seed * 1009 + rnd * 31 + pid, rt=rt
-        )
+        metrics = fit(module, cfg, task, meta, f.local_epochs, seed=seed, rt=rt)
     sd = module.state_dict()
     head = {k: sd[k].detach().clone() for k in sd if k.startswith("head.")}
     if store is not None:

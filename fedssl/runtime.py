@@ -39,6 +39,8 @@ __all__ = [
     "predict",
     "module_device",
     "client_resources",
+    "round_seed",
+    "seed_everything",
 ]
 
 
@@ -358,6 +360,23 @@ def predict(
     if not outs:
         raise ValueError("predict: no batches to evaluate")
     return torch.cat(outs), torch.cat(labels)
+
+
+# --------------------------------------------------------------------------- randomness
+def round_seed(seed: int, rnd: int, pid: int) -> int:
+    """The one seed of client ``pid``'s work in round ``rnd`` of a run seeded ``seed``
+    (shuffling, augmentations, dropout): different for every (client, round), the same on
+    every run of one config."""
+    return (seed * 1_000_003 + rnd * 1009 + pid) % 2**32
+
+
+def seed_everything(seed: int) -> None:
+    """Seed this process's torch, numpy and ``random`` (what in-process augmentations draw
+    from) and, through Lightning, its DataLoader workers (``pl.seed_everything(workers=True)``):
+    a Ray actor that ran other rounds before draws the same numbers as a fresh one."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed % 2**32, workers=True, verbose=False)
 
 
 # --------------------------------------------------------------------------- simulation

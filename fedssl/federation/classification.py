@@ -85,13 +85,10 @@ def local_train(
         prox_mu=cfg.train.prox_mu,
     )
     rt = runtime.resolve(cfg)
+    seed = runtime.round_seed(cfg.seed, server_round, partition_id)
+    runtime.seed_everything(seed)  # dropout and augmentation draws
     loader = runtime.loader(
-        rt,
-        TensorDataset(x, y),
-        cfg.train.batch_size,
-        shuffle=True,
-        seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,
-        workers=False,  # in-memory tensors
+        rt, TensorDataset(x, y), cfg.train.batch_size, shuffle=True, seed=seed, workers=False
     )
     t0 = time.perf_counter()
     trainer = _trainer(cfg, rt)

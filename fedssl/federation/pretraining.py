@@ -142,7 +142,8 @@ def local_train(
             f"client {partition_id} has {len(ds)} unlabeled images, fewer than one batch "
             f"({t.batch_size}); lower train.batch_size"
         )
-    seed = cfg.seed * 1_000_003 + server_round * 1009 + partition_id
+    seed = runtime.round_seed(cfg.seed, server_round, partition_id)
+    runtime.seed_everything(seed)
     rt = runtime.resolve(cfg)
     loader = views_loader(cfg, ds, seed, rt)
     trainer = _trainer(cfg, rt)
@@ -243,6 +244,7 @@ def pretrain_centralized(
     t0, images = time.perf_counter(), 0
     for epoch in range(1, epochs + 1):
         module.lr = round_lr(cfg, epoch)  # a fresh optimizer each epoch, as each round has
+        runtime.seed_everything(cfg.seed * 7919 + epoch)
         trainer = _trainer(cfg, rt, epochs=1)
         with runtime.layout(module, rt):
             trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch, rt))

@@ -41,6 +41,8 @@ def merge_contents(
     """Merge the arrays of clients' reply contents; return the merged state dict and metrics.
 
     Each content holds one ArrayRecord (the weights) and one MetricRecord with ``weight_key``.
+    Replies are merged in ``partition-id`` order when every one has it, so the result does not
+    depend on which client answered first.
 
     Raises:
         ValueError: a content lacks its arrays or its weight, or :func:`merge` refuses the input.
@@ -54,6 +56,12 @@ def merge_contents(
             raise ValueError(f"reply {i} has no {weight_key!r} metric to weight by")
         metrics.append(m)
         state_dicts.append(from_record(next(iter(c.array_records.values()))))
+    if all("partition-id" in m for m in metrics):
+        # merge in client order, not arrival order: float sums depend on their order, and two
+        # runs of one config must give the same bits
+        order = sorted(range(len(metrics)), key=lambda i: metrics[i]["partition-id"])
+        metrics = [metrics[i] for i in order]
+        state_dicts = [state_dicts[i] for i in order]
     weights = [float(m[weight_key]) for m in metrics] if weighted else None
     return merge(state_dicts, method, weights=weights, keys=keys), metrics
 

@@ -1,6 +1,7 @@
 """Stage one end to end in Flower's simulation engine on tiny data: SimCLR rounds, the kNN
 monitor reported by every client, the exported backbone, what travels, and resume."""
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,3 +99,39 @@ def test_paper_config_runs_one_step_on_fixture_data(tiny_flowers, tiny_intel, tm
         assert metrics["num-examples"] == n_unlabeled and metrics["steps"] == 1
         assert torch.isfinite(torch.tensor(metrics["train_loss"]))
         assert set(new) == set(state)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_round_gives_the_same_weights_whatever_ran_before_it(tiny_pretrain, tmp_path, workers):
+    """Augmentations used to draw from the process's global RNG, so a Ray actor that had run
+    other work trained a round differently (two runs of one config differed)."""
+    cfg = load_config(
+        "configs/pretrain/default.yaml",
+        [*tiny_pretrain(tmp_path, "det"), f"runtime.workers={workers}", "train.local_steps=2"],
+    )
+    start = pretraining.initial_state(cfg)
+    first, _ = pretraining.local_train(cfg, 1, start, 2)
+    torch.rand(1000)  # other work in the same process moves the global RNG on
+    np.random.rand(10)
+    again, _ = pretraining.local_train(cfg, 1, start, 2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other, _ = pretraining.local_train(cfg, 1, start, 3)  # another round: other draws
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_runs_of_one_config_give_bit_identical_backbones(tiny_pretrain, tmp_path, workers):
+    """Issue 16: two 2-round federated stage ones of one config, same machine, same bits
+    (before: not, with either worker setting). About a minute: `pytest -m slow`."""
+    backbones = []
+    for name in ("a", "b"):
+        cfg = load_config(
+            "configs/pretrain/default.yaml",
+            [*tiny_pretrain(tmp_path, name), f"runtime.workers={workers}",
+             "federation.rounds=2"],
+        )  # fmt: skip
+        simulate(cfg)
+        backbones.append(load_file(str(cfg.run_dir() / "backbone.safetensors")))
+    a, b = backbones
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

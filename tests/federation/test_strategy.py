@@ -110,3 +110,24 @@ def test_resumed_velocity_is_used():
     s._global = {"w": torch.tensor([0.0])}
     out = s.server_step({"w": torch.tensor([1.0])})
     assert torch.equal(out["w"], torch.tensor([2.0]))  # 0.5 * 2 + 1
+
+
+def test_merge_does_not_depend_on_which_client_answered_first():
+    """Float sums depend on their order: replies are merged in partition-id order, so two runs
+    of one config give the same bits whatever the arrival order."""
+    import itertools
+
+    def client(pid, w, n):
+        return RecordDict(
+            {
+                "arrays": ArrayRecord({"w": torch.tensor(w, dtype=torch.float32)}),
+                "metrics": MetricRecord({"num-examples": n, "partition-id": pid}),
+            }
+        )
+
+    replies = [client(0, [1e8, 3.3], 1), client(1, [1.0, 1e-3], 3), client(2, [-1e8, 7.7], 7)]
+    merged = {
+        tuple(merge_contents([replies[i] for i in p], "avg")[0]["w"].tolist())
+        for p in itertools.permutations(range(3))
+    }
+    assert len(merged) == 1
