@@ -66,16 +66,19 @@ def add_print_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def runtime_line(cfg: ExperimentConfig | Any) -> str:
-    """What the config's runtime section resolves to on this machine, in one line."""
+def runtime_line(cfg: ExperimentConfig | Any, comment: bool = True) -> str:
+    """What the config's runtime section resolves to on this machine, in one line (a YAML
+    comment unless ``comment`` is False)."""
     from fedssl import runtime
 
     machine = runtime.Machine.probe()
     try:
         rt = runtime.resolve(cfg, machine)
     except ConfigError as err:
-        return f"# runtime on this machine ({machine.describe()}): not possible: {err}"
-    return f"# runtime on this machine ({machine.describe()}): {rt.summary()}"
+        line = f"runtime on this machine ({machine.describe()}): not possible: {err}"
+    else:
+        line = f"runtime on this machine ({machine.describe()}): {rt.summary()}"
+    return f"# {line}" if comment else line
 
 
 def print_config(cfg: ExperimentConfig | dict, runtime_of: Any = None, file=None) -> None:

@@ -140,6 +140,13 @@ class TrainConfig:
         "lr_schedule": ("exp", "cosine"),
     }
 
+    def fit_limits(self) -> dict[str, int]:
+        """A round's local work as Lightning ``Trainer`` limits: ``local_steps`` mini-batches
+        when set, else ``local_epochs`` epochs."""
+        if self.local_steps > 0:
+            return {"max_steps": self.local_steps, "max_epochs": -1}
+        return {"max_epochs": self.local_epochs}
+
 
 @dataclass
 class FederationConfig:

@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedssl import runtime
-from fedssl.config import ConfigError, ExperimentConfig, save_config
+from fedssl.config import ConfigError, ExperimentConfig, round_lr, save_config
 from fedssl.data.tasks import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
-from fedssl.models.classifier import BackboneClassifier
+from fedssl.models.classifier import BackboneClassifier, batches_accuracy
 from fedssl.models.simclr import build_backbone, eval_transform, load_backbone
 
 __all__ = [
@@ -334,11 +334,6 @@ def fit(
     }
 
 
-def _accuracy(module: BackboneClassifier, loader, rt: runtime.Runtime | None) -> float:
-    logits, y = runtime.predict(module, loader, rt)
-    return (logits.argmax(1) == y).sum().item() / max(1, len(y))
-
-
 def evaluate(
     module: BackboneClassifier,
     cfg: ExperimentConfig,
@@ -361,7 +356,7 @@ def evaluate(
     ):
         keep = idx[subsample(data.labels[idx], cap, seed)]
         loader = runtime.loader(rt, ImageDataset(data, keep, tf, _mode(meta)), bs)
-        out[f"{name}_acc"] = _accuracy(module, loader, rt)
+        out[f"{name}_acc"] = batches_accuracy(module, loader, rt)
         out[f"{name}_n"] = int(len(keep))
     return out
 
@@ -552,8 +547,6 @@ def federated_train(
     the backbone part is returned. The round's learning rate follows ``train.lr_schedule`` over
     the rounds, starting at ``finetune.lr``."""
     from flwr.app import ArrayRecord
-
-    from fedssl.config import round_lr
 
     f = cfg.finetune
     task = client_task(cfg.data, pid)

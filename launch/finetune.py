@@ -121,7 +121,7 @@ def run_one(cfg, client: str, args) -> int:
         f"run dir {cfg.run_dir()}",
         flush=True,
     )
-    print(runtime_line(cfg)[2:], flush=True)
+    print(runtime_line(cfg, comment=False), flush=True)
     t = time.perf_counter()
     r = finetune(cfg, client)
     tracker = Tracker(

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         flush=True,
     )
     print("\n".join(lines), flush=True)
-    print(runtime_line(cfg)[2:], flush=True)
+    print(runtime_line(cfg, comment=False), flush=True)
     t = time.perf_counter()
     try:
         simulate(cfg, resume=resume, verbose=args.verbose)

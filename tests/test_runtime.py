@@ -190,8 +190,8 @@ def test_accuracy_follows_the_module_device():
 
 
 def test_linear_head_features_and_stage_two_scoring_follow_the_module_device():
-    from fedssl.finetuning import _accuracy, _features
-    from fedssl.models.classifier import BackboneClassifier
+    from fedssl.finetuning import _features
+    from fedssl.models.classifier import BackboneClassifier, batches_accuracy
 
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4) % 2
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -202,7 +202,7 @@ def test_linear_head_features_and_stage_two_scoring_follow_the_module_device():
         feats, labels = _features(module, [(x, y)], None)
         assert feats.device.type == "cpu" and feats.shape == (4, 4)
         with pytest.raises(DataDependentOutputException):
-            _accuracy(module, [(x, y)], None)
+            batches_accuracy(module, [(x, y)], None)
 
 
 def test_centralized_epoch_evaluation_follows_the_module_device():

@@ -49,13 +49,6 @@ def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     return build_model(cfg).state_dict()
 
 
-def _trainer(cfg: ExperimentConfig, rt: runtime.Runtime):
-    t = cfg.train
-    if t.local_steps > 0:
-        return runtime.trainer(rt, max_steps=t.local_steps, max_epochs=-1)
-    return runtime.trainer(rt, max_epochs=t.local_epochs)
-
-
 def local_train(
     cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor], server_round: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -91,7 +84,7 @@ def local_train(
         rt, TensorDataset(x, y), cfg.train.batch_size, shuffle=True, seed=seed, workers=False
     )
     t0 = time.perf_counter()
-    trainer = _trainer(cfg, rt)
+    trainer = runtime.trainer(rt, **cfg.train.fit_limits())
     with runtime.layout(net, rt):
         trainer.fit(module, loader)
     train_s = time.perf_counter() - t0

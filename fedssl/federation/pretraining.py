@@ -116,13 +116,6 @@ def views_loader(
     return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
 
 
-def _trainer(cfg: ExperimentConfig, rt: runtime.Runtime, epochs: int | None = None):
-    t = cfg.train
-    if epochs is None and t.local_steps > 0:
-        return runtime.trainer(rt, max_steps=t.local_steps, max_epochs=-1)
-    return runtime.trainer(rt, max_epochs=epochs or t.local_epochs)
-
-
 def local_train(
     cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor], server_round: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -146,7 +139,7 @@ def local_train(
     runtime.seed_everything(seed)
     rt = runtime.resolve(cfg)
     loader = views_loader(cfg, ds, seed, rt)
-    trainer = _trainer(cfg, rt)
+    trainer = runtime.trainer(rt, **cfg.train.fit_limits())
     t0 = time.perf_counter()
     with runtime.layout(module, rt):
         trainer.fit(module, loader)
@@ -245,7 +238,7 @@ def pretrain_centralized(
     for epoch in range(1, epochs + 1):
         module.lr = round_lr(cfg, epoch)  # a fresh optimizer each epoch, as each round has
         runtime.seed_everything(cfg.seed * 7919 + epoch)
-        trainer = _trainer(cfg, rt, epochs=1)
+        trainer = runtime.trainer(rt, max_epochs=1)
         with runtime.layout(module, rt):
             trainer.fit(module, views_loader(cfg, ds, cfg.seed * 7919 + epoch, rt))
         images += int(trainer.global_step) * cfg.train.batch_size

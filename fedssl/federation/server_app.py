@@ -202,24 +202,22 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         head = row.get(task.headline)
         return MetricRecord({task.headline: head}) if head is not None else None
 
-    if remaining <= 0:
-        print(f"[fedssl] {rd.path} already completed {start_round} rounds", flush=True)
-    else:
+    try:
+        if remaining <= 0:
+            print(f"[fedssl] {rd.path} already completed {start_round} rounds", flush=True)
+            return rd
         config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
-        try:
-            strategy.start(
-                grid=grid,
-                initial_arrays=to_record(state),
-                num_rounds=remaining,
-                timeout=f.timeout_s,
-                train_config=config,
-                evaluate_config=ConfigRecord(dict(config)),
-                evaluate_fn=evaluate,
-            )
-        finally:
-            tracker.finish()
-        return rd
-    tracker.finish()
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_record(state),
+            num_rounds=remaining,
+            timeout=f.timeout_s,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+            evaluate_fn=evaluate,
+        )
+    finally:
+        tracker.finish()
     return rd
 
 

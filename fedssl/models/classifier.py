@@ -29,6 +29,7 @@ __all__ = [
     "MODES",
     "trainable_prefixes",
     "accuracy",
+    "batches_accuracy",
 ]
 
 #: How much of the backbone a :class:`BackboneClassifier` trains.
@@ -175,8 +176,14 @@ def accuracy(
         (images[i : i + batch_size], labels[i : i + batch_size])
         for i in range(0, len(labels), batch_size)
     )
+    return batches_accuracy(net, batches, rt)
+
+
+def batches_accuracy(net: nn.Module, batches, rt: Runtime | None = None) -> float:
+    """Top-1 accuracy of ``net`` over ``(inputs, labels)`` batches (a DataLoader or any
+    iterable), computed by :func:`fedssl.runtime.predict` on ``rt``'s device and precision."""
     logits, y = predict(net, batches, rt)
-    return (logits.argmax(1) == y).sum().item() / len(labels)
+    return (logits.argmax(1) == y).sum().item() / max(1, len(y))
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
