@@ -42,6 +42,7 @@ __all__ = [
     "labeled_indices",
     "check_backbone_fits",
     "fit",
+    "calibrate",
     "evaluate",
     "finetune",
     "save_head",
@@ -307,8 +308,8 @@ def fit(
     idx = labeled_indices(cfg, task)
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     t0 = time.perf_counter()
+    plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
     if module.mode == "linear":
-        plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
         x, y = _features(module, runtime.loader(rt, plain, t.eval_batch_size), rt)
         loader = runtime.loader(
             rt, TensorDataset(x, y), f.batch_size, shuffle=True, seed=seed, workers=False
@@ -325,6 +326,9 @@ def fit(
             trainer.fit(module, loader)
     finally:
         module.features_input = False
+    if module.mode != "linear":  # the backbone moved: its features are no longer x
+        x, _ = _features(module, runtime.loader(rt, plain, t.eval_batch_size), rt)
+    module.calibrate_head(x)
     loss = trainer.callback_metrics.get("train_loss")
     return {
         "train_loss": float(loss) if loss is not None else float("nan"),
@@ -332,6 +336,25 @@ def fit(
         "labeled": int(len(idx)),
         "epochs": int(epochs),
     }
+
+
+def calibrate(
+    module: BackboneClassifier,
+    cfg: ExperimentConfig,
+    task: ClientTask,
+    meta: dict,
+    rt: runtime.Runtime | None = None,
+) -> None:
+    """Set the head's feature statistics to those of ``module``'s current backbone on the
+    labeled images (no gradients, no labels): see
+    :meth:`~fedssl.models.classifier.BackboneClassifier.calibrate_head`."""
+    rt = rt or runtime.resolve(cfg)
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    plain = ImageDataset(
+        task.train, labeled_indices(cfg, task), eval_transform(size, chans), _mode(meta)
+    )
+    x, _ = _features(module, runtime.loader(rt, plain, cfg.train.eval_batch_size), rt)
+    module.calibrate_head(x)
 
 
 def evaluate(
@@ -583,7 +606,10 @@ def federated_evaluate(
     _load_received(module, state)
     if not _restore_head(cfg, pid, module, store):
         raise ValueError(f"client {pid} has no trained head yet (evaluate after a train round)")
-    scores = evaluate(module, cfg, task, meta)
+    rt = runtime.resolve(cfg)
+    with runtime.layout(module, rt):  # the merged backbone's statistics, not the local one's
+        calibrate(module, cfg, task, meta, rt)
+        scores = evaluate(module, cfg, task, meta, rt)
     return {
         "test_acc": scores["test_acc"],
         "unlabeled_acc": scores["unlabeled_acc"],

@@ -262,9 +262,10 @@ class BackboneClassifier(pl.LightningModule):
         width = int(backbone.num_features)
         # Features are standardised before the linear layer (BatchNorm without affine, as in
         # MAE's linear probing): a frozen backbone's features can be tiny or badly scaled, and
-        # at inference this is still one linear map. momentum=None: the running statistics are
-        # the average over every batch seen, right from the first (a short fit would otherwise
-        # leave them near their initial values and squash the features at evaluation).
+        # at inference this is still one linear map. The running statistics that training
+        # accumulates (momentum=None: the average over every batch seen) describe features of
+        # backbones that no longer exist once the backbone trains, so the fit ends with
+        # :meth:`calibrate_head`, which sets them to the final backbone's exact statistics.
         self.head = nn.Sequential(
             nn.BatchNorm1d(width, affine=False, momentum=None), nn.Linear(width, num_classes)
         )
@@ -291,6 +292,24 @@ class BackboneClassifier(pl.LightningModule):
         if not self.trainable:
             self.backbone.training = False
         return self
+
+    @torch.no_grad()
+    def calibrate_head(self, features: torch.Tensor) -> None:
+        """Set the head's standardisation to the exact mean and (unbiased) variance of
+        ``features`` (``(N, num_features)``: the current backbone's features of the labeled
+        images), so the statistics the head is scored with are those of the final weights, in
+        every mode and after every federated round."""
+        bn = self.head[0]
+        if features.ndim != 2 or features.shape[1] != bn.num_features:
+            raise ValueError(
+                f"calibrate_head: expected (N, {bn.num_features}) features, got "
+                f"{tuple(features.shape)}"
+            )
+        f = features.double()
+        bn.running_mean.copy_(f.mean(0).to(bn.running_mean))
+        var = f.var(0, unbiased=True) if len(f) > 1 else torch.ones_like(f[0])
+        bn.running_var.copy_(var.to(bn.running_var))
+        bn.num_batches_tracked.fill_(1)
 
     def trainable_state_keys(self) -> list[str]:
         """State-dict names of the trainable backbone part (``backbone.*``): what a federated

@@ -374,3 +374,61 @@ def test_a_backbone_that_cannot_see_the_clients_images_is_refused(
             "--wandb", "disabled", "--set", f"data.roots.flower102={tiny_flowers}"]  # fmt: skip
     assert launch.main(argv) == 2
     assert "colour would be dropped" in capsys.readouterr().err
+
+
+def _labeled_features(module, cfg, task, meta):
+    """The module's current backbone features of the labeled images (eval transform)."""
+    from fedssl import runtime
+    from fedssl.data.tasks import ImageDataset
+    from fedssl.models.simclr import eval_transform
+
+    tf = eval_transform(int(meta["image_size"]), int(meta["in_chans"]))
+    ds = ImageDataset(task.train, finetuning.labeled_indices(cfg, task), tf, "L")
+    x, _ = runtime.predict(module.backbone, runtime.loader(runtime.resolve(cfg), ds, 64))
+    return x.double()
+
+
+@pytest.mark.parametrize("mode", ["full", "partial"])
+def test_head_statistics_are_those_of_the_final_backbone(stage_one, mode):
+    """The head's BatchNorm(momentum=None) used to average over every batch of the fit, i.e.
+    over the backbones of every step (and augmented views), not the backbone it is scored with."""
+    cfg, path = _cfg(stage_one, f"finetune.mode={mode}", "finetune.epochs=3", "finetune.lr=0.5")
+    task = client_task(cfg.data, 0)
+    module, meta = finetuning.build_classifier(cfg, task.num_classes, path)
+    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    finetuning.fit(module, cfg, task, meta, cfg.finetune.epochs)
+    moved = [k for k, v in module.backbone.state_dict().items() if not torch.equal(before[k], v)]
+    assert moved  # the backbone trained, so the running average describes other weights
+    x = _labeled_features(module, cfg, task, meta)
+    bn = module.head[0]
+    torch.testing.assert_close(bn.running_mean.double(), x.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var.double(), x.var(0), rtol=1e-4, atol=1e-5)
+
+
+def test_federated_evaluation_scores_the_merged_backbone_with_its_statistics(stage_one):
+    cfg, _ = _cfg(stage_one, "finetune.mode=partial", "federation.rounds=1", "name=fbn")
+    state = finetuning.federated_initial_state(cfg)
+    finetuning.federated_train(cfg, 0, state, 1)  # trains the head on its local backbone
+    merged = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+              for k, v in state.items()}  # fmt: skip
+    seen = {}
+    real = finetuning.evaluate
+
+    def spy(module, cfg, task, meta, rt=None):
+        seen["mean"] = module.head[0].running_mean.clone().double()
+        seen["x"] = _labeled_features(module, cfg, task, meta)
+        return real(module, cfg, task, meta, rt)
+
+    finetuning.evaluate = spy
+    try:
+        finetuning.federated_evaluate(cfg, 0, merged)
+    finally:
+        finetuning.evaluate = real
+    torch.testing.assert_close(seen["mean"], seen["x"].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_calibrate_head_refuses_features_of_another_width(stage_one):
+    cfg, path = _cfg(stage_one)
+    module, _ = finetuning.build_classifier(cfg, 10, path)
+    with pytest.raises(ValueError, match="expected"):
+        module.calibrate_head(torch.zeros(4, module.backbone.num_features + 1))
