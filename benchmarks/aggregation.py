@@ -30,26 +30,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness  # benchmarks/harness.py
 
 # isort: off
-import fedssl  # noqa: E402,F401  (before torch: sets THP_MEM_ALLOC_ENABLE, see fedssl/__init__)
-import torch  # noqa: E402
+import fedssl  # noqa: F401  (before torch: sets THP_MEM_ALLOC_ENABLE, see fedssl/__init__)
+import torch
 
 # isort: on
 
-from fedssl.aggregation import METHODS, merge  # noqa: E402
+from fedssl.aggregation import METHODS, merge
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "aggregation.md"
-
-
-def timeit(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def make_clients(n: int) -> list[dict[str, torch.Tensor]]:
@@ -104,20 +95,20 @@ def run(n: int, repeats: int) -> list[tuple[str, float, float]]:
     dst = [{k: torch.empty_like(v) for k, v in sd.items()} for sd in sds]
     add(
         "copy into preallocated tensors",
-        timeit(
+        harness.best_time(
             lambda: [d[k].copy_(v) for sd, d in zip(sds, dst, strict=True) for k, v in sd.items()],
             repeats,
         ),
     )
     add(
         "copy (clone: allocates, as merge does)",
-        timeit(lambda: [{k: v.clone() for k, v in sd.items()} for sd in sds], repeats),
+        harness.best_time(lambda: [{k: v.clone() for k, v in sd.items()} for sd in sds], repeats),
     )
     for method in METHODS:
         w = weights if method == "avg" else None
         add(
             f"fedssl merge {method}",
-            timeit(
+            harness.best_time(
                 lambda m=method, w=w: merge(sds, m, weights=w),
                 repeats if method not in ("median", "trimmed_mean") else 1,
             ),
@@ -126,13 +117,16 @@ def run(n: int, repeats: int) -> list[tuple[str, float, float]]:
         RecordDict({"arrays": ArrayRecord(sd), "metrics": MetricRecord({"num-examples": w})})
         for sd, w in zip(sds, weights, strict=True)
     ]
-    add("fedssl from RecordDicts (avg)", timeit(lambda: merge_contents(records, "avg"), repeats))
+    add(
+        "fedssl from RecordDicts (avg)",
+        harness.best_time(lambda: merge_contents(records, "avg"), repeats),
+    )
     add(
         "flwr aggregate_arrayrecords",
-        timeit(lambda: aggregate_arrayrecords(records, "num-examples"), repeats),
+        harness.best_time(lambda: aggregate_arrayrecords(records, "num-examples"), repeats),
     )
     nd = [([v.numpy() for v in sd.values()], int(w)) for sd, w in zip(sds, weights, strict=True)]
-    add("flwr server.strategy.aggregate", timeit(lambda: aggregate(nd), repeats))
+    add("flwr server.strategy.aggregate", harness.best_time(lambda: aggregate(nd), repeats))
     # correctness: fedssl avg equals Flower's FedAvg
     ours = merge(sds, "avg", weights=weights)
     theirs = aggregate(nd)

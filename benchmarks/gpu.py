@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # isort: off
-import fedssl  # noqa: E402,F401  (allocator settings before torch)
+import fedssl  # noqa: E402, F401
 import torch  # noqa: E402
 
 # isort: on
@@ -128,7 +129,7 @@ def fedssl_step(s: dict, rt, data: Batches) -> float:
     import pytorch_lightning as pl
 
     from fedssl import runtime
-    from fedssl.models.simclr import SimCLR
+    from fedssl.methods.ssl.simclr import SimCLR
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -157,7 +158,7 @@ def plain_step(s: dict, rt, data: Batches) -> float:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-    from fedssl.models.simclr import build_backbone
+    from fedssl.models.backbones import build_backbone
 
     torch.manual_seed(0)
     dev = rt.device
@@ -308,14 +309,12 @@ def input_pipeline(cfg) -> list[dict]:
     """Images/s of each client's SimCLR views from its JPEG files with the configured workers
     (three epochs; the first batch, which pays for the workers' start, is left out)."""
     from fedssl import runtime
-    from fedssl.data.tasks import ImageDataset, client_task
-    from fedssl.federation.pretraining import image_mode, views_loader, views_transform
+    from fedssl.methods.pretrain import views_dataset, views_loader
 
     rt = runtime.resolve(cfg)
     out = []
     for pid, name in enumerate(cfg.data.clients):
-        task = client_task(cfg.data, pid)
-        ds = ImageDataset(task.train, task.unlabeled, views_transform(cfg), image_mode(cfg))
+        ds = views_dataset(cfg, pid)
         loader = views_loader(cfg, ds, seed=pid, rt=rt)
         n, t0 = 0, None
         for _epoch in range(3):
@@ -501,10 +500,7 @@ def main(argv=None) -> int:
     res["federated"] = federated_rounds(cfg)
     res["estimate"] = estimate_paper_run(res["federated"], cfg, s["images"], n_test)
     res["wall_s"] = time.perf_counter() - t_all
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    out.write_text(render(res))
+    out = harness.write_results(args.out, res, render)
     print(f"[gpu] wrote {out} in {res['wall_s']:.0f}s")
     return 0
 

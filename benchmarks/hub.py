@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "docs" / "results" / "hub.json"
 PAGE = ROOT / "docs" / "results" / "hub.md"
@@ -40,15 +40,6 @@ def resnet50_state(seed: int = 0):
 
     torch.manual_seed(seed)
     return timm.create_model("resnet50", pretrained=False).state_dict()
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 class Server:
@@ -71,18 +62,6 @@ class Server:
         self.dir.cleanup()
 
 
-def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed in turns (one call of each per pass), so that a
-    busy spell of the machine weighs on all of them alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def throughput(repeats: int) -> dict:
     from safetensors.torch import load, save
 
@@ -99,7 +78,7 @@ def throughput(repeats: int) -> dict:
         m.create_model("r50", state)
         create_s = time.perf_counter() - t
         p = srv.client(m.create_key("bench")["api_key"])
-        s = _interleaved(
+        s = harness.interleaved(
             {
                 # the reference: the safetensors library, in memory
                 "encode": lambda: save(state),
@@ -134,7 +113,7 @@ def merge_latency(n: int) -> dict:
             if not v.is_floating_point():
                 s[k] = torch.zeros_like(v)
     counts = [100 + i for i in range(n)]
-    plain_s = _median_time(lambda: merge(states, "avg", weights=counts), 3)
+    plain_s = harness.median_time(lambda: merge(states, "avg", weights=counts), 3)
     srv = Server()
     try:
         m = srv.client()
@@ -359,8 +338,7 @@ def main(argv=None) -> int:
             elif s == "crowdsource":
                 res["crowdsource"] = {**crowdsource(extra), **stamp}
     finally:
-        a.results.write_text(json.dumps(res, indent=1))
-        a.page.write_text(render(res))
+        harness.write_results(a.page, res, render, json_path=a.results)
     print(f"[hub] wrote {a.page}")
     return 0
 

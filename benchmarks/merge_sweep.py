@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from fedssl.plots import plot_curves  # noqa: E402
 from fedssl.runs import RunDir  # noqa: E402

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "noniid.json"
 PAGE = ROOT / "docs" / "results" / "noniid.md"
@@ -95,8 +97,7 @@ def run_point(key: str, args: list[str], central: bool, out_dir: str) -> dict:
 
 def save(res: dict, a) -> None:
     """Write the json and the page (after every point: an interrupted run keeps what finished)."""
-    a.results.write_text(json.dumps(res, indent=1))
-    a.page.write_text(render(res))
+    harness.write_results(a.page, res, render, json_path=a.results)
 
 
 def skew_args(p: float) -> list[str]:

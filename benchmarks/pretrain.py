@@ -26,11 +26,12 @@ import threading
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # isort: off
-import fedssl  # noqa: E402,F401  (before torch)
+import fedssl  # noqa: E402, F401
 import torch  # noqa: E402
 
 # isort: on
@@ -54,14 +55,8 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-    from fedssl.data.tasks import ImageDataset, client_task
-    from fedssl.federation.pretraining import (
-        image_mode,
-        model_in_chans,
-        views_loader,
-        views_transform,
-    )
-    from fedssl.models.simclr import build_backbone
+    from fedssl.methods.pretrain import model_in_chans, views_dataset, views_loader
+    from fedssl.models.backbones import build_backbone
 
     torch.manual_seed(seed)
     m = cfg.model
@@ -76,8 +71,7 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     opt = torch.optim.SGD(
         params, lr=cfg.train.lr, momentum=0.9, weight_decay=cfg.train.weight_decay
     )
-    task = client_task(cfg.data, 0)
-    ds = ImageDataset(task.train, task.unlabeled, views_transform(cfg), mode=image_mode(cfg))
+    ds = views_dataset(cfg, 0)
     loader = views_loader(cfg, ds, seed)
     backbone.train(), head.train()
     t0, steps = time.perf_counter(), 0
@@ -198,7 +192,7 @@ FVC_CASES = {
 
 
 def fed_vs_central(overrides: list[str], rounds: int, which: list[str]) -> dict:
-    from fedssl.federation.pretraining import pretrain_centralized
+    from fedssl.methods.pretrain import pretrain_centralized
 
     out = {}
     cases = {}
@@ -475,8 +469,7 @@ def main(argv=None) -> int:
             }
         elif section == "memory":
             results["default_run"] = {**memory(args.set, args.rounds), **stamp}
-        RESULTS.write_text(json.dumps(results, indent=1))
-        PAGE.write_text(render(results))
+        harness.write_results(PAGE, results, render, json_path=RESULTS)
         print(f"[bench] wrote {PAGE}")
     return 0
 

@@ -19,9 +19,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -38,8 +35,9 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from fedssl.models.classifier import BackboneClassifier
-    from fedssl.models.simclr import SimCLR, build_backbone
+    from fedssl.methods.heads import BackboneClassifier
+    from fedssl.methods.ssl.simclr import SimCLR
+    from fedssl.models.backbones import build_backbone
     from fedssl.models.small import build_small_model
 
     torch.set_num_threads(a.threads)

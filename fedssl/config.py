@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ class ExperimentConfig:
     """A whole run: data, model, local training, federation, tracking and the run directory."""
 
     name: str = "merge"
-    experiment: str = "merge"
+    experiment: str = "supervised"
     out_dir: str = "runs"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -264,7 +265,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    _choices = {"experiment": ("merge", "pretrain", "finetune")}
+    _choices = {"experiment": ("supervised", "pretrain", "finetune")}
 
     def run_dir(self) -> Path:
         """The run directory ``<out_dir>/<name>``."""
@@ -278,8 +279,15 @@ def round_lr(cfg: ExperimentConfig, server_round: int, base: float | None = None
     t, rounds = cfg.train, max(1, cfg.federation.rounds)
     lr = t.lr if base is None else base
     if t.lr_schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+        return lr * cosine(server_round - 1, rounds)
     return lr * t.lr_decay ** max(0, server_round - 1)
+
+
+def cosine(step: int, total: int) -> float:
+    """The cosine factor from 1 at ``step`` 0 to 0 at ``total`` (held at 0 after): the one
+    cosine schedule (over rounds in :func:`round_lr`, over steps within a stage-two fit)."""
+    total = max(1, total)
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -349,10 +357,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 #: Keys that moved, old dotted name -> new: configs saved by earlier runs still load.
 MOVED_KEYS = {"train.workers": "runtime.workers"}
+#: Experiment kinds that were renamed, old -> new: the old name still loads, with a warning.
+#: (``merge`` meant supervised federated training and clashed with ``aggregation.merge``,
+#: ``launch/merge.py`` and the hub's Merge.)
+RENAMED_EXPERIMENTS = {"merge": "supervised"}
 
 
 def _move_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
     out = _deepcopy(data)
+    old = out.get("experiment")
+    if isinstance(old, str) and old in RENAMED_EXPERIMENTS:
+        new = RENAMED_EXPERIMENTS[old]
+        warnings.warn(
+            f"experiment: {old!r} is deprecated; it is now called {new!r} (same behaviour)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        out["experiment"] = new
     for old, new in MOVED_KEYS.items():
         (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
         section = out.get(osec)

@@ -34,7 +34,10 @@ __all__ = [
 ]
 
 #: Files whose presence means a directory holds a run that a fresh start would clobber.
-RUN_MARKERS = ("state.json", "metrics.jsonl", "metrics.csv", "metrics.json", "results.json")
+RUN_MARKERS = (
+    "state.json", "metrics.jsonl", "metrics.csv", "metrics.json", "results.json",
+    "crowdsource.json", "hub.db",
+)  # fmt: skip
 
 
 class RunExistsError(ValueError):
@@ -55,7 +58,9 @@ def _describe(path: Path) -> str:
     return f"a run that completed round {st['round']}" if "round" in st else "a run"
 
 
-def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path | None:
+def claim_run_dir(
+    path: str | Path, resume: bool = False, overwrite: bool = False, resumable: bool = True
+) -> Path | None:
     """Make ``path`` ready for a run without losing an earlier one; call it after every other
     check has passed, before the first write.
 
@@ -63,15 +68,17 @@ def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fals
     * ``resume``: the run there is continued, nothing moves;
     * ``overwrite``: the earlier run is moved aside to ``<path>.replaced-<time>`` (never
       deleted) and that new path is returned;
-    * else :class:`RunExistsError` names the ways out.
+    * else :class:`RunExistsError` names the ways out (``--resume`` only where the launcher
+      has one: ``resumable``).
     """
     p = Path(path)
     if resume or not holds_run(p):
         return None
     if not overwrite:
+        cont = f"continue it with --resume {p}, " if resumable else ""
         raise RunExistsError(
-            f"{p} already holds {_describe(p)}; continue it with --resume {p}, give this run "
-            f"another --name, or pass --overwrite to move the old one aside (it is kept)"
+            f"{p} already holds {_describe(p)}; {cont}give this run another --name, or pass "
+            f"--overwrite to move the old one aside (it is kept)"
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = p.with_name(f"{p.name}.replaced-{stamp}")

@@ -7,85 +7,37 @@ Examples::
     python launch/compare.py --pretrain-config configs/pretrain/paper.yaml \\
         --set data.roots.intel_scene=/data/intel     # the paper's clients (GPU advised)
 
-Methods, each trained and scored per client on the same split (the stage-one run's):
-
-* **CL** (the paper's baseline): the same backbone architecture from random weights, trained
-  supervised (``mode full``) on the client's labeled images only, no SSL pretraining;
-* **FL+SSL (linear)**: the federated stage-one backbone, frozen, with the client's linear head;
-* **FL+SSL (partial)**: the same, its last stage retrained too (the paper's "minimal retraining");
-* **FL+SSL (full)**: the same backbone as the starting point of a full fine-tuning (backbone at a
-  tenth of the head's learning rate) — CL with SSL initialisation;
-* **central SSL (linear)**, a reference: SimCLR on the union of the clients' unlabeled images on
-  one machine (same images, epochs and schedule as stage one), frozen, with the client's head.
-
-Label settings: ``--labels 0`` is the paper's (every image of the client's labeled 25%);
-``--labels N`` keeps N labeled images per class (label-scarce). Every head gets the same number
-of optimisation steps (``--steps``) whatever its labeled set's size. Scores are ``unlabeled_acc``
-(the client's unlabeled 75%, the paper's protocol) and ``test_acc`` (the dataset's test split).
-A stage-one run that already finished (``--pretrain``) is reused; otherwise it is run first.
+The methods, label settings and scores are described in :mod:`fedssl.experiments.table2`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import fedssl  # noqa: E402,F401  (allocator settings before torch)
-from fedssl.config import (  # noqa: E402
-    ConfigError,
-    config_diff,
-    load_config,
-    save_config,
-    to_dict,
-)
-
-ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "default.yaml"
-FINETUNE_CONFIG = ROOT / "configs" / "finetune" / "default.yaml"
-
-#: Paper 003, Table 2 (Acc@1 %, ResNet-50, clients Flowers102 and Intel Image Classification).
-PAPER = {
-    "clients": ["flower102", "intel_scene"],
-    "CL": [29.926, 83.288],
-    "FL+SSL": [53.971, 88.219],
-    "average_gain": 14.488,
-}
-
-#: method -> (backbone source, finetune overrides)
-METHODS = {
-    "CL": ("none", ["finetune.mode=full"]),  # random init learns at the head's rate
-    "FL+SSL (linear)": ("federated", ["finetune.mode=linear"]),
-    "FL+SSL (partial)": ("federated", ["finetune.mode=partial"]),
-    "FL+SSL (full)": ("federated", ["finetune.mode=full"]),
-    "central SSL (linear)": ("central", ["finetune.mode=linear"]),
-}
+import fedssl  # noqa: F401  (allocator settings before torch)
+from fedssl.config import ConfigError
+from fedssl.experiments import table2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    d = table2.Options()
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=table2.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--pretrain", help="a finished stage-one run to use (default: run one)")
-    p.add_argument("--pretrain-config", default=str(PRETRAIN_CONFIG))
+    p.add_argument("--pretrain-config", default=d.pretrain_config)
     p.add_argument(
         "--labels",
         type=int,
         nargs="+",
-        default=[0, 20],
+        default=d.labels,
         help="labeled images per class; 0: the whole labeled part (default: 0 20)",
     )
-    p.add_argument("--steps", type=int, default=300, help="optimisation steps per head")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    p.add_argument("--out-dir", default="runs/compare", help="run directories")
-    p.add_argument("--results", default=str(ROOT / "docs" / "results" / "multitask.md"))
+    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps per head")
+    p.add_argument("--methods", nargs="+", choices=list(table2.METHODS), default=d.methods)
+    p.add_argument("--out-dir", default=d.out_dir, help="run directories")
+    p.add_argument("--results", default=d.results)
     p.add_argument(
         "--set",
         nargs="*",
@@ -103,11 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--jobs",
         type=int,
-        default=0,
-        help="heads trained side by side, each in its own process (default 0: one per client, "
-        "at most one per CPU; 1: one after another in this process)",
+        default=d.jobs,
+        help="heads trained side by side, each in its own process (default 0: one per "
+        "client, at most one per CPU; 1: one after another in this process)",
     )
-    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="offline")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default=d.wandb)
     p.add_argument(
         "--print-config",
         action="store_true",
@@ -116,333 +68,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)  # fmt: skip
 
 
-def _finished(run: Path, rounds: int) -> bool:
-    state = run / "state.json"
-    return (
-        (run / "backbone.safetensors").is_file()
-        and state.is_file()
-        and (json.loads(state.read_text()).get("round", 0) >= rounds)
-    )
-
-
-def stage_one_config(args):
-    """``(config, run dir)`` of the federated stage one: a given run's, or ``--pretrain-config``
-    with ``--set``."""
-    cfg = load_config(args.pretrain_config, [*args.set, f"tracking.wandb={args.wandb}"])
-    run = Path(args.pretrain) if args.pretrain else cfg.run_dir()
-    if args.pretrain and (run / "config.yaml").is_file():
-        cfg = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
-        cfg.out_dir, cfg.name = str(run.parent), run.name
-    return cfg, run
-
-
-def stage_one(args) -> tuple[Path, float | None]:
-    """The federated backbone's run directory and the seconds spent on it now: a finished run
-    is reused, an interrupted one (same config) resumed from its last round, else one is run."""
-    from fedssl.federation.simulation import preflight, simulate
-    from fedssl.runs import RunDir, holds_run
-
-    cfg, run = stage_one_config(args)
-    if args.pretrain and not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a stage-one run directory (no config.yaml)")
-    started = holds_run(run) and (run / "config.yaml").is_file()
-    if started and not args.pretrain:
-        # a run of the same name but another recipe must not stand in (or be resumed) silently
-        saved = load_config(run / "config.yaml", [f"tracking.wandb={args.wandb}"])
-        diff = config_diff(saved, cfg, ignore=("tracking", "out_dir", "train.threads", "runtime"))
-        if diff:
-            shown = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in diff[:6])
-            raise ConfigError(
-                f"{run} already holds a stage-one run with another config ({shown}"
-                f"{'; ...' if len(diff) > 6 else ''}). Give this one a new name "
-                f"(--set name=<new>), or reuse that run as it is (--pretrain {run})."
-            )
-    if _finished(run, cfg.federation.rounds):
-        print(f"[compare] stage one: reusing {run}", flush=True)
-        return run, None
-    preflight(cfg)
-    done = RunDir(run).state().get("round", 0) if started else 0
-    resume = started and "checkpoint" in RunDir(run).state()
-    if resume:
-        print(f"[compare] stage one: resuming {run} after round {done}", flush=True)
-    else:
-        if started:  # interrupted before its first round: nothing to resume, keep it aside
-            from fedssl.runs import claim_run_dir
-
-            print(f"[compare] stage one: {run} has no finished round; kept at "
-                  f"{claim_run_dir(run, overwrite=True)}", flush=True)  # fmt: skip
-        print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
-    t = time.perf_counter()
-    simulate(cfg, resume=resume)
-    return run, time.perf_counter() - t
-
-
-def central_ssl(run: Path) -> tuple[Path, float | None]:
-    """The centralized-SSL reference backbone (same data, epochs and schedule as ``run``)."""
-    from fedssl.federation.pretraining import pretrain_centralized
-
-    cfg = load_config(run / "config.yaml")
-    cfg.name = f"{run.name}-central"
-    cfg.out_dir = str(run.parent)
-    out = cfg.run_dir()
-    if (out / "backbone.safetensors").is_file() and (out / "config.yaml").is_file():
-        print(f"[compare] central SSL: reusing {out}", flush=True)
-        return out, None
-    print(f"[compare] central SSL: SimCLR on the union of the clients' images -> {out}")
-    cfg.train.threads = os.cpu_count() or 1
-    t = time.perf_counter()
-    pretrain_centralized(cfg, cfg.federation.rounds, export=out / "backbone.safetensors")
-    save_config(cfg, out / "config.yaml")
-    return out, time.perf_counter() - t
-
-
-def head_epochs(labeled: int, batch: int, steps: int) -> int:
-    """Epochs that give about ``steps`` optimisation steps over ``labeled`` images."""
-    return max(1, math.ceil(steps / max(1, math.ceil(labeled / batch))))
-
-
-def head_jobs(args, n_clients: int) -> int:
-    """Heads trained side by side: ``--jobs``, or one per client up to the CPU count."""
-    if args.jobs > 0:
-        return args.jobs
-    return max(1, min(n_clients, os.cpu_count() or 1))
-
-
-def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
-    """Every (label setting, method, client) head; the clients' heads of one method train side
-    by side in worker processes (``--jobs``), each with its share of the CPU threads and, on a
-    GPU machine, a GPU: job ``i`` gets GPU ``i mod (GPUs)``, so several jobs share one GPU."""
-    import copy
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from fedssl.data.tasks import client_task
-    from fedssl.finetuning import finetune_config, labeled_indices, timed_finetune
-
-    sources = {"none": "none", "federated": str(fed), "central": str(central)}
-    work = []  # (label setting, method, config, client index, run dir)
-    for n in args.labels:
-        for method in args.methods:
-            source, extra = METHODS[method]
-            if source == "central" and central is None:
-                continue
-            # data/model/seed always from the federated run, so every method sees one split
-            base = [f"finetune.backbone={fed}", f"out_dir={args.out_dir}"]
-            cfg, _ = finetune_config(
-                FINETUNE_CONFIG,
-                [*base, *extra, *args.finetune_set, f"finetune.labels_per_class={n}",
-                 "tracking.wandb=disabled"],
-            )  # fmt: skip
-            cfg.finetune.backbone = sources[source]
-            for pid, client in enumerate(cfg.data.clients):
-                c = copy.deepcopy(cfg)
-                labeled = len(labeled_indices(c, client_task(c.data, pid)))
-                c.finetune.epochs = head_epochs(labeled, c.finetune.batch_size, args.steps)
-                setting = "labeled25" if n == 0 else f"{n}perclass"
-                slug = method.lower().replace(" ", "-").replace("(", "").replace(")", "")
-                work.append((n, method, c, pid, Path(args.out_dir) / setting / slug /
-                             f"client{pid}-{client}"))  # fmt: skip
-    if not work:
-        return []
-    jobs = head_jobs(args, len(work[0][2].data.clients))
-    if jobs > 1:  # the CPU shared out, not oversubscribed
-        for _, _, c, _, _ in work:
-            c.train.threads = max(1, (os.cpu_count() or 1) // jobs)
-    print(f"[compare] {len(work)} heads, {jobs} at a time", flush=True)
-    rows = []
-
-    def report(n, method, r):
-        r.update(method=method, labels_per_class=n)
-        rows.append(r)
-        setting = "labeled25" if n == 0 else f"{n}perclass"
-        print(
-            f"[compare] {setting} {method:22s} {r['client']:14s} labeled={r['labeled']:5d} "
-            f"epochs={r['epochs']:4d} unlabeled_acc={r['unlabeled_acc']:.4f} "
-            f"test_acc={r['test_acc']:.4f} ({r['wall_s']:.0f}s)",
-            flush=True,
-        )
-
-    if jobs == 1:
-        for n, method, c, pid, rd in work:
-            report(n, method, timed_finetune(c, pid, rd))
-        return rows
-    # spawn: a forked child of a process that already ran torch threads can hang
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [
-            pool.submit(timed_finetune, c, pid, rd, i % jobs)  # device index (mod GPUs)
-            for i, (_, _, c, pid, rd) in enumerate(work)
-        ]
-        for (n, method, *_), fut in zip(work, futures, strict=True):
-            report(n, method, fut.result())
-    return rows
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def render(res: dict) -> str:
-    """The results page (markdown) from the saved results."""
-    rows = res["rows"]
-    clients = res["clients"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    lines = [
-        "# Stage two: per-client task heads, FL+SSL against CL (paper 003, Table 2)",
-        "",
-        "Paper 003 trains a shared ResNet-50 by federated SimCLR on the clients' unlabeled 75%, "
-        "then each client trains its own linear head on its labeled 25% and reports Acc@1 on "
-        "its unlabeled 75%. CL is the same architecture trained supervised on the labeled 25% "
-        "only. fedssl's protocol is the same, on the data available here; `unlabeled` is the "
-        "paper's score, `test` the dataset's own test split (never seen in either stage).",
-        "",
-        f"Command: `{res['command']}` ({res['date']}; {res['machine']}). Stage one: "
-        f"`{res['stage_one']['run']}` ({res['stage_one']['summary']}). Every head gets about "
-        f"{res['steps']} optimisation steps (batch {res['batch_size']}). Wall time of the whole "
-        f"comparison: {res['wall_s'] / 60:.1f} min"
-        + (
-            f" (stage one {res['stage_one']['seconds'] / 60:.1f} min of it)."
-            if res["stage_one"].get("seconds")
-            else " (stage one reused, not included)."
-        ),
-        "",
-        "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)",
-        "",
-        "| method | flower102 | intel_scene | average |",
-        "|---|---|---|---|",
-        f"| CL | {PAPER['CL'][0]} | {PAPER['CL'][1]} | {sum(PAPER['CL']) / 2:.3f} |",
-        f"| FL+SSL | {PAPER['FL+SSL'][0]} | {PAPER['FL+SSL'][1]} | "
-        f"{sum(PAPER['FL+SSL']) / 2:.3f} |",
-        f"| gain | | | **+{PAPER['average_gain']}** |",
-        "",
-    ]
-    if sorted(clients) != sorted(PAPER["clients"]):
-        lines += [
-            "The paper-data row is **not yet measured**: Flowers102 and Intel Image "
-            "Classification are not on this machine (no internet), and no GPU was available "
-            "to this run. `python launch/compare.py --pretrain-config configs/pretrain/paper.yaml` "
-            "runs it where the data is.",
-            "",
-        ]
-    for n in res["labels"]:
-        sub = [r for r in rows if r["labels_per_class"] == n]
-        title = (
-            "the paper's setting: every image of the labeled 25%"
-            if n == 0
-            else f"label-scarce: {n} labeled images per class"
-        )
-        labeled = {r["client"]: r["labeled"] for r in sub}
-        lines += [
-            f"## Offline pair, {title}",
-            "",
-            "Labeled images per client: "
-            + ", ".join(f"{c} {labeled.get(c, '-')}" for c in clients)
-            + ". Acc@1 (%), unlabeled / test.",
-            "",
-            "| method | " + " | ".join(clients) + " | average (unlabeled) | average (test) |",
-            "|---|" + "---|" * (len(clients) + 2),
-        ]
-        avg = {}
-        for m in methods:
-            cells, unl, tst = [], [], []
-            for c in clients:
-                r = next((r for r in sub if r["method"] == m and r["client"] == c), None)
-                if r is None:
-                    cells.append("-")
-                    continue
-                cells.append(f"{_pct(r['unlabeled_acc'])} / {_pct(r['test_acc'])}")
-                unl.append(r["unlabeled_acc"])
-                tst.append(r["test_acc"])
-            if len(unl) == len(clients):
-                avg[m] = (sum(unl) / len(unl), sum(tst) / len(tst))
-                tail = f"{_pct(avg[m][0])} | {_pct(avg[m][1])}"
-            else:
-                tail = "- | -"
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
-        if "CL" in avg:
-            for m in ("FL+SSL (linear)", "FL+SSL (partial)", "FL+SSL (full)"):
-                if m in avg:
-                    du, dt = (100 * (avg[m][i] - avg["CL"][i]) for i in range(2))
-                    lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
-        lines.append("")
-    lines += res.get("notes", [])
-    return "\n".join(lines) + "\n"
-
-
-def print_configs(args) -> int:
-    """``--print-config``: the stage-one config, then the heads' (one method's overrides apply
-    on top of it per head: see METHODS)."""
-    from fedssl.cli import print_config
-
-    try:
-        cfg, run = stage_one_config(args)
-        print(f"# stage one ({run})")
-        print_config(cfg)
-        head = load_config(FINETUNE_CONFIG, [*args.finetune_set, "tracking.wandb=disabled"])
-        print("---\n# every head (plus its method's overrides; data/model/seed from stage one)")
-        print_config({k: v for k, v in to_dict(head).items() if k in ("finetune", "runtime")},
-                     runtime_of=head)  # fmt: skip
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+def options(args: argparse.Namespace) -> table2.Options:
+    return table2.Options(**{k: v for k, v in vars(args).items() if k != "print_config"})
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
+    opts = options(args)
     if args.print_config:
-        return print_configs(args)
+        return table2.print_configs(opts)
     from fedssl.federation.strategy import FederationFailed
 
+    command = " ".join(["python launch/compare.py", *(argv if argv is not None else sys.argv[1:])])
     try:
-        fed, fed_s = stage_one(args)
-        central, central_s = (None, None)
-        if "central SSL (linear)" in args.methods:
-            central, central_s = central_ssl(fed)
-        rows = run_heads(args, fed, central)
+        table2.run(opts, command)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except FederationFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    import torch
-
-    from fedssl.runs import RunDir
-
-    cfg = load_config(fed / "config.yaml")
-    evals = [r["knn_acc_mean"] for r in RunDir(fed).metrics() if r.get("knn_acc_mean")]
-    summary = (
-        f"{cfg.model.backbone} {cfg.model.image_size} px, {cfg.federation.rounds} rounds, "
-        f"{cfg.data.max_per_client or 'all'} images per client, final mean kNN accuracy "
-        + (f"{evals[-1]:.4f}" if evals else "not logged")
-    )
-    results_md = Path(args.results)
-    res = {
-        "command": "python launch/compare.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": (
-            torch.cuda.get_device_name(0)
-            if torch.cuda.is_available()
-            else f"{os.cpu_count()} CPUs, {platform.machine()}, no GPU"
-        ),
-        "stage_one": {"run": str(fed), "summary": summary, "seconds": fed_s},
-        "central_ssl": {"run": str(central), "seconds": central_s},
-        "clients": cfg.data.clients,
-        "labels": args.labels,
-        "steps": args.steps,
-        "batch_size": load_config(FINETUNE_CONFIG).finetune.batch_size,
-        "rows": rows,
-        "wall_s": time.perf_counter() - t0,
-    }
-    old = results_md.with_suffix(".json")
-    if old.is_file():
-        res["notes"] = json.loads(old.read_text()).get("notes", [])
-    results_md.parent.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps(res, indent=1) + "\n")
-    results_md.write_text(render(res))
-    print(f"[compare] wrote {results_md} ({res['wall_s'] / 60:.1f} min)")
     return 0
 
 

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fedssl.cli import add_overwrite, add_print_config, print_config, runtime_line  # noqa: E402
-from fedssl.config import ConfigError, to_dict  # noqa: E402
+from fedssl.cli import add_overwrite, add_print_config, print_config
+from fedssl.config import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "default.yaml"
 
@@ -93,11 +90,7 @@ def name_run(cfg, args) -> None:
 
 
 def keep_earlier(cfg, args) -> None:
-    """Refuse to start over an earlier run (or move it aside with ``--overwrite``).
-
-    Raises:
-        fedssl.runs.RunExistsError: the run directory holds a run and ``--overwrite`` is off.
-    """
+    """Refuse to start over an earlier run (or move it aside with ``--overwrite``)."""
     from fedssl.runs import claim_run_dir
 
     aside = claim_run_dir(cfg.run_dir(), overwrite=args.overwrite)
@@ -105,84 +98,11 @@ def keep_earlier(cfg, args) -> None:
         print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
 
 
-def run_one(cfg, client: str, args) -> int:
-    from fedssl import runtime
-    from fedssl.data.tasks import client_task
-    from fedssl.finetuning import client_index, finetune
-    from fedssl.tracking import Tracker
-
-    f = cfg.finetune
-    runtime.resolve(cfg)  # device, precision and data checked before anything is written
-    client_task(cfg.data, client_index(cfg, client))
-    keep_earlier(cfg, args)
-    scarce = f", {f.labels_per_class} labels per class" if f.labels_per_class else ""
-    print(
-        f"[fedssl] stage two: client {client}, mode {f.mode}, {f.epochs} epochs{scarce}; "
-        f"run dir {cfg.run_dir()}",
-        flush=True,
-    )
-    print(runtime_line(cfg, comment=False), flush=True)
-    t = time.perf_counter()
-    r = finetune(cfg, client)
-    tracker = Tracker(
-        cfg.tracking.wandb, cfg.tracking.project, cfg.name, cfg.run_dir(), to_dict(cfg)
-    )
-    tracker.log({k: v for k, v in r.items() if isinstance(v, int | float)}, step=0)
-    tracker.finish()
-    print(
-        f"[fedssl] backbone {r['backbone']} from {r['backbone_source']}; head trained on "
-        f"{r['labeled']} labeled images ({r['train_s']:.0f}s)"
-    )
-    print(
-        f"[fedssl] {r['client']}: unlabeled_acc={r['unlabeled_acc']:.4f} "
-        f"(its {r['unlabeled_n']} unlabeled images, paper 003's protocol)  "
-        f"test_acc={r['test_acc']:.4f} (the dataset's {r['test_n']} test images)"
-    )
-    print(
-        f"[fedssl] done in {time.perf_counter() - t:.0f}s; results: "
-        f"{cfg.run_dir() / 'results.json'}, head: {cfg.run_dir() / 'head.safetensors'}"
-    )
-    return 0
-
-
-def run_federated(cfg, args) -> int:
-    from fedssl.federation.simulation import preflight, simulate
-    from fedssl.federation.strategy import FederationFailed
-    from fedssl.runs import RunDir
-
-    if len(cfg.data.clients) < 2:
-        raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")
-    preflight(cfg)
-    keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
-    f = cfg.federation
-    print(
-        f"[fedssl] stage two, federated: {', '.join(cfg.data.clients)}; mode "
-        f"{cfg.finetune.mode}, {f.rounds} rounds of {cfg.finetune.local_epochs} epoch(s); heads "
-        f"stay on their clients; run dir {cfg.run_dir()}",
-        flush=True,
-    )
-    t = time.perf_counter()
-    try:
-        simulate(cfg, verbose=args.verbose)
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    rows = [r for r in RunDir(cfg.run_dir()).metrics() if r.get("test_acc_mean") is not None]
-    if rows:
-        last = rows[-1]
-        for pid, name in enumerate(cfg.data.clients):
-            print(
-                f"[fedssl] client {pid} {name}: test_acc={last.get(f'test_acc_c{pid}', 0):.4f} "
-                f"unlabeled_acc={last.get(f'unlabeled_acc_c{pid}', 0):.4f}"
-            )
-    print(f"[fedssl] done in {time.perf_counter() - t:.0f}s; heads: {cfg.run_dir() / 'heads'}")
-    return 0
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from fedssl.data.datasets import DatasetNotFoundError
-    from fedssl.finetuning import finetune_config
+    from fedssl.experiments import finetune as stage_two
+    from fedssl.methods.finetune import finetune_config
 
     try:
         cfg, _ = finetune_config(args.config, overrides(args))
@@ -191,11 +111,24 @@ def main(argv=None) -> int:
             print_config(cfg)
             return 0
         if args.federated:
-            return run_federated(cfg, args)
-        return run_one(cfg, args.client, args)
+            stage_two.check_federated(cfg)
+        else:
+            stage_two.check_client(cfg, args.client)
+        keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
     except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.federated:
+        stage_two.run_client(cfg, args.client)
+        return 0
+    from fedssl.federation.strategy import FederationFailed
+
+    try:
+        stage_two.run_federated(cfg, verbose=args.verbose)
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ See docs/how-to-hub.md for a manager's and a participant's first session.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fedssl.hub.cli import main  # noqa: E402
+from fedssl.hub.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

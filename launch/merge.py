@@ -15,15 +15,11 @@ checkpoints/ and the W&B files); ``--method all`` also writes ``runs/<name>-summ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fedssl.cli import add_run_args, print_config, resolve_config, run_overrides  # noqa: E402
-from fedssl.config import ConfigError, load_config  # noqa: E402
+from fedssl.cli import add_run_args, print_config, resolve_config, run_overrides
+from fedssl.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "merge" / "paper.yaml"
 ALL = ("avg", "max", "absmax", "absmax_magnitude")
@@ -90,32 +86,21 @@ def main(argv=None) -> int:
         return 1
     env = {v: k for k, v in ENVS.items()}.get(base.data.partition, base.data.partition)
 
-    if args.centralized:
-        from fedssl.centralized import train_centralized
-        from fedssl.runs import RunExistsError, claim_run_dir
+    from fedssl.experiments import merges
+    from fedssl.runs import RunExistsError, claim_run_dir, holds_run
 
-        name = args.name or f"{base.name}-{env}-centralized"
-        out = Path(base.out_dir) / name
+    if args.centralized:
+        out = Path(base.out_dir) / (args.name or f"{base.name}-{env}-centralized")
         try:
-            claim_run_dir(out, overwrite=args.overwrite)
+            claim_run_dir(out, overwrite=args.overwrite, resumable=False)
         except RunExistsError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        out.mkdir(parents=True, exist_ok=True)
-        t = time.perf_counter()
-        hist = train_centralized(base, args.centralized)
-        (out / "metrics.json").write_text(json.dumps(hist, indent=1))
-        print(
-            f"[fedssl] centralized: final test_acc={hist[-1]['test_acc']:.4f} "
-            f"({time.perf_counter() - t:.0f}s); {out / 'metrics.json'}"
-        )
+        merges.run_centralized(base, args.centralized, out)
         return 0
+    from fedssl.aggregation import resolve_method
 
     methods = ALL if args.method == "all" else [args.method or base.federation.method]
-    runs = {}
-    from fedssl.aggregation import resolve_method
-    from fedssl.runs import RunDir, RunExistsError, claim_run_dir, holds_run
-
     cfgs = []
     for method in methods:
         try:
@@ -129,41 +114,16 @@ def main(argv=None) -> int:
         cfgs.append((method, cfg))
     taken = [str(c.run_dir()) for _, c in cfgs if holds_run(c.run_dir())]
     if taken and not args.overwrite:  # every run checked before the first one starts
-        err = RunExistsError(
-            f"{', '.join(taken)} already hold(s) a run; continue one with --resume RUN_DIR, "
-            "choose another --name, or pass --overwrite to move the old runs aside (kept)"
-        )
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {', '.join(taken)} already hold(s) a run; continue one with --resume "
+              "RUN_DIR, choose another --name, or pass --overwrite to move the old runs aside "
+              "(kept)", file=sys.stderr)  # fmt: skip
         return 2
-    t_all = time.perf_counter()
-    for method, cfg in cfgs:
-        aside = claim_run_dir(cfg.run_dir(), overwrite=args.overwrite)
-        if aside is not None:
-            print(f"[fedssl] the earlier {cfg.name} is kept at {aside}", flush=True)
-        t = time.perf_counter()
-        try:
-            simulate(cfg, verbose=args.verbose)
-        except FederationFailed as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        rd = RunDir(cfg.run_dir())
-        last = rd.metrics()[-1]
-        print(
-            f"[fedssl] {cfg.name}: final merged_acc={last['merged_acc']:.4f} "
-            f"({time.perf_counter() - t:.0f}s); metrics: {rd.metrics_csv}; "
-            f"plot: {rd.path / 'accuracy.png'}"
-        )
-        runs[method] = rd
-    if len(runs) > 1:
-        from fedssl.reports import merge_table
-
-        table = merge_table(runs)
-        summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
-        summary.write_text(
-            f"# {summary.stem}\n\nwall time {time.perf_counter() - t_all:.0f}s\n\n{table}\n"
-        )
-        print(table)
-        print(f"[fedssl] summary: {summary}")
+    summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
+    try:
+        merges.run_methods(cfgs, summary, args.overwrite, args.verbose)
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -74,3 +74,20 @@ def test_config_diff_lists_changed_leaves_and_skips_ignored_ones():
     assert config_diff(a, a) == []
     assert config_diff(a, b, ignore=("tracking",)) == [("ssl.temperature", a.ssl.temperature, 0.33)]
     assert ("tracking.wandb", a.tracking.wandb, "disabled") in config_diff(a, b)
+
+
+def test_experiment_merge_is_a_deprecated_name_for_supervised(tmp_path):
+    """``experiment: merge`` (supervised federated training) clashed with aggregation.merge,
+    launch/merge.py and the hub's Merge; configs saved by earlier runs still load, with a
+    warning that names the new kind."""
+    old = tmp_path / "old.yaml"
+    old.write_text("experiment: merge\nfederation:\n  rounds: 2\n")
+    with pytest.warns(FutureWarning, match="'merge' is deprecated.*'supervised'"):
+        cfg = load_config(old)
+    assert cfg.experiment == "supervised" and cfg.federation.rounds == 2
+    assert ExperimentConfig().experiment == "supervised"
+    from fedssl.federation.kinds import get_task
+
+    assert get_task(cfg).name == "supervised"
+    with pytest.raises(ConfigError, match="choose one of supervised, pretrain, finetune"):
+        load_config(old, ["experiment=merged"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedssl.evaluation import knn_accuracy
+from fedssl.methods.knn import knn_accuracy
 
 
 def _clusters(n_per: int, seed: int):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedssl.models.classifier import Classifier, accuracy
+from fedssl.methods.supervised import Classifier, accuracy
 from fedssl.models.small import MLP, PaperCNN, build_small_model
 
 

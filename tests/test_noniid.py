@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fedssl.cli import resolve_config
+from fedssl.experiments.noniid import round_timing, run_name
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_paper_config_is_the_papers_protocol(noniid):
         10,
     )
     assert cfg.model.name == "mlp" and cfg.federation.rounds == 100
-    assert noniid.run_name(cfg, args) == "noniid-mnist-p0.55-fedavg"
+    assert run_name(cfg, args.strategy, args.name) == "noniid-mnist-p0.55-fedavg"
 
 
 @pytest.mark.parametrize(
@@ -88,13 +89,13 @@ def test_round_timing_counts_parallel_clients(noniid):
         {"round": 2, "round_s": 5.0, "train_phase_s": 4.5, "train_s_c0": 3.0, "train_s_c1": 3.0},
         {"round": 3, "round_s": 5.0, "train_phase_s": 4.5, "train_s_c0": 3.0, "train_s_c1": None},
     ]
-    one = noniid.round_timing(rows, clients_at_once=1)  # round 1 (Ray start) left out
+    one = round_timing(rows, clients_at_once=1)  # round 1 (Ray start) left out
     assert one["s_per_round"] == 5.0 and one["client_compute_s"] == 4.5
     assert one["overhead_share"] == 0.0
-    two = noniid.round_timing(rows, clients_at_once=2)
+    two = round_timing(rows, clients_at_once=2)
     assert two["client_compute_s"] == 2.25
     assert two["overhead_share"] == pytest.approx((4.5 - 2.25) / 5.0)
     # the clients' whole work (work_s) is preferred over the bare fit time when recorded
     for r in rows:
         r["work_s_c0"], r["work_s_c1"] = 4.0, 4.0
-    assert noniid.round_timing(rows, clients_at_once=2)["client_compute_s"] == 4.0
+    assert round_timing(rows, clients_at_once=2)["client_compute_s"] == 4.0

@@ -167,7 +167,7 @@ def test_the_fake_cuda_check_bites_without_moving_inputs():
 
 
 def test_knn_monitor_features_follow_the_module_device():
-    from fedssl.evaluation import extract_features
+    from fedssl.methods.knn import extract_features
 
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
@@ -179,7 +179,7 @@ def test_knn_monitor_features_follow_the_module_device():
 
 
 def test_accuracy_follows_the_module_device():
-    from fedssl.models.classifier import accuracy
+    from fedssl.methods.supervised import accuracy
 
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 3
     net = _conv_net()
@@ -190,8 +190,8 @@ def test_accuracy_follows_the_module_device():
 
 
 def test_linear_head_features_and_stage_two_scoring_follow_the_module_device():
-    from fedssl.finetuning import _features
-    from fedssl.models.classifier import BackboneClassifier, batches_accuracy
+    from fedssl.methods.heads import BackboneClassifier
+    from fedssl.methods.supervised import batches_accuracy
 
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4) % 2
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -199,14 +199,14 @@ def test_linear_head_features_and_stage_two_scoring_follow_the_module_device():
     module = BackboneClassifier(backbone, 2, mode="linear")
     with FakeTensorMode(allow_non_fake_inputs=True):
         module = _fake_cuda(module)
-        feats, labels = _features(module, [(x, y)], None)
+        feats, labels = runtime.predict(module.backbone, [(x, y)], None)
         assert feats.device.type == "cpu" and feats.shape == (4, 4)
         with pytest.raises(DataDependentOutputException):
             batches_accuracy(module, [(x, y)], None)
 
 
 def test_centralized_epoch_evaluation_follows_the_module_device():
-    from fedssl.centralized import _EpochEval
+    from fedssl.experiments.centralized import _EpochEval
 
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 3
     cb = _EpochEval(x, y, 4)

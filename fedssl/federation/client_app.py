@@ -3,7 +3,7 @@ scores merged weights on its own data when the task asks for federated evaluatio
 
 The resolved experiment config arrives with every train and evaluate message (``fedssl.config``,
 YAML), so ``flwr run`` and the launch scripts behave the same; ``experiment`` picks the task
-(:mod:`fedssl.federation.tasks`). Node-local settings come from the node
+(:mod:`fedssl.federation.kinds`). Node-local settings come from the node
 config: ``partition-id`` (set by the simulation engine, or ``--node-config "partition-id=N"`` on a
 SuperNode) and optionally ``data-root`` (where this node keeps its data).
 
@@ -94,7 +94,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = _config(msg, context)
     server_round = int(msg.content["config"]["server-round"])
     inject_fault(partition_id(context), server_round)
-    from fedssl.federation.tasks import get_task
+    from fedssl.federation.kinds import get_task
 
     state, metrics = get_task(cfg).train(
         cfg,
@@ -111,7 +111,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received (merged) weights on this node's own data; replies with metrics only."""
     cfg = _config(msg, context)
-    from fedssl.federation.tasks import get_task
+    from fedssl.federation.kinds import get_task
 
     metrics = get_task(cfg).evaluate(
         cfg, partition_id(context), from_record(msg.content["arrays"]), store=context.state

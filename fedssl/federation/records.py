@@ -19,7 +19,7 @@ __all__ = ["SHARED_KEYS", "travelling_keys", "to_record", "from_record", "num_by
 #: What leaves a client, per experiment: state-dict prefixes (None: every key). Stage one shares
 #: the SimCLR backbone and projection head; a stage-two task head will never be listed here.
 SHARED_KEYS: dict[str, tuple[str, ...] | None] = {
-    "merge": None,
+    "supervised": None,
     "pretrain": ("backbone.", "projection_head."),
     # Stage two: at most the backbone, and only its trainable part
     # (BackboneClassifier.trainable_state_keys); "head." never travels.

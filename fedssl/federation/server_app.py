@@ -21,9 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
 from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
+from fedssl.federation.kinds import Task, get_task
 from fedssl.federation.records import from_record, to_record
 from fedssl.federation.strategy import FederationFailed, MergeStrategy, build_strategy
-from fedssl.federation.tasks import Task, get_task
 from fedssl.plots import plot_curves
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
@@ -111,6 +111,31 @@ def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _keep_round(rd: RunDir, cfg, task: Task, strategy, tracker, rnd: int, sd, row: dict) -> None:
+    """Everything a finished round leaves behind: its metrics row, the strategy's server state
+    (momentum, optimizer moments), the checkpoint, the task's export (e.g. the backbone file)
+    and the W&B record."""
+    rd.log_metrics(row)
+    if strategy.velocity:
+        rd.save_tensors(VELOCITY_FILE, strategy.velocity)
+    if hasattr(strategy, "moments"):
+        rd.save_tensors(MOMENTS_FILE, strategy.moments())
+    rd.save_checkpoint(rnd, sd)
+    task.on_checkpoint(cfg, rd.path, rnd, sd)
+    tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
+
+
+def _stop_if_failing(rd: RunDir, cfg, strategy, rnd: int) -> None:
+    """Raise FederationFailed after ``federation.max_failed_rounds`` rounds in a row without
+    enough usable replies (recorded in ``state.json`` as ``failed``)."""
+    limit = cfg.federation.max_failed_rounds
+    if limit > 0 and strategy.failed_streak >= limit:
+        report = strategy.failure_report(rnd)
+        rd.update_state(failed=report)
+        print(f"[fedssl] {cfg.name} stopped after round {rnd}: {report}", flush=True)
+        raise FederationFailed(f"{cfg.name}: {report}")
+
+
 def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDir:
     """Run (or resume) the federated rounds of ``cfg`` and keep its run directory.
 
@@ -181,20 +206,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         now = time.perf_counter()
         row = _row(rnd, server, strategy, task, now - clock["t"])
         clock["t"] = now
-        rd.log_metrics(row)
-        if strategy.velocity:
-            rd.save_tensors(VELOCITY_FILE, strategy.velocity)
-        if hasattr(strategy, "moments"):
-            rd.save_tensors(MOMENTS_FILE, strategy.moments())
-        rd.save_checkpoint(rnd, sd)
-        task.on_checkpoint(cfg, rd.path, rnd, sd)
-        tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
-        limit = f.max_failed_rounds
-        if limit > 0 and strategy.failed_streak >= limit:
-            report = strategy.failure_report(rnd)
-            rd.update_state(failed=report)
-            print(f"[fedssl] {cfg.name} stopped after round {rnd}: {report}", flush=True)
-            raise FederationFailed(f"{cfg.name}: {report}")
+        _keep_round(rd, cfg, task, strategy, tracker, rnd, sd, row)
+        _stop_if_failing(rd, cfg, strategy, rnd)
         if not strategy.is_eval_round(rnd):
             return None
         _plot(rd, f"{cfg.name}: {f.method}", task)

@@ -88,7 +88,7 @@ def build_module(builder: Mapping, state: Mapping[str, torch.Tensor]):
     Supported builders: ``{"model": "paper_cnn" | "mlp", "num_classes": N, ...}`` (the keyword
     arguments of :func:`fedssl.models.small.build_small_model`).
     """
-    from fedssl.models.classifier import Classifier
+    from fedssl.methods.supervised import Classifier
     from fedssl.models.small import build_small_model
 
     args = dict(builder)

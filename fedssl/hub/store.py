@@ -16,280 +16,52 @@ row naming it commits, and its hash is checked whenever it is read.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import os
 import secrets
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
     create_engine,
-    event,
     func,
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from fedssl.hub import weights as W
+from fedssl.hub.blobs import BlobError, BlobFiles, StagedBlob, default_blob_dir
 from fedssl.hub.errors import (
     AlreadyExists,
-    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
+from fedssl.hub.keys import KEY_PREFIX, KeyInfo, hash_key
+from fedssl.hub.schema import (
+    MIGRATIONS,
+    ROLES,
+    SCHEMA_VERSION,
+    STATUSES,
+    Base,
+    ContributionRow,
+    KeyRow,
+    ModelRow,
+    SchemaRow,
+    VersionRow,
+    now,
+    sqlite_pragmas,
+)
 
 __all__ = ["Store", "BlobFiles", "BlobError", "KeyInfo", "SCHEMA_VERSION", "ROLES", "STATUSES"]
-
-#: bump with a migration in :data:`MIGRATIONS` when a table changes
-SCHEMA_VERSION = 3
-ROLES = ("manager", "participant")
-STATUSES = ("pending", "merged", "stale", "rejected")
-KEY_PREFIX = "fh_"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SchemaRow(Base):
-    __tablename__ = "hub_schema"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-
-
-class KeyRow(Base):
-    __tablename__ = "hub_api_keys"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_id: Mapped[str] = mapped_column(String(40), unique=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    owner: Mapped[str] = mapped_column(String(128))  # the manager these rights belong to
-    participant: Mapped[str] = mapped_column(String(128))  # the name contributions are filed under
-    issued_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-class ModelRow(Base):
-    __tablename__ = "hub_models"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    owner: Mapped[str] = mapped_column(String(128))
-    architecture: Mapped[str] = mapped_column(Text)
-    recipe: Mapped[str] = mapped_column(Text)
-    max_staleness: Mapped[int] = mapped_column(Integer, default=0)
-    max_upload_bytes: Mapped[int] = mapped_column(BigInteger)
-    current_version: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-class VersionRow(Base):
-    __tablename__ = "hub_versions"
-    __table_args__ = (UniqueConstraint("model_id", "number"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("hub_models.id"))
-    number: Mapped[int] = mapped_column(Integer)
-    # blobs load only when read (metadata queries never touch them)
-    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
-    weights_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # schema 2
-    weights_sha256: Mapped[str] = mapped_column(String(64))
-    # schema 3: set when the bytes are a blob file of this SHA-256 (``weights`` then empty)
-    weights_ref: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
-    parent: Mapped[int] = mapped_column(Integer, default=0)
-    merge_method: Mapped[str] = mapped_column(String(64), default="")
-    contribution_ids: Mapped[str] = mapped_column(Text, default="[]")
-    num_examples: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-class ContributionRow(Base):
-    __tablename__ = "hub_contributions"
-    __table_args__ = (UniqueConstraint("model_id", "base_version", "participant"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("hub_models.id"))
-    participant: Mapped[str] = mapped_column(String(128))
-    key_id: Mapped[str] = mapped_column(String(40))
-    base_version: Mapped[int] = mapped_column(Integer)
-    num_examples: Mapped[int] = mapped_column(BigInteger)
-    metrics: Mapped[str] = mapped_column(Text, default="{}")
-    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
-    weights_bytes: Mapped[int] = mapped_column(BigInteger)
-    weights_ref: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
-    status: Mapped[str] = mapped_column(String(16))
-    merged_into: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-def _v2_version_sizes(conn) -> None:
-    """Schema 2: versions record their weights' size (metadata reads no longer touch blobs)."""
-    conn.exec_driver_sql(
-        "ALTER TABLE hub_versions ADD COLUMN weights_bytes BIGINT NOT NULL DEFAULT 0"
-    )
-    conn.exec_driver_sql("UPDATE hub_versions SET weights_bytes = length(weights)")
-
-
-def _v3_blob_refs(conn) -> None:
-    """Schema 3: weights may live in blob files, named in ``weights_ref`` (rows keep theirs)."""
-    for table in ("hub_versions", "hub_contributions"):
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN weights_ref VARCHAR(64)")
-
-
-#: schema version -> function(connection) that migrates from the previous version
-MIGRATIONS: dict[int, Callable] = {2: _v2_version_sizes, 3: _v3_blob_refs}
-
-
-class BlobError(DataLoss):
-    """A stored blob file is missing or no longer matches its hash (the store was damaged)."""
-
-
-class BlobFiles:
-    """Content-addressed weights files: ``<root>/<sha[:2]>/<sha256>``.
-
-    ``put`` writes to a temporary file in the same folder, flushes it to disk (unless
-    ``fsync=False``) and renames it into place, so a reader never sees half a file and a crash
-    leaves either nothing or the whole blob. Identical bytes are stored once. Files no row names
-    any more (a replaced contribution's, or one whose transaction failed) are removed by
-    :meth:`Store.collect_garbage`.
-    """
-
-    def __init__(self, root: str | os.PathLike, fsync: bool = True):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.fsync = fsync
-
-    def path(self, sha: str) -> Path:
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise BlobError(f"not a blob name: {sha!r}")
-        return self.root / sha[:2] / sha
-
-    def put(self, data: bytes | bytearray, sha: str) -> Path:
-        """Store ``data`` (whose SHA-256 is ``sha``) unless an intact copy is already there."""
-        return self.stage(data, sha, background=False).commit()
-
-    def stage(self, data: bytes | bytearray, sha: str, background: bool = True) -> StagedBlob:
-        """Start writing ``data`` to a temporary file beside its final place (in a thread, with
-        ``background``: the caller checks the bytes meanwhile). Nothing is visible until
-        :meth:`StagedBlob.commit`; :meth:`StagedBlob.discard` removes the temporary file."""
-        return StagedBlob(self, data, sha, background)
-
-    def get(self, sha: str, size: int) -> bytearray:
-        """The blob's bytes (a ``bytearray``), checked against its size and hash."""
-        path = self.path(sha)
-        try:
-            buf = bytearray(size)
-            with open(path, "rb") as f:
-                got = f.readinto(buf)
-                extra = f.read(1)
-        except FileNotFoundError:
-            raise BlobError(f"blob {sha} is missing from {self.root}") from None
-        if got != size or extra or W.sha256(buf) != sha:
-            raise BlobError(f"blob {path} is damaged (size or SHA-256 differs from its record)")
-        return buf
-
-    def names(self) -> set[str]:
-        return {p.name for p in self.root.glob("??/*") if not p.name.startswith(".tmp-")}
-
-
-class StagedBlob:
-    """A blob file being written (see :meth:`BlobFiles.stage`); commit or discard it once."""
-
-    def __init__(self, files: BlobFiles, data: bytes | bytearray, sha: str, background: bool):
-        self.path, self.tmp, self._error = files.path(sha), None, None
-        self._thread = None
-        if self.path.is_file() and self.path.stat().st_size == len(data):
-            return  # identical bytes are stored already
-        self.path.parent.mkdir(exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-        if background:  # file writes and fsync release the GIL
-            self._thread = threading.Thread(
-                target=self._write, args=(fd, data, files.fsync), name="blob-writer", daemon=True
-            )
-            self._thread.start()
-        else:
-            self._write(fd, data, files.fsync)
-
-    def _write(self, fd: int, data, fsync: bool) -> None:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-        except BaseException as err:  # re-raised by commit()
-            self._error = err
-
-    def _wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def commit(self) -> Path:
-        """Wait for the write, then move the file into place (atomically)."""
-        self._wait()
-        if self.tmp is None:
-            os.utime(self.path)  # fresh again: collect_garbage spares files just (re)used
-            return self.path
-        try:
-            if self._error is not None:
-                raise self._error
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            Path(self.tmp).unlink(missing_ok=True)
-            raise
-        finally:
-            self.tmp = None
-        return self.path
-
-    def discard(self) -> None:
-        """Wait for the write and remove the temporary file: nothing stays behind."""
-        self._wait()
-        if self.tmp is not None:
-            Path(self.tmp).unlink(missing_ok=True)
-            self.tmp = None
 
 
 def _by_name(name: str):
     return select(ModelRow).where(ModelRow.name == name)
-
-
-def _default_blob_dir(url: str) -> str | None:
-    """``<db>.blobs`` beside a SQLite database file; None (blobs in rows) otherwise."""
-    if not url.startswith("sqlite:///") or url in ("sqlite:///:memory:",):
-        return None
-    db = Path(url.removeprefix("sqlite:///").split("?")[0])
-    return str(db.with_name(db.name.removesuffix(".db") + ".blobs"))
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """An authenticated caller."""
-
-    key_id: str
-    role: str
-    owner: str
-    participant: str
 
 
 @dataclass
@@ -330,10 +102,6 @@ class ContributionMeta:
     created_at: str
 
 
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 class Store:
     """All of the hub's persistent state behind one SQLAlchemy engine.
 
@@ -356,7 +124,7 @@ class Store:
         self.url = url
         self.max_upload_bytes = max_upload_bytes
         if blob_dir == "auto":
-            blob_dir = _default_blob_dir(url)
+            blob_dir = default_blob_dir(url)
         elif blob_dir == "none":  # the CLI's spelling of None
             blob_dir = None
         self.blobs = BlobFiles(blob_dir, fsync=fsync) if blob_dir else None
@@ -367,12 +135,12 @@ class Store:
             if memory:
                 kw["poolclass"] = StaticPool
             self.engine = create_engine(url, **kw)
-            _sqlite_pragmas(self.engine, immediate=True)
+            sqlite_pragmas(self.engine, immediate=True)
             if memory:
                 self.read_engine = self.engine
             else:  # reads need no write lock (WAL lets them run beside a writer)
                 self.read_engine = create_engine(url, **kw)
-                _sqlite_pragmas(self.read_engine, immediate=False)
+                sqlite_pragmas(self.read_engine, immediate=False)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
             self.read_engine = self.engine
@@ -439,7 +207,7 @@ class Store:
                     owner=owner,
                     participant=participant,
                     issued_by=issued_by,
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
         return secret, KeyInfo(key_id, role, owner, participant)
@@ -464,7 +232,7 @@ class Store:
                 raise PermissionDenied(f"key {key_id!r} belongs to another manager")
             if row.revoked_at is not None:
                 return False
-            row.revoked_at = _now()
+            row.revoked_at = now()
             return True
 
     # ------------------------------------------------------------------ models
@@ -505,7 +273,7 @@ class Store:
                 max_staleness=max_staleness,
                 max_upload_bytes=limit,
                 current_version=1,
-                created_at=_now(),
+                created_at=now(),
             )
             s.add(m)
             try:
@@ -524,7 +292,7 @@ class Store:
                     merge_method="",
                     contribution_ids="[]",
                     num_examples=0,
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
             return self._meta(s, m, 1)
@@ -616,7 +384,7 @@ class Store:
             row.weights_bytes = len(data)
             row.status = status
             row.merged_into = 0
-            row.created_at = _now()
+            row.created_at = now()
             if old is None:
                 s.add(row)
             s.flush()
@@ -735,7 +503,7 @@ class Store:
                     merge_method=method,
                     contribution_ids=json.dumps([r.id for r in rows]),
                     num_examples=int(sum(counts)),
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
             for r in rows:
@@ -881,24 +649,3 @@ def _contribution_meta(r: ContributionRow) -> ContributionMeta:
         weights_bytes=r.weights_bytes,
         created_at=r.created_at.isoformat(timespec="seconds"),
     )
-
-
-def _sqlite_pragmas(engine, immediate: bool) -> None:
-    """WAL, foreign keys and a busy timeout on every SQLite connection; write transactions start
-    with ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing mid-transaction."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN below
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a killed server loses nothing committed; only an OS crash or power
-        # loss can drop the last transactions (never corrupts the file)
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedssl.config import DataConfig
-from fedssl.data.clients import client_splits, client_tensors, server_test_tensors
+from fedssl.data.client_tensors import client_splits, client_tensors, server_test_tensors
 
 LABELS = np.repeat(np.arange(10), 70)  # 700 examples
 

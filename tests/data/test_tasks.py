@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fedssl.config import ConfigError, DataConfig
+from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.data.datasets import DatasetNotFoundError, build_dataset
-from fedssl.data.tasks import ImageDataset, client_task, subsample, task_in_chans
 
 
 def test_flowers102_real_format_is_read_with_its_splits(tiny_flowers):

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedssl.models.simclr import load_backbone
+from fedssl.models.backbones import load_backbone
 from fedssl.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,13 +8,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fedssl import finetuning
 from fedssl.config import ConfigError, load_config, save_config
-from fedssl.data.tasks import client_task
+from fedssl.data.client_images import client_task
+from fedssl.experiments import table2
+from fedssl.federation import finetuning as fed_ft
 from fedssl.federation import pretraining
 from fedssl.federation.simulation import simulate
 from fedssl.federation.strategy import MergeStrategy
-from fedssl.models.simclr import export_backbone
+from fedssl.methods import finetune as stage_two
+from fedssl.methods.heads import load_head
+from fedssl.models.backbones import export_backbone
 from fedssl.runs import RunDir
 
 FINETUNE_CONFIG = "configs/finetune/default.yaml"
@@ -35,7 +38,7 @@ def stage_one(tiny_pretrain, tmp_path):
 
 
 def _cfg(run_dir, *overrides):
-    cfg, path = finetuning.finetune_config(
+    cfg, path = stage_two.finetune_config(
         FINETUNE_CONFIG,
         [f"out_dir={run_dir.parent}", "tracking.wandb=disabled", "train.threads=1", *overrides],
     )
@@ -44,22 +47,22 @@ def _cfg(run_dir, *overrides):
 
 def test_resolve_backbone(tmp_path, stage_one):
     with pytest.raises(FileNotFoundError, match="launch/pretrain.py"):
-        finetuning.resolve_backbone("", tmp_path / "empty")
+        stage_two.resolve_backbone("", tmp_path / "empty")
     (tmp_path / "runs" / "unfinished").mkdir()
     with pytest.raises(FileNotFoundError, match="not a finished stage-one run"):
-        finetuning.resolve_backbone(str(tmp_path / "runs" / "unfinished"))
-    assert finetuning.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
+        stage_two.resolve_backbone(str(tmp_path / "runs" / "unfinished"))
+    assert stage_two.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
     # a newer backbone outside a federated run (no state.json) loses to a federated run's
     central = tmp_path / "runs" / "pt-central"
     central.mkdir()
     (central / "backbone.safetensors").write_bytes(
         (stage_one / "backbone.safetensors").read_bytes()
     )
-    assert finetuning.resolve_backbone("", tmp_path / "runs") == central / "backbone.safetensors"
+    assert stage_two.resolve_backbone("", tmp_path / "runs") == central / "backbone.safetensors"
     (stage_one / "state.json").write_text("{}")
-    assert finetuning.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
-    assert finetuning.resolve_backbone(str(stage_one)) == stage_one / "backbone.safetensors"
-    assert finetuning.resolve_backbone("none") is None
+    assert stage_two.resolve_backbone("", tmp_path / "runs") == stage_one / "backbone.safetensors"
+    assert stage_two.resolve_backbone(str(stage_one)) == stage_one / "backbone.safetensors"
+    assert stage_two.resolve_backbone("none") is None
 
 
 def test_config_takes_the_split_from_the_stage_one_run(stage_one):
@@ -76,7 +79,7 @@ def test_config_takes_the_split_from_the_stage_one_run(stage_one):
 def test_linear_head_on_the_stage_one_backbone(stage_one):
     cfg, _ = _cfg(stage_one, "finetune.epochs=20", "name=lin")
     frozen = load_file(str(stage_one / "backbone.safetensors"))
-    r = finetuning.finetune(cfg, 1)
+    r = stage_two.finetune(cfg, 1)
     task = client_task(cfg.data, 1)
     assert r["client"] == "fashion_mnist" and r["partition_id"] == 1 and r["num_classes"] == 10
     assert r["labeled"] == len(task.labeled) and r["unlabeled_n"] == len(task.unlabeled)
@@ -94,25 +97,25 @@ def test_linear_head_on_the_stage_one_backbone(stage_one):
         "head.1.bias",
     }
     # the frozen backbone came from the file, untouched
-    module, meta = finetuning.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
+    module, meta = stage_two.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
     assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in frozen.items())
-    finetuning.load_head(module, rd / "head.safetensors")
-    assert finetuning.evaluate(module, cfg, task, meta)["test_acc"] == r["test_acc"]
-    other, _ = finetuning.build_classifier(cfg, 3, stage_one / "backbone.safetensors")
+    load_head(module, rd / "head.safetensors")
+    assert stage_two.evaluate(module, cfg, task, meta)["test_acc"] == r["test_acc"]
+    other, _ = stage_two.build_classifier(cfg, 3, stage_one / "backbone.safetensors")
     with pytest.raises(ValueError, match="does not fit this classifier"):
-        finetuning.load_head(other, rd / "head.safetensors")
+        load_head(other, rd / "head.safetensors")
 
 
 def test_label_scarce_subset(stage_one):
     cfg, _ = _cfg(stage_one, "finetune.labels_per_class=2")
     task = client_task(cfg.data, 0)
-    idx = finetuning.labeled_indices(cfg, task)
+    idx = stage_two.labeled_indices(cfg, task)
     assert np.bincount(task.train.labels[idx], minlength=10).tolist() == [2] * 10
     assert set(idx) <= set(task.labeled)
     rarest = np.bincount(task.train.labels[task.labeled]).min()
     cfg.finetune.labels_per_class = 50
     with pytest.raises(ConfigError, match=f"only {rarest} images of its rarest class"):
-        finetuning.labeled_indices(cfg, task)
+        stage_two.labeled_indices(cfg, task)
 
 
 def test_cl_baseline_trains_everything_from_random_weights(stage_one):
@@ -120,7 +123,7 @@ def test_cl_baseline_trains_everything_from_random_weights(stage_one):
         stage_one, "finetune.backbone=none", "finetune.mode=full", "finetune.epochs=40", "name=cl"
     )
     assert path is None and cfg.model.backbone == "test_resnet"
-    r = finetuning.finetune(cfg, 0)
+    r = stage_two.finetune(cfg, 0)
     assert r["backbone_source"] == "random init"
     assert r["test_acc"] > 0.5
     saved = load_file(str(cfg.run_dir() / "head.safetensors"))
@@ -150,7 +153,7 @@ def test_federated_finetuning_never_sends_a_head(stage_one, monkeypatch):
     cfg.data.roots = {"mnist": cfg.data.root}  # the tiny files stand in for MNIST too
     simulate(cfg)
 
-    shared = set(finetuning.federated_initial_state(cfg))
+    shared = set(fed_ft.federated_initial_state(cfg))
     assert shared and all(k.startswith("backbone.layer4.") for k in shared)
     assert len(received) == 4  # two clients x two rounds
     assert all(keys == shared for keys in received)
@@ -175,7 +178,7 @@ def test_federated_finetuning_never_sends_a_head(stage_one, monkeypatch):
 def test_federated_linear_mode_is_refused(stage_one):
     cfg, _ = _cfg(stage_one)
     with pytest.raises(ConfigError, match="needs finetune.mode partial or full"):
-        finetuning.federated_initial_state(cfg)
+        fed_ft.federated_initial_state(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +188,7 @@ def launch(load_launch):
 
 def test_launch_flower102_on_fixture_data_and_without_it(launch, tiny_flowers, tmp_path, capsys):
     torch.manual_seed(0)
-    from fedssl.models.simclr import SimCLR
+    from fedssl.methods.ssl.simclr import SimCLR
 
     rgb = SimCLR("test_resnet", in_chans=3)
     meta = {"backbone": "test_resnet", "in_chans": 3, "small_input": False, "image_size": 32}
@@ -246,7 +249,10 @@ def test_compare_never_reuses_a_finished_run_of_another_recipe(
     same = [f"out_dir={stage_one.parent}", f"name={stage_one.name}", "federation.rounds=1"]
     base = ["--pretrain-config", str(stage_one / "config.yaml"), "--wandb", "disabled"]
     # the same config: the finished run is reused, nothing is trained
-    assert compare.stage_one(compare.parse_args([*base, "--set", *same])) == (stage_one, None)
+    opts = table2.Options(
+        pretrain_config=str(stage_one / "config.yaml"), set=same, wandb="disabled"
+    )
+    assert table2.stage_one(opts) == (stage_one, None)
     # another recipe under the same name: refused, naming the difference and the ways out
     there = load_config(stage_one / "config.yaml").ssl.temperature
     argv = [*base, "--set", *same, "ssl.temperature=0.33", "--results", str(tmp_path / "m.md")]
@@ -259,7 +265,7 @@ def test_compare_never_reuses_a_finished_run_of_another_recipe(
 def test_launch_refuses_a_backbone_file_that_does_not_fit_its_architecture(
     launch, tmp_path, capsys
 ):
-    from fedssl.models.simclr import SimCLR
+    from fedssl.methods.ssl.simclr import SimCLR
 
     small = SimCLR("test_resnet", in_chans=1).state_dict()
     meta = {"backbone": "resnet18", "in_chans": 1, "small_input": False, "image_size": 28}
@@ -269,9 +275,7 @@ def test_launch_refuses_a_backbone_file_that_does_not_fit_its_architecture(
     assert "does not fit 'resnet18'" in capsys.readouterr().err
 
 
-def test_compare_resumes_an_interrupted_stage_one_instead_of_restarting_it(
-    stage_one, load_launch, monkeypatch
-):
+def test_compare_resumes_an_interrupted_stage_one_instead_of_restarting_it(stage_one, monkeypatch):
     """A stage-one run asked for 3 rounds that stopped after round 1 is continued (resume),
     its metrics kept; before, compare started it again from round 0 and deleted them."""
     import fedssl.federation.simulation as sim
@@ -284,10 +288,11 @@ def test_compare_resumes_an_interrupted_stage_one_instead_of_restarting_it(
     before = rd.metrics_jsonl.read_bytes()
     calls = []
     monkeypatch.setattr(sim, "simulate", lambda c, resume=False, **k: calls.append((c, resume)))
-    compare = load_launch("compare")
     same = [f"out_dir={stage_one.parent}", f"name={stage_one.name}", "federation.rounds=3"]
-    base = ["--pretrain-config", str(stage_one / "config.yaml"), "--wandb", "disabled"]
-    run, seconds = compare.stage_one(compare.parse_args([*base, "--set", *same]))
+    opts = table2.Options(
+        pretrain_config=str(stage_one / "config.yaml"), set=same, wandb="disabled"
+    )
+    run, seconds = table2.stage_one(opts)
     assert run == stage_one and seconds is not None
     assert [(c.run_dir(), resume) for c, resume in calls] == [(stage_one, True)]
     assert rd.metrics_jsonl.read_bytes() == before
@@ -321,11 +326,11 @@ def test_one_cl_baseline_random_init_learns_at_the_heads_rate(stage_one):
     while launch/compare.py's CL used 1.0: two different baselines under one name."""
     cfg, path = _cfg(stage_one, "finetune.backbone=none", "finetune.mode=full")
     assert path is None and cfg.finetune.backbone_lr_scale == 0.1  # the config's default
-    module, _ = finetuning.build_classifier(cfg, 10, path)
+    module, _ = stage_two.build_classifier(cfg, 10, path)
     module.anneal = False  # the optimizer alone (its schedule needs a Trainer)
     assert {g["lr"] for g in module.configure_optimizers().param_groups} == {cfg.finetune.lr}
     pre, _ = _cfg(stage_one, "finetune.mode=full")  # a pretrained backbone keeps the scale
-    module, _ = finetuning.build_classifier(pre, 10, stage_one / "backbone.safetensors")
+    module, _ = stage_two.build_classifier(pre, 10, stage_one / "backbone.safetensors")
     module.anneal = False
     lrs = sorted(g["lr"] for g in module.configure_optimizers().param_groups)
     assert lrs == pytest.approx([0.1 * pre.finetune.lr, pre.finetune.lr])
@@ -349,10 +354,10 @@ def test_federated_finetuning_follows_the_configured_schedule(
         seen.append(module.lr)
         return {"labeled": 1, "train_loss": 0.0, "train_s": 0.0}
 
-    monkeypatch.setattr(finetuning, "fit", fake_fit)
-    state = finetuning.federated_initial_state(cfg)
+    monkeypatch.setattr(fed_ft, "fit", fake_fit)
+    state = fed_ft.federated_initial_state(cfg)
     for rnd in (1, 2, 3):
-        finetuning.federated_train(cfg, 0, state, rnd)
+        fed_ft.federated_train(cfg, 0, state, rnd)
     assert seen == pytest.approx(expected)
 
 
@@ -363,13 +368,13 @@ def test_a_backbone_that_cannot_see_the_clients_images_is_refused(
     28 px grey thumbnails without a word."""
     cfg, path = _cfg(stage_one, f"data.roots.flower102={tiny_flowers}")
     with pytest.raises(ConfigError, match="takes 1-channel images; flower102's have 3"):
-        finetuning.finetune(cfg, "flower102", tmp_path / "head")
+        stage_two.finetune(cfg, "flower102", tmp_path / "head")
     assert not (tmp_path / "head").exists()
     meta = {"backbone": "resnet18", "source": "x", "in_chans": 3, "image_size": 28}
     with pytest.raises(ConfigError, match="shrunk 17x.*model.image_size=224 model.in_chans=3"):
-        finetuning.check_backbone_fits("flower102", meta, side=500)  # the real images
-    finetuning.check_backbone_fits("flower102", meta, side=100)  # shrunk 3.6x: allowed
-    finetuning.check_backbone_fits("mnist", {**meta, "image_size": 224}, side=28)  # upscaled
+        stage_two.check_backbone_fits("flower102", meta, side=500)  # the real images
+    stage_two.check_backbone_fits("flower102", meta, side=100)  # shrunk 3.6x: allowed
+    stage_two.check_backbone_fits("mnist", {**meta, "image_size": 224}, side=28)  # upscaled
     argv = ["--client", "flower102", "--backbone", str(stage_one), "--out-dir", str(tmp_path),
             "--wandb", "disabled", "--set", f"data.roots.flower102={tiny_flowers}"]  # fmt: skip
     assert launch.main(argv) == 2
@@ -379,11 +384,11 @@ def test_a_backbone_that_cannot_see_the_clients_images_is_refused(
 def _labeled_features(module, cfg, task, meta):
     """The module's current backbone features of the labeled images (eval transform)."""
     from fedssl import runtime
-    from fedssl.data.tasks import ImageDataset
-    from fedssl.models.simclr import eval_transform
+    from fedssl.data.client_images import ImageDataset
+    from fedssl.data.transforms import eval_transform
 
     tf = eval_transform(int(meta["image_size"]), int(meta["in_chans"]))
-    ds = ImageDataset(task.train, finetuning.labeled_indices(cfg, task), tf, "L")
+    ds = ImageDataset(task.train, stage_two.labeled_indices(cfg, task), tf, "L")
     x, _ = runtime.predict(module.backbone, runtime.loader(runtime.resolve(cfg), ds, 64))
     return x.double()
 
@@ -394,9 +399,9 @@ def test_head_statistics_are_those_of_the_final_backbone(stage_one, mode):
     over the backbones of every step (and augmented views), not the backbone it is scored with."""
     cfg, path = _cfg(stage_one, f"finetune.mode={mode}", "finetune.epochs=3", "finetune.lr=0.5")
     task = client_task(cfg.data, 0)
-    module, meta = finetuning.build_classifier(cfg, task.num_classes, path)
+    module, meta = stage_two.build_classifier(cfg, task.num_classes, path)
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
-    finetuning.fit(module, cfg, task, meta, cfg.finetune.epochs)
+    stage_two.fit(module, cfg, task, meta, cfg.finetune.epochs)
     moved = [k for k, v in module.backbone.state_dict().items() if not torch.equal(before[k], v)]
     assert moved  # the backbone trained, so the running average describes other weights
     x = _labeled_features(module, cfg, task, meta)
@@ -407,28 +412,28 @@ def test_head_statistics_are_those_of_the_final_backbone(stage_one, mode):
 
 def test_federated_evaluation_scores_the_merged_backbone_with_its_statistics(stage_one):
     cfg, _ = _cfg(stage_one, "finetune.mode=partial", "federation.rounds=1", "name=fbn")
-    state = finetuning.federated_initial_state(cfg)
-    finetuning.federated_train(cfg, 0, state, 1)  # trains the head on its local backbone
+    state = fed_ft.federated_initial_state(cfg)
+    fed_ft.federated_train(cfg, 0, state, 1)  # trains the head on its local backbone
     merged = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
               for k, v in state.items()}  # fmt: skip
     seen = {}
-    real = finetuning.evaluate
+    real = fed_ft.evaluate
 
     def spy(module, cfg, task, meta, rt=None):
         seen["mean"] = module.head[0].running_mean.clone().double()
         seen["x"] = _labeled_features(module, cfg, task, meta)
         return real(module, cfg, task, meta, rt)
 
-    finetuning.evaluate = spy
+    fed_ft.evaluate = spy
     try:
-        finetuning.federated_evaluate(cfg, 0, merged)
+        fed_ft.federated_evaluate(cfg, 0, merged)
     finally:
-        finetuning.evaluate = real
+        fed_ft.evaluate = real
     torch.testing.assert_close(seen["mean"], seen["x"].mean(0), rtol=1e-4, atol=1e-5)
 
 
 def test_calibrate_head_refuses_features_of_another_width(stage_one):
     cfg, path = _cfg(stage_one)
-    module, _ = finetuning.build_classifier(cfg, 10, path)
+    module, _ = stage_two.build_classifier(cfg, 10, path)
     with pytest.raises(ValueError, match="expected"):
         module.calibrate_head(torch.zeros(4, module.backbone.num_features + 1))

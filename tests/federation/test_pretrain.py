@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from fedssl.config import load_config
-from fedssl.data.tasks import client_task
+from fedssl.data.client_images import client_task
 from fedssl.federation import pretraining
-from fedssl.federation.classification import weights_fingerprint
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
-from fedssl.models.simclr import load_backbone
+from fedssl.federation.supervised import weights_fingerprint
+from fedssl.models.backbones import load_backbone
 from fedssl.runs import RunDir
 
 TRAVELLING_PREFIXES = SHARED_KEYS["pretrain"]

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedssl.config import load_config
-from fedssl.federation.classification import weights_fingerprint
 from fedssl.federation.simulation import simulate
+from fedssl.federation.supervised import weights_fingerprint
 from fedssl.runs import RunDir
 
 
@@ -87,7 +87,7 @@ def test_non_finite_client_replies_are_left_out(cfg):
     rd = RunDir(cfg.run_dir())
     row = rd.metrics()[-1]
     assert row["round"] == 1 and row["clients"] == 0 and row["failures"] == 2
-    from fedssl.federation.classification import initial_state
+    from fedssl.federation.supervised import initial_state
 
     saved = load_file(str(rd.path / rd.state()["checkpoint"]))
     init = initial_state(cfg)
@@ -95,7 +95,7 @@ def test_non_finite_client_replies_are_left_out(cfg):
 
 
 def test_flower_fedadam_over_a_robust_merge_and_its_moments_survive_resume(cfg):
-    from fedssl.federation.classification import initial_state
+    from fedssl.federation.supervised import initial_state
 
     cfg.name, cfg.federation.rounds = "fedadam", 1
     cfg.federation.method = "median"
@@ -154,7 +154,7 @@ def test_failing_and_hanging_clients_do_not_stop_the_run(cfg, monkeypatch):
 def test_too_few_replies_keep_the_global_model(cfg, monkeypatch):
     import logging
 
-    from fedssl.federation.classification import initial_state
+    from fedssl.federation.supervised import initial_state
 
     class Records(logging.Handler):  # what Flower's logger emits, whatever the streams
         def __init__(self):

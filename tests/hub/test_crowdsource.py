@@ -34,3 +34,19 @@ def test_crowdsourced_model_learns_both_datasets(load_launch, tiny_fashion, tmp_
     assert {c.status for v in (1, 2, 3, 4) for c in store.contributions("crowd20", v)} == {"merged"}
     store.close()
     assert (tmp_path / "c" / "accuracy.png").stat().st_size > 1000
+
+
+def test_a_rerun_under_the_same_name_never_deletes_the_earlier_hub(
+    load_launch, tiny_fashion, tmp_path, capsys
+):
+    """It used to unlink <run>/hub.db (every version and contribution) before starting."""
+    crowd = load_launch("crowdsource")
+    run = tmp_path / "c"
+    run.mkdir()
+    (run / "hub.db").write_bytes(b"earlier store")
+    argv = ["--data-root", str(tiny_fashion), "--out-dir", str(tmp_path), "--name", "c"]
+    assert crowd.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds" in err and "--overwrite" in err and "--resume" not in err
+    assert (run / "hub.db").read_bytes() == b"earlier store"
+    assert sorted(p.name for p in run.iterdir()) == ["hub.db"]

@@ -6,8 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedssl import runtime
 from fedssl.config import RuntimeConfig
-from fedssl.models.classifier import BackboneClassifier, trainable_prefixes
-from fedssl.models.simclr import build_backbone
+from fedssl.methods.heads import BackboneClassifier, trainable_prefixes
+from fedssl.models.backbones import build_backbone
 
 
 def test_trainable_prefixes_per_mode_and_architecture():

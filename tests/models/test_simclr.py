@@ -4,13 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fedssl.models.simclr import (
-    SimCLR,
-    build_backbone,
-    export_backbone,
-    load_backbone,
-    simclr_transform,
-)
+from fedssl.methods.ssl.simclr import SimCLR, simclr_transform
+from fedssl.models.backbones import build_backbone, export_backbone, load_backbone
 
 
 def test_backbone_any_timm_name_and_errors():

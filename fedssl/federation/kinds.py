@@ -5,8 +5,9 @@ that differ: the initial shared weights, a client's local training and (optional
 evaluation, the server's (optional) evaluation of the merged weights, the partition manifest, the
 columns and headline of the run log.
 
-* ``merge`` (papers 000/001, non-IID MLP): supervised classification, merged model scored on the
-  server's test set (``merged_acc``), clients report ``local_acc``.
+* ``supervised`` (papers 000/001, non-IID MLP; formerly ``merge``): supervised
+  classification, merged model scored on the server's test set (``merged_acc``), clients report
+  ``local_acc``.
 * ``pretrain`` (paper 003, stage one): SimCLR on each client's unlabeled images; every client
   scores the merged backbone by kNN on its own labeled/test data (``knn_acc``), so no data leaves
   a client, not even for evaluation.
@@ -23,7 +24,7 @@ from flwr.app import RecordDict
 
 from fedssl.config import ConfigError, ExperimentConfig
 
-__all__ = ["Task", "ClassificationTask", "PretrainTask", "FinetuneTask", "get_task"]
+__all__ = ["Task", "SupervisedTask", "PretrainTask", "FinetuneTask", "get_task"]
 
 
 class Task:
@@ -83,30 +84,30 @@ class Task:
         return bool(self.eval_columns)
 
 
-class ClassificationTask(Task):
-    name = "merge"
+class SupervisedTask(Task):
+    name = "supervised"
     train_columns = ("local_acc", "train_loss", "train_s", "work_s", "received_fingerprint")
     headline = "merged_acc"
     progress_columns = (("local_acc", ".4f"),)
     plot_columns = ("local_acc",)
 
     def initial_state(self, cfg):
-        from fedssl.federation.classification import initial_state
+        from fedssl.federation.supervised import initial_state
 
         return initial_state(cfg)
 
     def train(self, cfg, pid, state, rnd, store=None):
-        from fedssl.federation.classification import local_train
+        from fedssl.federation.supervised import local_train
 
         return local_train(cfg, pid, state, rnd)
 
     def server_evaluate(self, cfg, state):
-        from fedssl.federation.classification import server_accuracy
+        from fedssl.federation.supervised import server_accuracy
 
         return {"merged_acc": server_accuracy(cfg, state)}
 
     def manifest(self, cfg):
-        from fedssl.data.clients import dataset_and_splits
+        from fedssl.data.client_tensors import dataset_and_splits
         from fedssl.data.manifest import partition_manifest
 
         ds, splits = dataset_and_splits(cfg.data)
@@ -141,8 +142,8 @@ class PretrainTask(Task):
         return initial_state(cfg)
 
     def train(self, cfg, pid, state, rnd, store=None):
-        from fedssl.federation.classification import weights_fingerprint
         from fedssl.federation.pretraining import local_evaluate, local_train
+        from fedssl.federation.supervised import weights_fingerprint
 
         received = weights_fingerprint(state)
         first = rnd == 1
@@ -162,8 +163,8 @@ class PretrainTask(Task):
     def on_checkpoint(self, cfg, run_dir, rnd, state):
         """Keep ``<run>/backbone.safetensors`` (the latest merged backbone, with its architecture
         in the metadata) for stage two and for users."""
-        from fedssl.federation.pretraining import backbone_meta
-        from fedssl.models.simclr import export_backbone
+        from fedssl.methods.pretrain import backbone_meta
+        from fedssl.models.backbones import export_backbone
 
         export_backbone(state, Path(run_dir) / "backbone.safetensors", backbone_meta(cfg, rnd))
 
@@ -173,8 +174,8 @@ class PretrainTask(Task):
         Computed from the config alone where the data is not on this machine (a deployed
         server never holds the clients' data): then only the dataset names are listed.
         """
+        from fedssl.data.client_images import client_task
         from fedssl.data.datasets import DatasetNotFoundError
-        from fedssl.data.tasks import client_task
 
         clients = []
         for pid, name in enumerate(cfg.data.clients):
@@ -218,20 +219,20 @@ class FinetuneTask(Task):
     plot_columns = ("test_acc",)
 
     def initial_state(self, cfg):
-        from fedssl.finetuning import federated_initial_state
+        from fedssl.federation.finetuning import federated_initial_state
 
         return federated_initial_state(cfg)
 
     def train(self, cfg, pid, state, rnd, store=None):
-        from fedssl.federation.classification import weights_fingerprint
-        from fedssl.finetuning import federated_train
+        from fedssl.federation.finetuning import federated_train
+        from fedssl.federation.supervised import weights_fingerprint
 
         new, metrics = federated_train(cfg, pid, state, rnd, store)
         metrics["received_fingerprint"] = weights_fingerprint(state)
         return new, metrics
 
     def evaluate(self, cfg, pid, state, store=None):
-        from fedssl.finetuning import federated_evaluate
+        from fedssl.federation.finetuning import federated_evaluate
 
         return federated_evaluate(cfg, pid, state, store)
 
@@ -240,7 +241,7 @@ class FinetuneTask(Task):
 
 
 _TASKS: dict[str, Task] = {
-    "merge": ClassificationTask(),
+    "supervised": SupervisedTask(),
     "pretrain": PretrainTask(),
     "finetune": FinetuneTask(),
 }

@@ -13,9 +13,8 @@ from torch.utils.data import TensorDataset
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig
-from fedssl.data.clients import dataset_and_splits, server_test_tensors, to_tensors
-from fedssl.federation.classification import build_model
-from fedssl.models.classifier import Classifier, accuracy
+from fedssl.data.client_tensors import dataset_and_splits, server_test_tensors, to_tensors
+from fedssl.methods.supervised import Classifier, accuracy, build_model
 
 __all__ = ["train_centralized"]
 

@@ -14,33 +14,22 @@ from torch.utils.data import TensorDataset
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
-from fedssl.data.clients import client_tensors, dataset_and_splits, server_test_tensors
-from fedssl.models.classifier import Classifier, accuracy
-from fedssl.models.small import build_small_model
+from fedssl.data.client_tensors import client_tensors, server_test_tensors
+from fedssl.methods.supervised import Classifier, accuracy, build_model
 
-__all__ = ["build_model", "initial_state", "local_train", "server_accuracy", "weights_fingerprint"]
+__all__ = ["initial_state", "local_train", "server_accuracy", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
+
+
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
-    """The configured network with the dataset's number of classes."""
-    ds, _ = dataset_and_splits(cfg.data)
-    m = cfg.model
-    return build_small_model(
-        m.name,
-        ds.num_classes,
-        width=m.width,
-        hidden=m.hidden,
-        batchnorm=m.batchnorm,
-        padding=m.padding,
-        dropout=m.dropout,
-        depth=m.depth,
-    )
 
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:

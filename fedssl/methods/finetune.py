@@ -28,10 +28,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedssl import runtime
-from fedssl.config import ConfigError, ExperimentConfig, round_lr, save_config
-from fedssl.data.tasks import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
-from fedssl.models.classifier import BackboneClassifier, batches_accuracy
-from fedssl.models.simclr import build_backbone, eval_transform, load_backbone
+from fedssl.config import ConfigError, ExperimentConfig, save_config
+from fedssl.data.client_images import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
+from fedssl.data.transforms import eval_transform, pil_mode, train_transform
+from fedssl.methods.heads import BackboneClassifier, save_head
+from fedssl.methods.pretrain import model_in_chans
+from fedssl.methods.supervised import batches_accuracy
+from fedssl.models.backbones import build_backbone, load_backbone
 
 __all__ = [
     "BACKBONE_FILE",
@@ -41,17 +44,13 @@ __all__ = [
     "build_classifier",
     "labeled_indices",
     "check_backbone_fits",
+    "image_side",
     "fit",
     "calibrate",
     "evaluate",
+    "head_meta",
     "finetune",
-    "save_head",
-    "load_head",
-    "HEAD_KEY",
-    "head_file",
-    "federated_initial_state",
-    "federated_train",
-    "federated_evaluate",
+    "timed_finetune",
 ]
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -159,8 +158,6 @@ def client_index(cfg: ExperimentConfig, client: str | int) -> int:
 def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module, dict]:
     m = cfg.model
     if path is None:
-        from fedssl.federation.pretraining import model_in_chans
-
         torch.manual_seed(cfg.seed)
         meta = {
             "backbone": m.backbone,
@@ -235,7 +232,7 @@ def check_backbone_fits(dataset: str, meta: dict, side: int) -> None:
         )
 
 
-def _image_side(task: ClientTask) -> int:
+def image_side(task: ClientTask) -> int:
     """The shorter side of the client's first labeled image."""
     return min(task.train.pil(int(task.labeled[0])).size)
 
@@ -261,31 +258,6 @@ def labeled_indices(cfg: ExperimentConfig, task: ClientTask) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _train_transform(image_size: int, in_chans: int, augment: str):
-    import torchvision.transforms as T
-
-    from fedssl.models.simclr import _normalize
-
-    if augment == "none":
-        return eval_transform(image_size, in_chans)
-    steps = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True)]
-    if augment == "crop_flip":
-        steps.append(T.RandomHorizontalFlip())
-    norm = _normalize(in_chans)
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])
-
-
-def _mode(meta: dict) -> str:
-    return "RGB" if int(meta["in_chans"]) == 3 else "L"
-
-
-def _features(
-    module: BackboneClassifier, loader, rt: runtime.Runtime | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen backbone's features (float32, CPU) and labels of every batch."""
-    return runtime.predict(module.backbone, loader, rt)
-
-
 def fit(
     module: BackboneClassifier,
     cfg: ExperimentConfig,
@@ -308,15 +280,15 @@ def fit(
     idx = labeled_indices(cfg, task)
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     t0 = time.perf_counter()
-    plain = ImageDataset(task.train, idx, eval_transform(size, chans), _mode(meta))
+    plain = ImageDataset(task.train, idx, eval_transform(size, chans), pil_mode(chans))
     if module.mode == "linear":
-        x, y = _features(module, runtime.loader(rt, plain, t.eval_batch_size), rt)
+        x, y = runtime.predict(module.backbone, runtime.loader(rt, plain, t.eval_batch_size), rt)
         loader = runtime.loader(
             rt, TensorDataset(x, y), f.batch_size, shuffle=True, seed=seed, workers=False
         )
         module.features_input = True
     else:
-        ds = ImageDataset(task.train, idx, _train_transform(size, chans, f.augment), _mode(meta))
+        ds = ImageDataset(task.train, idx, train_transform(size, chans, f.augment), pil_mode(chans))
         loader = runtime.loader(rt, ds, f.batch_size, shuffle=True, seed=seed)
     trainer = runtime.trainer(rt, max_epochs=epochs)
     module.train()  # Lightning keeps the mode it finds (feature extraction left it in eval)
@@ -327,7 +299,7 @@ def fit(
     finally:
         module.features_input = False
     if module.mode != "linear":  # the backbone moved: its features are no longer x
-        x, _ = _features(module, runtime.loader(rt, plain, t.eval_batch_size), rt)
+        x, _ = runtime.predict(module.backbone, runtime.loader(rt, plain, t.eval_batch_size), rt)
     module.calibrate_head(x)
     loss = trainer.callback_metrics.get("train_loss")
     return {
@@ -347,13 +319,18 @@ def calibrate(
 ) -> None:
     """Set the head's feature statistics to those of ``module``'s current backbone on the
     labeled images (no gradients, no labels): see
-    :meth:`~fedssl.models.classifier.BackboneClassifier.calibrate_head`."""
+    :meth:`~fedssl.methods.heads.BackboneClassifier.calibrate_head`."""
     rt = rt or runtime.resolve(cfg)
     size, chans = int(meta["image_size"]), int(meta["in_chans"])
     plain = ImageDataset(
-        task.train, labeled_indices(cfg, task), eval_transform(size, chans), _mode(meta)
+        task.train,
+        labeled_indices(cfg, task),
+        eval_transform(size, chans),
+        pil_mode(chans),
     )
-    x, _ = _features(module, runtime.loader(rt, plain, cfg.train.eval_batch_size), rt)
+    x, _ = runtime.predict(
+        module.backbone, runtime.loader(rt, plain, cfg.train.eval_batch_size), rt
+    )
     module.calibrate_head(x)
 
 
@@ -378,23 +355,13 @@ def evaluate(
         ("test", task.test, np.arange(len(task.test))),
     ):
         keep = idx[subsample(data.labels[idx], cap, seed)]
-        loader = runtime.loader(rt, ImageDataset(data, keep, tf, _mode(meta)), bs)
+        loader = runtime.loader(rt, ImageDataset(data, keep, tf, pil_mode(chans)), bs)
         out[f"{name}_acc"] = batches_accuracy(module, loader, rt)
         out[f"{name}_n"] = int(len(keep))
     return out
 
 
-def save_head(module: BackboneClassifier, path: str | Path, meta: dict) -> Path:
-    """Write the head (``head.weight``, ``head.bias``) and, unless the backbone was frozen, the
-    fine-tuned backbone (``backbone.*``) as safetensors with ``meta`` in the metadata."""
-    from fedssl.runs import write_safetensors
-
-    sd = module.state_dict()
-    keep = ("head.",) if module.mode == "linear" else ("head.", "backbone.")
-    return write_safetensors(path, {k: v for k, v in sd.items() if k.startswith(keep)}, meta)
-
-
-def _head_meta(cfg: ExperimentConfig, task: ClientTask, meta: dict, **extra) -> dict:
+def head_meta(cfg: ExperimentConfig, task: ClientTask, meta: dict, **extra) -> dict:
     """What a head file records: client, classes, mode and the backbone it sits on."""
     return {
         "client": task.name,
@@ -403,23 +370,6 @@ def _head_meta(cfg: ExperimentConfig, task: ClientTask, meta: dict, **extra) -> 
         **extra,
         **{k: meta[k] for k in ("backbone", "in_chans", "image_size", "source")},
     }
-
-
-def load_head(module: BackboneClassifier, path: str | Path) -> None:
-    """Load a file written by :func:`save_head` into ``module``.
-
-    Raises:
-        ValueError: the head does not fit (another client's classes, another backbone width).
-    """
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not fit this classifier: {err}") from err
-    if unexpected or any(k.startswith("head.") for k in missing):
-        raise ValueError(f"{path} does not fit this classifier: unexpected {unexpected[:3]}")
 
 
 def finetune(
@@ -441,7 +391,7 @@ def finetune(
     pid = client_index(cfg, client)
     task = client_task(cfg.data, pid)
     module, meta = build_classifier(cfg, task.num_classes, path)
-    check_backbone_fits(task.name, meta, _image_side(task))
+    check_backbone_fits(task.name, meta, image_side(task))
     if path is not None and meta["backbone"] != cfg.model.backbone:
         print(
             f"[fedssl] note: the backbone file holds {meta['backbone']!r}; "
@@ -468,7 +418,7 @@ def finetune(
         **scores,
         "eval_s": time.perf_counter() - t0,
     }
-    save_head(module, rd / "head.safetensors", _head_meta(cfg, task, meta))
+    save_head(module, rd / "head.safetensors", head_meta(cfg, task, meta))
     from fedssl.runs import write_text_atomic
 
     write_text_atomic(rd / "results.json", json.dumps(results, indent=2) + "\n")
@@ -484,135 +434,3 @@ def timed_finetune(
     r = finetune(cfg, client, run_dir, device_index)
     r["wall_s"] = time.perf_counter() - t
     return r
-
-
-# --------------------------------------------------------------------------- federated (Flower)
-HEAD_KEY = "fedssl.head"  # the head's ArrayRecord in the client's Context.state
-
-
-def heads_dir(cfg: ExperimentConfig) -> Path:
-    """Where each client of a federated fine-tuning run saves its head (on its own machine)."""
-    return cfg.run_dir() / "heads"
-
-
-def head_file(cfg: ExperimentConfig, pid: int) -> Path:
-    """``<run>/heads/client<pid>-<dataset>.safetensors``."""
-    return heads_dir(cfg) / f"client{pid}-{cfg.data.clients[pid]}.safetensors"
-
-
-def _federated_module(cfg: ExperimentConfig, num_classes: int):
-    if cfg.finetune.mode == "linear":
-        raise ConfigError(
-            "federated fine-tuning needs finetune.mode partial or full: with a frozen backbone "
-            "(linear) nothing is shared, so train each head on its own "
-            "(launch/finetune.py --client NAME)"
-        )
-    path = resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
-    module, meta = build_classifier(cfg, num_classes, path)
-    module.anneal = False  # the round's learning rate comes from the round schedule
-    return module, meta
-
-
-def shared_state(module: BackboneClassifier) -> dict[str, torch.Tensor]:
-    """What a fine-tuning client sends: its trainable backbone part, within
-    ``SHARED_KEYS["finetune"]`` (never a ``head.`` key)."""
-    from fedssl.federation.records import SHARED_KEYS, travelling_keys
-
-    sd = module.state_dict()
-    trainable = {k: sd[k] for k in module.trainable_state_keys()}
-    keys = travelling_keys(trainable, include=SHARED_KEYS["finetune"], exclude=("head.",))
-    return {k: trainable[k].detach() for k in keys}
-
-
-def federated_initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """The shared starting point: the trainable backbone part of the stage-one backbone."""
-    module, _ = _federated_module(cfg, 2)
-    return shared_state(module)
-
-
-def _load_received(module: BackboneClassifier, state: dict[str, torch.Tensor]) -> None:
-    expected = set(shared_state(module))
-    got = set(state)
-    if got != expected:
-        raise ValueError(
-            "received backbone weights do not match this client's trainable part: "
-            f"missing {sorted(expected - got)[:3]}, unexpected {sorted(got - expected)[:3]}"
-        )
-    try:
-        module.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ValueError(f"received backbone weights do not fit: {err}") from err
-
-
-def _restore_head(cfg: ExperimentConfig, pid: int, module: BackboneClassifier, store) -> bool:
-    """Load this client's head from its Context state, else from its saved file (resume)."""
-    from fedssl.federation.records import from_record
-
-    if store is not None and HEAD_KEY in store.array_records:
-        head = from_record(store.array_records[HEAD_KEY])
-        module.head.load_state_dict({k[len("head.") :]: v for k, v in head.items()})
-        return True
-    f = head_file(cfg, pid)
-    if f.is_file():
-        from safetensors.torch import load_file
-
-        head = {k[len("head.") :]: v for k, v in load_file(str(f)).items() if k.startswith("head.")}
-        module.head.load_state_dict(head)
-        return True
-    return False
-
-
-def federated_train(
-    cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], rnd: int, store=None
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """One round of federated fine-tuning on client ``pid``: its head (kept locally) and the
-    received trainable backbone part train ``finetune.local_epochs`` on its labeled images; only
-    the backbone part is returned. The round's learning rate follows ``train.lr_schedule`` over
-    the rounds, starting at ``finetune.lr``."""
-    from flwr.app import ArrayRecord
-
-    f = cfg.finetune
-    task = client_task(cfg.data, pid)
-    module, meta = _federated_module(cfg, task.num_classes)
-    _load_received(module, state)
-    _restore_head(cfg, pid, module, store)
-    module.lr = round_lr(cfg, rnd, base=f.lr)
-    rt = runtime.resolve(cfg)
-    seed = runtime.round_seed(cfg.seed, rnd, pid)
-    runtime.seed_everything(seed)
-    with runtime.layout(module, rt):
-        metrics = fit(module, cfg, task, meta, f.local_epochs, seed=seed, rt=rt)
-    sd = module.state_dict()
-    head = {k: sd[k].detach().clone() for k in sd if k.startswith("head.")}
-    if store is not None:
-        store.array_records[HEAD_KEY] = ArrayRecord(head)
-    save_head(module, head_file(cfg, pid), _head_meta(cfg, task, meta, round=rnd))
-    return shared_state(module), {
-        "num-examples": metrics["labeled"],
-        "partition-id": int(pid),
-        "train_loss": metrics["train_loss"],
-        "train_s": metrics["train_s"],
-    }
-
-
-def federated_evaluate(
-    cfg: ExperimentConfig, pid: int, state: dict[str, torch.Tensor], store=None
-) -> dict[str, float]:
-    """Score the merged backbone part with this client's own head (``test_acc``,
-    ``unlabeled_acc``)."""
-    torch.set_num_threads(max(1, cfg.train.threads))
-    task = client_task(cfg.data, pid)
-    module, meta = _federated_module(cfg, task.num_classes)
-    _load_received(module, state)
-    if not _restore_head(cfg, pid, module, store):
-        raise ValueError(f"client {pid} has no trained head yet (evaluate after a train round)")
-    rt = runtime.resolve(cfg)
-    with runtime.layout(module, rt):  # the merged backbone's statistics, not the local one's
-        calibrate(module, cfg, task, meta, rt)
-        scores = evaluate(module, cfg, task, meta, rt)
-    return {
-        "test_acc": scores["test_acc"],
-        "unlabeled_acc": scores["unlabeled_acc"],
-        "partition-id": int(pid),
-        "num-examples": scores["test_n"],
-    }

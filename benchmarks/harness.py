@@ -1,0 +1,106 @@
+"""What every benchmark suite shares: a description of the machine and of its load (these
+machines are noisy: a page says how busy the machine was while it measured), timers that compare
+side by side, and the atomic writing of a results page with its JSON.
+
+Suites import it as ``import harness`` (``python benchmarks/<suite>.py`` puts this folder on the
+path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["machine", "load", "stamp", "best_time", "median_time", "interleaved", "write_results"]
+
+
+def machine() -> str:
+    """``"<n> CPUs, <arch>, <GPU name | no GPU>, Python <x.y.z>"``."""
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpus} CPUs, {platform.machine()}, {gpu}, Python {platform.python_version()}"
+
+
+def load() -> list[float]:
+    """The 1/5/15-minute load averages (how busy the machine is), rounded."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def stamp(script: str, argv: list[str] | None = None) -> dict:
+    """The head of every results JSON: the command that measured it, date, machine, load."""
+    given = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": " ".join([f"python benchmarks/{script}", *given]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "load_at_start": load(),
+    }
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` calls, in seconds (for short, CPU-bound kernels)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """The median of ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (one call of each per pass), so that a
+    busy spell of the machine weighs on all of them alike: compare these as ratios."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(
+    page: str | Path,
+    res: dict,
+    render: Callable[[dict], str],
+    json_path: str | Path | None = None,
+) -> Path:
+    """Record the load at the end in ``res``, then write the JSON (``json_path``, default
+    ``<page>.json``) and the page (``render(res)``), each atomically. Returns the page's path."""
+    page = Path(page)
+    res["load_at_end"] = load()
+    _atomic(Path(json_path or page.with_suffix(".json")), json.dumps(res, indent=1) + "\n")
+    _atomic(page, render(res))
+    return page

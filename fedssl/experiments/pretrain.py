@@ -1,0 +1,90 @@
+"""Stage one as ``launch/pretrain.py`` runs it: every client's data checked up front, the
+federated run on Flower (simulation), and the end-of-run report of the backbone's kNN accuracy."""
+
+from __future__ import annotations
+
+import time
+
+from fedssl.config import ExperimentConfig
+
+__all__ = ["check_data", "summary", "run"]
+
+
+def check_data(cfg: ExperimentConfig) -> list[str]:
+    """Load every client's split up front (the simulation runs all clients on this machine), so
+    missing data fails here with the dataset's own how-to-get-it message. Returns summary lines.
+    """
+    from fedssl.data.client_images import client_task
+
+    lines = []
+    for pid, name in enumerate(cfg.data.clients):
+        t = client_task(cfg.data, pid)
+        lines.append(
+            f"  client {pid}: {name} ({t.train.source}) {len(t.unlabeled)} unlabeled for SimCLR, "
+            f"{len(t.labeled)} labeled (kNN bank), {len(t.test)} test, {t.num_classes} classes"
+        )
+    return lines
+
+
+def summary(cfg: ExperimentConfig) -> list[str]:
+    """Random-init vs final kNN accuracy per client, from the run's metrics."""
+    from fedssl.runs import RunDir
+
+    rows = RunDir(cfg.run_dir()).metrics()
+    init = {
+        k[len("knn_init_") :]: v
+        for r in rows
+        for k, v in r.items()
+        if k.startswith("knn_init_") and v is not None
+    }
+    evals = [r for r in rows if r.get("knn_acc_mean") is not None]
+    if not evals:
+        return ["[fedssl] no evaluated round in the metrics"]
+    last = evals[-1]
+    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}):"]
+    for pid, name in enumerate(cfg.data.clients):
+        c = f"c{pid}"
+        final = last.get(f"knn_acc_{c}")
+        if final is None:
+            continue
+        before = init.get(c)
+        gain = "" if before is None else f" (random init {before:.4f}, gain {final - before:+.4f})"
+        out.append(f"  client {pid} {name}: {final:.4f}{gain}")
+    if len(init) == len(cfg.data.clients) and init:
+        mean_init = sum(init.values()) / len(init)
+        out.append(
+            f"  mean: {last['knn_acc_mean']:.4f} (random init {mean_init:.4f}, "
+            f"gain {last['knn_acc_mean'] - mean_init:+.4f})"
+        )
+    return out
+
+
+def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verbose: bool = False):
+    """The federated stage one of ``cfg`` (its run directory already claimed), with progress
+    and the final report. ``data_lines``: :func:`check_data`'s.
+
+    Raises:
+        FederationFailed: the federation could not go on.
+    """
+    from fedssl.cli import runtime_line
+    from fedssl.federation.simulation import simulate
+    from fedssl.tracking import resolve_mode
+
+    f, m, t = cfg.federation, cfg.model, cfg.train
+    local = f"{t.local_steps} steps" if t.local_steps else f"{t.local_epochs} epoch(s)"
+    print(
+        f"[fedssl] stage one: SimCLR {m.backbone} ({m.image_size}px) x {len(cfg.data.clients)} "
+        f"clients, FedAvg, {f.rounds} rounds of {local}; W&B {resolve_mode(cfg.tracking.wandb)}; "
+        f"run dir {cfg.run_dir()}",
+        flush=True,
+    )
+    print("\n".join(data_lines), flush=True)
+    print(runtime_line(cfg, comment=False), flush=True)
+    t0 = time.perf_counter()
+    simulate(cfg, resume=resume, verbose=verbose)
+    rd = cfg.run_dir()
+    print("\n".join(summary(cfg)))
+    print(f"[fedssl] done in {time.perf_counter() - t0:.0f}s")
+    print(f"[fedssl] backbone:   {rd / 'backbone.safetensors'} (config: {rd / 'config.yaml'})")
+    print(f"[fedssl] metrics:    {rd / 'metrics.csv'}  plot: {rd / 'accuracy.png'}")
+    print(f"[fedssl] checkpoints: {rd / 'checkpoints'} (resume: --resume {rd})")
