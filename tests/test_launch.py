@@ -159,7 +159,9 @@ def test_pretrain_overwrite_moves_the_earlier_run_aside(pretrain, tmp_path, monk
     (runs / "pretrain-default" / "state.json").write_text('{"round": 8}')
     started = []
     monkeypatch.setattr(flwr.simulation, "run_simulation", lambda **k: started.append(k))
-    monkeypatch.setattr(pretrain, "summary", lambda cfg: [])
+    import fedssl.experiments.pretrain as stage_one
+
+    monkeypatch.setattr(stage_one, "summary", lambda cfg: [])
     argv = ["--out-dir", str(runs), "--wandb", "disabled", "--overwrite"]
     assert pretrain.main(argv) == 0 and started
     (kept,) = runs.glob("pretrain-default.replaced-*")
