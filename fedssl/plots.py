@@ -19,12 +19,20 @@ def plot_curves(
     title: str = "",
     xlabel: str = "round",
     ylabel: str = "accuracy",
+    levels: Mapping[str, tuple[float, str]] | None = None,
 ) -> Path:
-    """Plot named ``(x, y)`` series as lines and save a PNG; returns the path."""
+    """Plot named ``(x, y)`` series as lines and save a PNG; returns the path.
+
+    ``levels``: ``{label: (y, series name)}`` dashed horizontal lines (a baseline), each in the
+    colour of the series it belongs to."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    colours = {}
     for name, (x, y) in series.items():
         if len(x):
-            ax.plot(list(x), list(y), marker="o", markersize=3, label=name)
+            (line,) = ax.plot(list(x), list(y), marker="o", markersize=3, label=name)
+            colours[name] = line.get_color()
+    for label, (y, of) in (levels or {}).items():
+        ax.axhline(y, linestyle="--", linewidth=1, color=colours.get(of, "grey"), label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -27,34 +27,40 @@ def check_data(cfg: ExperimentConfig) -> list[str]:
 
 
 def summary(cfg: ExperimentConfig) -> list[str]:
-    """Random-init vs final kNN accuracy per client, from the run's metrics."""
+    """The backbone's final kNN accuracy per client against its baselines, from the run's
+    metrics: raw pixels first (the baseline that can beat it), then random init."""
     from fedssl.runs import RunDir
 
     rows = RunDir(cfg.run_dir()).metrics()
-    init = {
-        k[len("knn_init_") :]: v
-        for r in rows
-        for k, v in r.items()
-        if k.startswith("knn_init_") and v is not None
-    }
+
+    def first(prefix: str) -> dict[str, float]:
+        return {
+            k[len(prefix) :]: v
+            for r in rows
+            for k, v in r.items()
+            if k.startswith(prefix) and v is not None
+        }
+
+    pixels, init = first("knn_pixels_"), first("knn_init_")
     evals = [r for r in rows if r.get("knn_acc_mean") is not None]
     if not evals:
         return ["[fedssl] no evaluated round in the metrics"]
     last = evals[-1]
-    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}):"]
+    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}) against raw pixels "
+           "(same bank, queries, k and temperature) and random init:"]  # fmt: skip
     for pid, name in enumerate(cfg.data.clients):
         c = f"c{pid}"
         final = last.get(f"knn_acc_{c}")
         if final is None:
             continue
-        before = init.get(c)
-        gain = "" if before is None else f" (random init {before:.4f}, gain {final - before:+.4f})"
-        out.append(f"  client {pid} {name}: {final:.4f}{gain}")
-    if len(init) == len(cfg.data.clients) and init:
-        mean_init = sum(init.values()) / len(init)
+        parts = []
+        if pixels.get(c) is not None:
+            verdict = "above" if final > pixels[c] else "NOT above"
+            parts.append(f"raw pixels {pixels[c]:.4f}: {final - pixels[c]:+.4f}, {verdict}")
+        if init.get(c) is not None:
+            parts.append(f"random init {init[c]:.4f}")
         out.append(
-            f"  mean: {last['knn_acc_mean']:.4f} (random init {mean_init:.4f}, "
-            f"gain {last['knn_acc_mean'] - mean_init:+.4f})"
+            f"  client {pid} {name}: {final:.4f}" + (f" ({'; '.join(parts)})" if parts else "")
         )
     return out
 

@@ -40,6 +40,9 @@ class Task:
     #: per-client columns printed each evaluated round (with their format) and plotted
     progress_columns: tuple[tuple[str, str], ...] = ()
     plot_columns: tuple[str, ...] = ()
+    #: per-client baselines drawn as dashed levels beside the first plot column:
+    #: ``(column, label)``, e.g. the raw-pixel kNN of stage one
+    plot_levels: tuple[tuple[str, str], ...] = ()
     ylabel = "accuracy"
 
     def initial_state(self, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
@@ -128,12 +131,14 @@ class PretrainTask(Task):
         "train_s",
         "images_per_s",
         "received_fingerprint",
+        "knn_pixels",
         "knn_init",
     )
     eval_columns = ("knn_acc",)
     headline = "knn_acc_mean"
     progress_columns = (("train_loss", ".3f"), ("knn_acc", ".4f"))
     plot_columns = ("knn_acc",)
+    plot_levels = (("knn_pixels", "raw pixels"),)
     ylabel = "kNN accuracy"
 
     def initial_state(self, cfg):
@@ -147,11 +152,15 @@ class PretrainTask(Task):
 
         received = weights_fingerprint(state)
         first = rnd == 1
-        if first:  # the random-init backbone's kNN accuracy, the baseline SimCLR must beat
+        if first:  # the baselines, once per run: raw pixels (the one to beat) and random init
+            from fedssl.methods.pretrain import pixels_knn
+
+            pixels = pixels_knn(cfg, pid)
             init = local_evaluate(cfg, pid, state)["knn_acc"]
         new, metrics = local_train(cfg, pid, state, rnd)
         metrics["received_fingerprint"] = received
         if first:
+            metrics["knn_pixels"] = pixels
             metrics["knn_init"] = init
         return new, metrics
 

@@ -85,8 +85,21 @@ def _row(
     return row
 
 
-def _plot(rd: RunDir, title: str, task: Task) -> None:
+def _plot(rd: RunDir, cfg: ExperimentConfig, title: str, task: Task) -> None:
+    """``accuracy.png``: the headline and each client's curves, labelled by dataset where the
+    clients have one, with the task's per-client baselines as dashed levels."""
     rows = rd.metrics()
+    names = cfg.data.clients
+
+    def who(pid: str) -> str:
+        return f"{names[int(pid)]} (c{pid})" if int(pid) < len(names) else f"c{pid}"
+
+    def label(col: str) -> str:
+        base, _, pid = col.rpartition("_c")
+        if base and pid.isdigit():
+            return f"{base.replace('_', ' ')} {who(pid)}"
+        return col.replace("_", " ")
+
     cols = [task.headline] + sorted(
         {k for r in rows for k in r for c in task.plot_columns if k.startswith(f"{c}_c")}
     )
@@ -94,9 +107,16 @@ def _plot(rd: RunDir, title: str, task: Task) -> None:
     for col in cols:
         pts = [(r["round"], r[col]) for r in rows if r.get(col) is not None]
         if pts:
-            series[col.replace("_", " ")] = ([p[0] for p in pts], [p[1] for p in pts])
+            series[label(col)] = ([p[0] for p in pts], [p[1] for p in pts])
+    levels = {}
+    for col, name in task.plot_levels:
+        for k, v in next((r for r in rows if any(x.startswith(col) for x in r)), {}).items():
+            pid = k.rpartition("_c")[2]
+            if k.startswith(f"{col}_c") and pid.isdigit() and v is not None:
+                levels[f"{name}, {who(pid)}"] = (v, label(f"{task.plot_columns[0]}_c{pid}"))
     if series:
-        plot_curves(series, rd.path / "accuracy.png", title=title, ylabel=task.ylabel)
+        plot_curves(series, rd.path / "accuracy.png", title=title, ylabel=task.ylabel,
+                    levels=levels)  # fmt: skip
 
 
 def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
@@ -210,7 +230,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         _stop_if_failing(rd, cfg, strategy, rnd)
         if not strategy.is_eval_round(rnd):
             return None
-        _plot(rd, f"{cfg.name}: {f.method}", task)
+        _plot(rd, cfg, f"{cfg.name}: {f.method}", task)
         print(_progress(cfg, task, row), flush=True)
         head = row.get(task.headline)
         return MetricRecord({task.headline: head}) if head is not None else None

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
-from fedssl.data.transforms import eval_transform, pil_mode
+from fedssl.data.transforms import eval_transform, normalize, pil_mode
 from fedssl.methods.knn import extract_features, knn_accuracy
 from fedssl.methods.ssl.simclr import SimCLR, simclr_transform
 
@@ -28,6 +29,7 @@ __all__ = [
     "views_dataset",
     "views_loader",
     "backbone_knn",
+    "pixels_knn",
     "backbone_meta",
     "pretrain_centralized",
 ]
@@ -87,25 +89,65 @@ def views_loader(
     return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
 
 
-def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> float:
-    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
+def _monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+    """The kNN monitor's bank (the client's labeled part) and queries (its test split), each a
+    function ``features(fn) -> (features, labels)`` over evaluation-transformed batches."""
     task = client_task(cfg.data, partition_id)
     s = cfg.ssl
-    tf = eval_transform(cfg.model.image_size, module.backbone_in_chans)
+    tf = eval_transform(cfg.model.image_size, in_chans)
     seed = cfg.data.seed * 1000 + partition_id
     bank_idx = task.labeled[subsample(task.train.labels[task.labeled], s.knn_bank, seed)]
     query_idx = subsample(task.test.labels, s.knn_queries, seed)
-    mode = pil_mode(model_in_chans(cfg))
-    bs = cfg.train.eval_batch_size
+    mode = pil_mode(in_chans)
     rt = runtime.resolve(cfg)
 
-    def feats(data, idx: np.ndarray):
-        ds = ImageDataset(data, idx, tf, mode)
-        return extract_features(module.backbone, runtime.loader(rt, ds, bs), rt)
+    def loader(data, idx: np.ndarray):
+        return runtime.loader(rt, ImageDataset(data, idx, tf, mode), cfg.train.eval_batch_size)
 
-    bank, bank_y = feats(task.train, bank_idx)
-    queries, query_y = feats(task.test, query_idx)
+    return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
+
+
+def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> float:
+    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
+    s = cfg.ssl
+    task, rt, bank_batches, query_batches = _monitor_sets(
+        cfg, partition_id, module.backbone_in_chans
+    )
+    bank, bank_y = extract_features(module.backbone, bank_batches, rt)
+    queries, query_y = extract_features(module.backbone, query_batches, rt)
     return knn_accuracy(bank, bank_y, queries, query_y, task.num_classes, s.knn_k, s.knn_t)
+
+
+def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
+    """The baseline a backbone's kNN must beat: the same kNN (bank, queries, k, temperature,
+    cosine similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
+    normalised pixels (so no scaling choice weakens it)."""
+    s, chans = cfg.ssl, model_in_chans(cfg)
+    task, _, bank_batches, query_batches = _monitor_sets(cfg, partition_id, chans)
+    norm = normalize(chans)
+    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
+
+    def pixels(batches):
+        x, y = zip(*batches, strict=True)
+        x = torch.cat(x)
+        return x, x * std + mean, torch.cat(y)  # normalised, [0, 1], labels
+
+    bank_n, bank_01, bank_y = pixels(bank_batches)
+    query_n, query_01, query_y = pixels(query_batches)
+    accs = [
+        knn_accuracy(
+            F.normalize(b.flatten(1), dim=1),
+            bank_y,
+            F.normalize(q.flatten(1), dim=1),
+            query_y,
+            task.num_classes,
+            s.knn_k,
+            s.knn_t,
+        )
+        for b, q in ((bank_n, query_n), (bank_01, query_01))
+    ]
+    return max(accs)
 
 
 def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:

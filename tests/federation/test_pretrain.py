@@ -8,10 +8,12 @@ from safetensors.torch import load_file
 
 from fedssl.config import load_config
 from fedssl.data.client_images import client_task
+from fedssl.experiments.pretrain import summary
 from fedssl.federation import pretraining
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
 from fedssl.federation.supervised import weights_fingerprint
+from fedssl.methods.pretrain import pixels_knn
 from fedssl.models.backbones import load_backbone
 from fedssl.runs import RunDir
 
@@ -44,7 +46,17 @@ def test_local_train_sends_only_the_shared_keys_and_rejects_other_backbones(cfg)
         pretraining.local_train(cfg, 0, state, 1)
 
 
-def test_pretrain_rounds_knn_backbone_and_resume(cfg):
+def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
+    import fedssl.federation.server_app as server_app
+
+    plotted = []
+    real_plot = server_app.plot_curves
+
+    def spy(series, path, **kw):
+        plotted.append((series, kw))
+        return real_plot(series, path, **kw)
+
+    monkeypatch.setattr(server_app, "plot_curves", spy)
     simulate(cfg)
     rd = RunDir(cfg.run_dir())
     rows = rd.metrics()
@@ -54,6 +66,15 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg):
         assert 0.0 <= r1[f"knn_acc_{c}"] <= 1.0
         assert 0.0 <= r1[f"knn_init_{c}"] <= 1.0
         assert r1[f"train_loss_{c}"] > 0
+    # the raw-pixel baseline, once per run, on the monitor's own bank and queries
+    for pid in (0, 1):
+        assert r1[f"knn_pixels_c{pid}"] == pytest.approx(pixels_knn(cfg, pid))
+    report = summary(cfg)
+    assert "raw pixels" in report[0] and len(report) == 3
+    for pid, line in enumerate(report[1:]):
+        final, pixels = r1[f"knn_acc_c{pid}"], r1[f"knn_pixels_c{pid}"]
+        assert f"raw pixels {pixels:.4f}: {final - pixels:+.4f}" in line
+        assert line.index("raw pixels") < line.index("random init")
     assert r1["knn_acc_mean"] == pytest.approx((r1["knn_acc_c0"] + r1["knn_acc_c1"]) / 2)
     ckpt1 = load_file(str(rd.path / rd.state()["checkpoint"]))
     assert all(k.startswith(TRAVELLING_PREFIXES) for k in ckpt1)
@@ -62,6 +83,16 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg):
     assert meta["backbone"] == "test_resnet" and meta["round"] == "1"
     assert torch.equal(net.state_dict()["conv1.0.weight"], ckpt1["backbone.conv1.0.weight"])
     assert (rd.path / "accuracy.png").stat().st_size > 1000
+    # the plot: client curves named by dataset, each with its raw-pixel level in its colour
+    series, kw = plotted[-1]
+    assert "knn acc fashion_mnist (c0)" in series and "knn acc fashion_mnist (c1)" in series
+    assert kw["levels"] == {
+        f"raw pixels, fashion_mnist (c{i})": (
+            r1[f"knn_pixels_c{i}"],
+            f"knn acc fashion_mnist (c{i})",
+        )
+        for i in (0, 1)
+    }
     assert list((rd.path / "wandb").glob("offline-run-*/run-*.wandb"))
 
     cfg.federation.rounds = 2
@@ -135,3 +166,25 @@ def test_two_runs_of_one_config_give_bit_identical_backbones(tiny_pretrain, tmp_
         backbones.append(load_file(str(cfg.run_dir() / "backbone.safetensors")))
     a, b = backbones
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
+    """Raw pixels are scored in [0, 1] and normalised, with the same bank and queries, and the
+    better of the two is the baseline (a scaling choice must not weaken it)."""
+    import fedssl.methods.pretrain as mp
+
+    calls = []
+
+    def fake_knn(bank, bank_y, queries, query_y, num_classes, k, t):
+        calls.append((bank, bank_y, queries, query_y, k, t))
+        return [0.61, 0.72][len(calls) - 1]
+
+    monkeypatch.setattr(mp, "knn_accuracy", fake_knn)
+    assert mp.pixels_knn(cfg, 0) == 0.72
+    (b_n, y_n, q_n, qy_n, k, t), (b_01, y_01, q_01, qy_01, _, _) = calls
+    assert torch.equal(y_n, y_01) and torch.equal(qy_n, qy_01)
+    assert (k, t) == (cfg.ssl.knn_k, cfg.ssl.knn_t)
+    assert b_n.shape == b_01.shape and b_n.shape[1] == cfg.model.image_size**2
+    assert not torch.allclose(b_n, b_01)  # two different scalings
+    task = client_task(cfg.data, 0)
+    assert len(y_n) == min(cfg.ssl.knn_bank or len(task.labeled), len(task.labeled))
