@@ -86,22 +86,45 @@ class ModelConfig:
     dropout: float = 0.0
     depth: int = 1  # paper_cnn: convolutions per conv+pool block (1: the papers' reading)
 
-    # SimCLR (experiment: pretrain) and task heads: a timm backbone.
-    backbone: str = "resnet18"  # any timm name
+    # SSL (experiment: pretrain) and task heads: a timm backbone, or a small-image ResNet
+    # sresnet<10|18|34>_w<width> (stem keeps 28-32 px; fedssl.models.backbones).
+    backbone: str = "resnet18"
     small_input: bool = False  # ResNet stem for 28-32 px images (3x3 stride 1, no max-pool)
     image_size: int = 28  # views and evaluation images are this size
     in_chans: int = 0  # image channels; 0: from the clients' data (1 for MNIST-like)
-    proj_hidden: int = 512
-    proj_out: int = 128
+    # SSL head widths; null: the method's recipe (fedssl.methods.ssl.<method>)
+    proj_hidden: int | None = None
+    proj_out: int | None = None
+    pred_hidden: int | None = None  # prediction head (byol, simsiam)
 
     _choices = {"name": ("paper_cnn", "mlp")}
 
 
 @dataclass
 class SSLConfig:
-    """SimCLR views, loss and the kNN monitor (experiment: pretrain)."""
+    """The SSL method, what of it travels, the client-side FedSSL update, its views and the kNN
+    monitor (experiment: pretrain). Method settings left null take the method's recipe (the
+    keyword defaults of its class in ``fedssl/methods/ssl/<method>.py``); setting one the method
+    does not have is an error."""
 
-    temperature: float = 0.5
+    method: str = "simclr"  # simclr | byol | simsiam | moco | vicreg | barlowtwins | dino
+    # Parts merged by the server (backbone, projection_head, prediction_head, target); the
+    # rest stays on the client. Empty: the method's default (e.g. byol: all but the target).
+    travel: list[str] = field(default_factory=list)
+    # Client-side update of what it receives: none (take the merge), fedema (Zhuang et al.
+    # ICLR 2022: online = mu * local + (1 - mu) * global, mu = min(lambda * divergence, 1)),
+    # fedu (Zhuang et al. ICCV 2021: the global predictor only below a divergence threshold).
+    client_update: str = "none"
+    fedema_tau: float = 0.7  # FedEMA: lambda = tau / (divergence of the first local training)
+    fedema_lambda: float = 0.0  # FedEMA: a fixed lambda instead (0: calibrate from tau)
+    fedu_threshold: float = 0.4  # FedU: divergence below which the global predictor is taken
+    temperature: float | None = None  # simclr, moco
+    target_momentum: float | None = None  # byol, moco, dino: EMA of the target per step
+    queue_size: int | None = None  # moco
+    prototypes: int | None = None  # dino: output width
+    teacher_temperature: float | None = None  # dino
+    local_views: int | None = None  # dino: small crops per image
+    redundancy_weight: float | None = None  # barlowtwins: off-diagonal weight
     min_scale: float = 0.08  # RandomResizedCrop lower bound
     cj_prob: float = 0.8
     cj_strength: float = 0.5
@@ -112,6 +135,11 @@ class SSLConfig:
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
     knn_queries: int = 1000  # max test images per client scored by kNN (0: all)
+
+    _choices = {
+        "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
+        "client_update": ("none", "fedema", "fedu"),
+    }
 
 
 @dataclass

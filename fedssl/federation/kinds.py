@@ -8,7 +8,8 @@ columns and headline of the run log.
 * ``supervised`` (papers 000/001, non-IID MLP; formerly ``merge``): supervised
   classification, merged model scored on the server's test set (``merged_acc``), clients report
   ``local_acc``.
-* ``pretrain`` (paper 003, stage one): SimCLR on each client's unlabeled images; every client
+* ``pretrain`` (paper 003, stage one): an SSL method (``ssl.method``, SimCLR by default) on each
+  client's unlabeled images; every client
   scores the merged backbone by kNN on its own labeled/test data (``knn_acc``), so no data leaves
   a client, not even for evaluation.
 * ``finetune`` (paper 003, stage two, ``--federated``): each client's task head stays on the
@@ -133,6 +134,9 @@ class PretrainTask(Task):
         "received_fingerprint",
         "knn_pixels",
         "knn_init",
+        "divergence",
+        "mu",
+        "global_predictor",
     )
     eval_columns = ("knn_acc",)
     headline = "knn_acc_mean"

@@ -1,69 +1,165 @@
-"""Stage one as a federated task: local SimCLR on a client's unlabeled images, kNN monitoring.
+"""Stage one as a federated task: the configured SSL method on a client's unlabeled images, kNN
+monitoring, and the client-side FedSSL updates.
 
 What a client does in a round (:func:`local_train`), how it scores the merged backbone
 (:func:`local_evaluate`: weighted kNN with its labeled part as the bank and its test split as
-queries), and the initial weights every client starts from (:func:`initial_state`). Only the keys
-under ``SHARED_KEYS["pretrain"]`` (:mod:`fedssl.federation.records`: backbone + projection head)
-travel.
+queries), and the initial weights every client starts from (:func:`initial_state`).
+
+Only the configured travelling parts leave a client (``ssl.travel``, or the method's default:
+:meth:`~fedssl.methods.ssl.base.SSLMethod.check_travel`). What stays (momentum networks, queues,
+a local predictor) and what the client-side update needs (its last trained online network,
+FedEMA's lambda) is the client's state, kept in ``<run>/clients/client<pid>.safetensors`` after
+each of its rounds (atomic write), so it survives ``--resume``; it is never sent.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from fedssl import runtime
+from fedssl.aggregation import client as fedssl_update
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import client_task
-from fedssl.federation.records import SHARED_KEYS, travelling_keys
-from fedssl.methods.pretrain import backbone_knn, build_simclr, views_dataset, views_loader
-from fedssl.methods.ssl.simclr import SimCLR
+from fedssl.federation.records import travelling_keys
+from fedssl.methods.pretrain import backbone_knn, build_ssl, views_dataset, views_loader
+from fedssl.methods.ssl import method_class
+from fedssl.methods.ssl.base import SSLMethod
 
-__all__ = ["initial_state", "shared_state", "load_shared", "local_train", "local_evaluate"]
+__all__ = [
+    "travel_prefixes",
+    "initial_state",
+    "shared_state",
+    "load_shared",
+    "client_state_file",
+    "local_train",
+    "local_evaluate",
+]
+
+EXTRA = "extra."  # prefix of SSLMethod.local_extra() tensors in a client state file
 
 
-def shared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The travelling part of a module's state dict (backbone + projection head), detached."""
+def travel_prefixes(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """State-dict prefixes of the parts that travel (checked against the method)."""
+    cls = method_class(cfg.ssl.method)
+    return cls.prefixes(cls.check_travel(cfg.ssl.travel))
+
+
+def shared_state(module: torch.nn.Module, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The travelling part of a module's state dict, detached."""
     sd = module.state_dict()
-    return {k: sd[k].detach() for k in travelling_keys(sd, include=SHARED_KEYS["pretrain"])}
+    return {k: sd[k].detach() for k in travelling_keys(sd, include=travel_prefixes(cfg))}
 
 
-def load_shared(module: SimCLR, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
-    """Load received shared weights into ``module``; every travelling key must fit.
+def load_shared(module: SSLMethod, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
+    """Load received shared weights into ``module``; exactly the travelling keys must come.
 
     Raises:
-        ValueError: the weights belong to another architecture (names or shapes differ).
+        ValueError: the weights belong to another architecture or method (names or shapes
+            differ), or hold a part configured to stay on the client.
     """
-    what = f"received weights do not fit the configured backbone {cfg.model.backbone!r}"
+    what = (
+        f"received weights do not fit the configured {cfg.ssl.method} on "
+        f"backbone {cfg.model.backbone!r}"
+    )
+    wanted = set(shared_state(module, cfg))
+    extra = sorted(set(state) - wanted)
+    if extra:
+        raise ValueError(f"{what}: unexpected {extra[:3]}")
     try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing, _ = module.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise ValueError(f"{what}: {err}") from err
-    wanted = set(shared_state(module))
-    if unexpected or wanted & set(missing):
+    if wanted & set(missing):
+        raise ValueError(f"{what}: missing {sorted(wanted & set(missing))[:3]}")
+
+
+def client_state_file(cfg: ExperimentConfig, pid: int) -> Path:
+    """``<run>/clients/client<pid>.safetensors``: what client ``pid`` keeps between rounds."""
+    return cfg.run_dir() / "clients" / f"client{pid}.safetensors"
+
+
+def _load_client_state(cfg: ExperimentConfig, pid: int):
+    f = client_state_file(cfg, pid)
+    if not f.is_file():
+        return None, {}
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(f), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    if meta.get("method") != cfg.ssl.method or meta.get("backbone") != cfg.model.backbone:
         raise ValueError(
-            f"{what}: missing {sorted(wanted & set(missing))[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}"
+            f"{f} holds client state of {meta.get('method')} on {meta.get('backbone')!r}, not "
+            f"{cfg.ssl.method} on {cfg.model.backbone!r}; use another run name"
         )
+    return load_file(str(f)), meta
+
+
+def _save_client_state(
+    cfg: ExperimentConfig, pid: int, module: SSLMethod, rnd: int, meta: dict
+) -> None:
+    from fedssl.runs import write_safetensors
+
+    sd = module.state_dict()
+    travel = travel_prefixes(cfg)
+    keep_online = cfg.ssl.client_update != "none"  # the update needs the last local online net
+    tensors = {k: v for k, v in sd.items() if keep_online or not k.startswith(travel)}
+    tensors.update({EXTRA + k: v for k, v in module.local_extra().items()})
+    if not tensors and not meta:
+        return  # nothing to keep (e.g. simclr without a client-side update)
+    info = {"method": cfg.ssl.method, "backbone": cfg.model.backbone, "round": rnd, **meta}
+    write_safetensors(client_state_file(cfg, pid), tensors, info)
+
+
+def _client_update(
+    cfg: ExperimentConfig,
+    module: SSLMethod,
+    received: dict[str, torch.Tensor],
+    saved: dict[str, torch.Tensor],
+    meta: dict,
+) -> dict[str, float]:
+    """Apply FedEMA / FedU to the received weights loaded in ``module``; returns the metrics
+    (``divergence``, ``mu`` or ``global_predictor``)."""
+    s = cfg.ssl
+    online = [k for k in received if k.startswith(("backbone.", "projection_head."))]
+    if not all(k in saved for k in online):
+        return {}  # no local network yet (first participation)
+    div = fedssl_update.divergence(saved, received, online)
+    if s.client_update == "fedema":
+        lam = s.fedema_lambda or float(meta.get("fedema_lambda", 0.0))
+        if not lam > 0:
+            return {"divergence": div}
+        mu = fedssl_update.fedema_mu(lam, div)
+        module.load_state_dict(fedssl_update.ema_merge(saved, received, mu), strict=False)
+        return {"divergence": div, "mu": mu}
+    predictor = [k for k in received if k.startswith("prediction_head.")]
+    take_global = fedssl_update.fedu_predictor_is_global(div, s.fedu_threshold)
+    if not take_global:
+        module.load_state_dict({k: saved[k] for k in predictor}, strict=False)
+    return {"divergence": div, "global_predictor": float(take_global)}
 
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     """Initial shared weights, identical for every client (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
-    return shared_state(build_simclr(cfg))
+    return shared_state(build_ssl(cfg), cfg)
 
 
 def local_train(
     cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor], server_round: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """SimCLR on this client's unlabeled images, from the received shared weights.
+    """The configured SSL method on this client's unlabeled images, from the received shared
+    weights (after the client-side update, if any) and the client's own local parts.
 
     Metrics: ``num-examples`` (unlabeled images: the FedAvg weight), ``partition-id``,
-    ``train_loss`` (mean NT-Xent of the round), ``train_s``, ``images_per_s``, ``steps``.
+    ``train_loss`` (mean loss of the round), ``train_s``, ``images_per_s``, ``steps``; with a
+    client-side update also ``divergence`` and ``mu`` (FedEMA) or ``global_predictor`` (FedU).
     """
     torch.set_num_threads(max(1, cfg.train.threads))
-    module = build_simclr(cfg, lr=round_lr(cfg, server_round))
+    module = build_ssl(cfg, lr=round_lr(cfg, server_round))
     load_shared(module, state, cfg)
     t = cfg.train
     ds = views_dataset(cfg, partition_id)
@@ -71,6 +167,22 @@ def local_train(
         raise ValueError(
             f"client {partition_id} has {len(ds)} unlabeled images, fewer than one batch "
             f"({t.batch_size}); lower train.batch_size"
+        )
+    saved, meta = _load_client_state(cfg, partition_id)
+    if saved is None:
+        module.start_local_parts()
+        update = {}
+    else:
+        travel = travel_prefixes(cfg)
+        local = {k: v for k, v in saved.items() if not k.startswith((EXTRA, *travel))}
+        module.load_state_dict(local, strict=False)
+        module.load_local_extra(
+            {k[len(EXTRA) :]: v for k, v in saved.items() if k.startswith(EXTRA)}
+        )
+        update = (
+            _client_update(cfg, module, state, saved, meta)
+            if cfg.ssl.client_update != "none"
+            else {}
         )
     seed = runtime.round_seed(cfg.seed, server_round, partition_id)
     runtime.seed_everything(seed)
@@ -83,6 +195,17 @@ def local_train(
     train_s = time.perf_counter() - t0
     steps = int(trainer.global_step)
     loss = trainer.callback_metrics.get("train_loss")
+    new = shared_state(module, cfg)
+    keep = {}
+    if cfg.ssl.client_update == "fedema":
+        lam = float(meta.get("fedema_lambda", 0.0))
+        if not lam > 0 and not cfg.ssl.fedema_lambda > 0:
+            online = [k for k in new if k.startswith(("backbone.", "projection_head."))]
+            lam = fedssl_update.fedema_lambda(
+                cfg.ssl.fedema_tau, fedssl_update.divergence(new, state, online)
+            )
+        keep["fedema_lambda"] = lam
+    _save_client_state(cfg, partition_id, module, server_round, keep)
     metrics = {
         "num-examples": len(ds),
         "partition-id": int(partition_id),
@@ -90,8 +213,9 @@ def local_train(
         "train_s": train_s,
         "steps": steps,
         "images_per_s": steps * t.batch_size / train_s if train_s > 0 else 0.0,
+        **update,
     }
-    return shared_state(module), metrics
+    return new, metrics
 
 
 def local_evaluate(
@@ -99,7 +223,7 @@ def local_evaluate(
 ) -> dict[str, float]:
     """kNN accuracy of the received (merged) backbone on this client's data."""
     torch.set_num_threads(max(1, cfg.train.threads))
-    module = build_simclr(cfg)
+    module = build_ssl(cfg)
     load_shared(module, state, cfg)
     t0 = time.perf_counter()
     acc = backbone_knn(cfg, partition_id, module)

@@ -16,8 +16,9 @@ from flwr.app import Array, ArrayRecord
 
 __all__ = ["SHARED_KEYS", "travelling_keys", "to_record", "from_record", "num_bytes"]
 
-#: What leaves a client, per experiment: state-dict prefixes (None: every key). Stage one shares
-#: the SimCLR backbone and projection head; a stage-two task head will never be listed here.
+#: What leaves a client, per experiment: state-dict prefixes (None: every key). Stage one's
+#: depend on the SSL method and ``ssl.travel`` (:func:`fedssl.federation.pretraining.
+#: travel_prefixes`); the entry here is SimCLR's. A stage-two task head is never listed.
 SHARED_KEYS: dict[str, tuple[str, ...] | None] = {
     "supervised": None,
     "pretrain": ("backbone.", "projection_head."),

@@ -141,8 +141,25 @@ def _keep_round(rd: RunDir, cfg, task: Task, strategy, tracker, rnd: int, sd, ro
     if hasattr(strategy, "moments"):
         rd.save_tensors(MOMENTS_FILE, strategy.moments())
     rd.save_checkpoint(rnd, sd)
+    _keep_received_keys(rd, getattr(strategy, "received_keys", None), rnd)
     task.on_checkpoint(cfg, rd.path, rnd, sd)
     tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
+
+
+def _keep_received_keys(rd: RunDir, keys: list[str] | None, rnd: int) -> None:
+    """``<run>/received-keys.json``: the state-dict keys the server received from clients (the
+    configured travelling parts, nothing else), rewritten only when they change."""
+    import json
+
+    from fedssl.runs import write_text_atomic
+
+    if not keys:
+        return
+    f = rd.path / "received-keys.json"
+    if f.is_file() and json.loads(f.read_text()).get("keys") == keys:
+        return
+    parts = sorted({k.split(".", 1)[0] for k in keys})
+    write_text_atomic(f, json.dumps({"round": rnd, "parts": parts, "keys": keys}, indent=1))
 
 
 def _stop_if_failing(rd: RunDir, cfg, strategy, rnd: int) -> None:

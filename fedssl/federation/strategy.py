@@ -326,6 +326,10 @@ class MergeStrategy(FedAvg):
             )
         if self.uses_server_optimizer:
             merged = self.server_step(merged)
+        # what the clients sent, for the run directory (received-keys.json)
+        self.received_keys = sorted(
+            set().union(*(next(iter(c.array_records.values())).keys() for c in contents))
+        )
         self.failed_streak = 0
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))

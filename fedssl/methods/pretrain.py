@@ -6,7 +6,9 @@ and the studies build on these; nothing here imports Flower.
 
 from __future__ import annotations
 
+import inspect
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +21,15 @@ from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
 from fedssl.methods.knn import extract_features, knn_accuracy
-from fedssl.methods.ssl.simclr import SimCLR, simclr_transform
+from fedssl.methods.ssl import method_class
+from fedssl.methods.ssl.base import SSLMethod, recipe
 
 __all__ = [
     "CENTRAL",
     "model_in_chans",
-    "build_simclr",
+    "method_settings",
+    "build_ssl",
+    "augmentation",
     "views_transform",
     "views_dataset",
     "views_loader",
@@ -43,38 +48,108 @@ def model_in_chans(cfg: ExperimentConfig) -> int:
     return cfg.model.in_chans or task_in_chans(cfg.data)
 
 
-def build_simclr(cfg: ExperimentConfig, lr: float | None = None) -> SimCLR:
-    """The configured SimCLR module (backbone from timm, lightly head and loss)."""
+#: config fields that set a method's recipe argument of the same name
+_RECIPE_FIELDS = {
+    "model": ("proj_hidden", "proj_out", "pred_hidden"),
+    "ssl": (
+        "temperature",
+        "target_momentum",
+        "queue_size",
+        "prototypes",
+        "teacher_temperature",
+        "local_views",
+        "redundancy_weight",
+    ),
+}
+
+
+def method_settings(cfg: ExperimentConfig) -> dict:
+    """The configured method's recipe with the config's settings applied.
+
+    A setting the method does not have (e.g. the default config's SimCLR ``ssl.temperature``
+    under ``--set ssl.method=byol``) is ignored with a warning naming the method's settings.
+
+    Raises:
+        ValueError: a travelling part the method does not have, or FedU without a travelling
+            prediction head.
+    """
+    cls = method_class(cfg.ssl.method)
+    settings = recipe(cls)
+    for section, names in _RECIPE_FIELDS.items():
+        for name in names:
+            value = getattr(getattr(cfg, section), name)
+            if value is None:
+                continue
+            if name not in settings:
+                # e.g. the default config's SimCLR temperature under --set ssl.method=byol
+                warnings.warn(
+                    f"{section}.{name}={value} does not apply to ssl.method={cls.name} and is "
+                    f"ignored (its settings: {', '.join(settings)})",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            settings[name] = value
+    parts = cls.check_travel(cfg.ssl.travel)
+    if cfg.ssl.client_update == "fedu" and "prediction_head" not in parts:
+        raise ValueError(
+            f"ssl.client_update=fedu updates a travelling prediction head; {cls.name} sends none "
+            "(use byol or simsiam, or add prediction_head to ssl.travel)"
+        )
+    return settings
+
+
+def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
+    """The configured SSL module (``ssl.method`` on ``model.backbone``, lightly heads/losses)."""
     m, t = cfg.model, cfg.train
-    return SimCLR(
+    return method_class(cfg.ssl.method)(
         m.backbone,
         in_chans=model_in_chans(cfg),
         small_input=m.small_input,
-        proj_hidden=m.proj_hidden,
-        proj_out=m.proj_out,
-        temperature=cfg.ssl.temperature,
         optimizer=t.optimizer,
         lr=t.lr if lr is None else lr,
         weight_decay=t.weight_decay,
+        **method_settings(cfg),
     )
+
+
+def augmentation(cfg: ExperimentConfig) -> dict:
+    """The view augmentation every method's lightly transform takes: crops, colour jitter,
+    flips, rotations, normalisation. Blur defaults to 0.5 for images of 64 px and more and to 0
+    below (a 28 px image has little to blur); grayscale conversion is off for one channel.
+
+    Raises:
+        ValueError: ``ssl.rr_prob`` > 0 without a positive ``ssl.rr_degrees``.
+    """
+    s, size, chans = cfg.ssl, cfg.model.image_size, model_in_chans(cfg)
+    if s.rr_prob > 0 and not s.rr_degrees > 0:
+        raise ValueError(f"ssl.rr_prob={s.rr_prob} needs ssl.rr_degrees > 0 (got {s.rr_degrees})")
+    return {
+        "input_size": size,
+        "cj_prob": s.cj_prob,
+        "cj_strength": s.cj_strength,
+        "min_scale": s.min_scale,
+        "hf_prob": s.hf_prob,
+        "rr_prob": s.rr_prob,
+        "rr_degrees": s.rr_degrees if s.rr_prob > 0 else None,
+        "gaussian_blur": 0.5 if size >= 64 else 0.0,
+        "random_gray_scale": 0.2 if chans == 3 else 0.0,
+        "normalize": normalize(chans),
+    }
 
 
 def views_transform(cfg: ExperimentConfig):
-    """lightly's SimCLR views for the configured image size, channels and augmentation."""
-    return simclr_transform(
-        cfg.model.image_size,
-        model_in_chans(cfg),
-        min_scale=cfg.ssl.min_scale,
-        cj_prob=cfg.ssl.cj_prob,
-        cj_strength=cfg.ssl.cj_strength,
-        hf_prob=cfg.ssl.hf_prob,
-        rr_prob=cfg.ssl.rr_prob,
-        rr_degrees=cfg.ssl.rr_degrees,
-    )
+    """The configured method's lightly views (two per image; DINO adds small local crops)."""
+    cls = method_class(cfg.ssl.method)
+    extra = {}
+    if "local_views" in inspect.signature(cls.views).parameters:
+        extra["local_views"] = method_settings(cfg)["local_views"]
+    return cls.views(**augmentation(cfg), **extra)
 
 
 def views_dataset(cfg: ExperimentConfig, partition_id: int) -> ImageDataset:
-    """Client ``partition_id``'s unlabeled images as view pairs (what stage one trains on)."""
+    """Client ``partition_id``'s unlabeled images as the method's views (what stage one trains
+    on)."""
     task = client_task(cfg.data, partition_id)
     mode = pil_mode(model_in_chans(cfg))
     return ImageDataset(task.train, task.unlabeled, views_transform(cfg), mode=mode)
@@ -83,7 +158,8 @@ def views_dataset(cfg: ExperimentConfig, partition_id: int) -> ImageDataset:
 def views_loader(
     cfg: ExperimentConfig, ds, seed: int, rt: runtime.Runtime | None = None
 ) -> DataLoader:
-    """Shuffled batches of view pairs (last partial batch dropped: NT-Xent wants full batches),
+    """Shuffled batches of views (last partial batch dropped: contrastive and batch-statistics
+    losses want full batches),
     loaded with the runtime's workers and pinned memory."""
     rt = rt or runtime.resolve(cfg)
     return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
@@ -107,7 +183,7 @@ def _monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
     return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
 
 
-def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SimCLR) -> float:
+def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
     """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
     s = cfg.ssl
     task, rt, bank_batches, query_batches = _monitor_sets(
@@ -166,10 +242,11 @@ def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
 def pretrain_centralized(
     cfg: ExperimentConfig, epochs: int, export: str | Path | None = None
 ) -> dict:
-    """The centralized reference: one SimCLR model on the union of every client's unlabeled
-    images, ``epochs`` epochs with the federated run's per-round learning rate schedule (one
-    epoch here = one round there: the same images, batch size and optimizer), then each client's
-    kNN accuracy with its own labeled bank and test queries, exactly as the federated monitor.
+    """The centralized reference: one model of the configured SSL method on the union of every
+    client's unlabeled images, ``epochs`` epochs with the federated run's per-round learning
+    rate schedule (one epoch here = one round there: the same images, batch size and optimizer),
+    then each client's kNN accuracy with its own labeled bank and test queries, exactly as the
+    federated monitor.
 
     ``export``: also write the backbone there (safetensors, as a federated run's
     ``backbone.safetensors``), e.g. for stage two's centralized-SSL reference.
@@ -180,7 +257,7 @@ def pretrain_centralized(
 
     torch.set_num_threads(max(1, cfg.train.threads))
     torch.manual_seed(cfg.seed)
-    module = build_simclr(cfg)
+    module = build_ssl(cfg)
     ds = ConcatDataset([views_dataset(cfg, pid) for pid in range(len(cfg.data.clients))])
     rt = runtime.resolve(cfg)
     t0, images = time.perf_counter(), 0

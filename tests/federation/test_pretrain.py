@@ -42,7 +42,7 @@ def test_local_train_sends_only_the_shared_keys_and_rejects_other_backbones(cfg)
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert not all(torch.equal(new[k], state[k]) for k in state)
     cfg.model.backbone = "resnet18"
-    with pytest.raises(ValueError, match="do not fit the configured backbone 'resnet18'"):
+    with pytest.raises(ValueError, match="do not fit the configured simclr on backbone 'resnet18'"):
         pretraining.local_train(cfg, 0, state, 1)
 
 
@@ -188,3 +188,84 @@ def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
     assert not torch.allclose(b_n, b_01)  # two different scalings
     task = client_task(cfg.data, 0)
     assert len(y_n) == min(cfg.ssl.knn_bank or len(task.labeled), len(task.labeled))
+
+
+def test_byol_fedema_sends_only_its_travelling_parts_and_keeps_client_state_over_resume(
+    tiny_pretrain, tmp_path
+):
+    """BYOL with FedEMA in Flower's simulation: the server receives the online network and the
+    predictor, never the target; each client keeps its target, its last online network and
+    lambda (calibrated once, on its first round) in its state file, which a resumed run uses."""
+    from safetensors import safe_open
+
+    from fedssl.aggregation import client as C
+
+    cfg = load_config(
+        ROOT_CONFIG,
+        [
+            *tiny_pretrain(tmp_path, "byol"),
+            "ssl.method=byol",
+            "ssl.client_update=fedema",
+            "model.pred_hidden=32",
+        ],
+    )
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    received = __import__("json").loads((rd.path / "received-keys.json").read_text())
+    assert received["parts"] == ["backbone", "prediction_head", "projection_head"]
+    ckpt = load_file(str(rd.path / rd.state()["checkpoint"]))
+    assert sorted(ckpt) == received["keys"]
+    state_file = pretraining.client_state_file(cfg, 0)
+    saved1 = load_file(str(state_file))
+    with safe_open(str(state_file), framework="pt") as f:
+        meta1 = f.metadata()
+    assert any(k.startswith("backbone_momentum.") for k in saved1)  # the target stays here
+    lam = float(meta1["fedema_lambda"])
+    assert lam > 0 and meta1["round"] == "1"
+
+    # round 2, by hand on client 0: the online network it trains from is the FedEMA formula
+    module = pretraining.build_ssl(cfg)
+    pretraining.load_shared(module, ckpt, cfg)
+    metrics = pretraining._client_update(cfg, module, ckpt, saved1, meta1)
+    online = [k for k in ckpt if k.startswith(("backbone.", "projection_head."))]
+    div = C.divergence(saved1, ckpt, online)
+    mu = min(lam * div, 1.0)
+    assert metrics["divergence"] == pytest.approx(div) and metrics["mu"] == pytest.approx(mu)
+    sd = module.state_dict()
+    k = "backbone.conv1.0.weight"
+    assert torch.allclose(sd[k], mu * saved1[k] + (1 - mu) * ckpt[k], atol=1e-6)
+
+    cfg.federation.rounds = 2
+    simulate(cfg, resume=True)
+    rows = rd.metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[1]["mu_c0"] == pytest.approx(mu, rel=1e-5)  # resumed from the saved state
+    with safe_open(str(state_file), framework="pt") as f:
+        meta2 = f.metadata()
+    assert meta2["round"] == "2" and float(meta2["fedema_lambda"]) == lam  # calibrated once
+
+
+@pytest.mark.parametrize("threshold, takes_global", [(1e9, True), (0.0, False)])
+def test_fedu_takes_the_global_predictor_only_below_the_threshold(
+    tiny_pretrain, tmp_path, threshold, takes_global
+):
+    cfg = load_config(
+        ROOT_CONFIG,
+        [
+            *tiny_pretrain(tmp_path, "fedu"),
+            "ssl.method=simsiam",
+            "ssl.client_update=fedu",
+            f"ssl.fedu_threshold={threshold}",
+        ],
+    )
+    torch.manual_seed(1)
+    received = pretraining.shared_state(pretraining.build_ssl(cfg), cfg)
+    torch.manual_seed(2)
+    saved = pretraining.build_ssl(cfg).state_dict()  # the client's own last networks
+    module = pretraining.build_ssl(cfg)
+    pretraining.load_shared(module, received, cfg)
+    metrics = pretraining._client_update(cfg, module, received, saved, {})
+    assert metrics["global_predictor"] == float(takes_global)
+    sd, k = module.state_dict(), "prediction_head.layers.0.weight"
+    assert torch.equal(sd[k], (received if takes_global else saved)[k])
+    assert torch.equal(sd["backbone.conv1.0.weight"], received["backbone.conv1.0.weight"])

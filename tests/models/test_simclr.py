@@ -11,7 +11,7 @@ from fedssl.models.backbones import build_backbone, export_backbone, load_backbo
 def test_backbone_any_timm_name_and_errors():
     net = build_backbone("test_resnet", in_chans=1)
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, net.num_features)
-    with pytest.raises(ValueError, match="unknown timm model 'no_such_net'"):
+    with pytest.raises(ValueError, match="unknown model 'no_such_net'"):
         build_backbone("no_such_net")
     with pytest.raises(ValueError, match="ResNet-style stem"):
         build_backbone("test_vit", small_input=True)

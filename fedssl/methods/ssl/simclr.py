@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
@@ -14,8 +13,7 @@ from lightly.transforms import SimCLRTransform
 from torch import nn
 
 from fedssl.data.transforms import normalize
-from fedssl.methods.optim import check_optimizer, make_optimizer
-from fedssl.models.backbones import build_backbone
+from fedssl.methods.ssl.base import SSLMethod
 
 __all__ = ["SimCLR", "simclr_transform"]
 
@@ -61,71 +59,34 @@ def simclr_transform(
     )
 
 
-class SimCLR(pl.LightningModule):
+class SimCLR(SSLMethod):
     """SimCLR: backbone -> projection head -> NT-Xent between two views of each image.
 
-    Args:
-        backbone: a timm model name or an ``nn.Module`` with ``num_features`` (pooled features).
-        in_chans: image channels (for a backbone given by name).
-        small_input: ResNet stem for small images (for a backbone given by name).
+    Args (beyond :class:`~fedssl.methods.ssl.base.SSLMethod`'s, the recipe):
         proj_hidden: projection head hidden width.
         proj_out: projection output width.
         temperature: NT-Xent temperature.
-        optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``.
-        lr: learning rate.
-        weight_decay: L2 penalty.
 
     The batch is ``(views, labels)`` with ``views`` a list of two image tensors (what lightly's
     transforms produce); labels are ignored.
     """
 
+    name = "simclr"
+
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
-        in_chans: int = 3,
-        small_input: bool = False,
         proj_hidden: int = 512,
         proj_out: int = 128,
         temperature: float = 0.5,
-        optimizer: str = "sgd",
-        lr: float = 0.06,
-        weight_decay: float = 5e-4,
+        **base,
     ):
-        super().__init__()
-        if isinstance(backbone, str):
-            backbone = build_backbone(backbone, in_chans=in_chans, small_input=small_input)
-        if not hasattr(backbone, "num_features"):
-            raise ValueError("backbone must expose num_features (timm models do)")
-        check_optimizer(optimizer)
-        self.backbone = backbone
-        self.backbone_in_chans = in_chans
-        self.projection_head = SimCLRProjectionHead(
-            int(backbone.num_features), proj_hidden, proj_out
-        )
+        super().__init__(backbone, **base)
+        self.projection_head = SimCLRProjectionHead(self.num_features, proj_hidden, proj_out)
         self.criterion = NTXentLoss(temperature=temperature)
-        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``(B, num_features)``."""
-        return self.backbone(x)
 
     def loss(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """NT-Xent loss of the first two views."""
-        x0, x1 = views[0], views[1]
-        z = self.projection_head(self.backbone(torch.cat([x0, x1])))
+        z = self.projection_head(self.backbone(torch.cat([views[0], views[1]])))
         z0, z1 = z.chunk(2)
         return self.criterion(z0, z1)
-
-    def training_step(self, batch, batch_idx):
-        """NT-Xent on one batch of view pairs; logs ``train_loss``."""
-        views = batch[0]
-        loss = self.loss(views)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(views[0]))
-        return loss
-
-    def configure_optimizers(self):
-        """The configured optimizer at ``self.lr`` (the round's learning rate is set by the
-        caller, see :func:`fedssl.config.round_lr`)."""
-        return make_optimizer(
-            self.optimizer_name, self.parameters(), self.lr, 0.9, self.weight_decay
-        )

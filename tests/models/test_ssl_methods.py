@@ -1,0 +1,81 @@
+"""Every SSL method: built from the config on a small-image backbone, learns on a fixed batch,
+and names every tensor of its state as one of its parts; the config's method settings are
+checked."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedssl.config import load_config
+from fedssl.methods.pretrain import build_ssl, method_settings, views_transform
+from fedssl.methods.ssl import METHODS, method_class
+from fedssl.methods.ssl.base import recipe
+from fedssl.models.backbones import build_backbone, macs_per_image
+
+
+def _cfg(method: str, *extra: str):
+    over = [f"ssl.method={method}", "model.backbone=sresnet10_w8", "model.image_size=16"]
+    over += [f"train.{k}={v}" for k, v in method_class(method).TRAIN.items()]
+    return load_config(None, [*over, "data.clients=[mnist]", "model.in_chans=1", *extra])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_learns_and_every_tensor_belongs_to_a_part(method):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    extra = ["ssl.target_momentum=1.0"] if "target_momentum" in recipe(method_class(method)) else []
+    cfg = _cfg(method, *extra)  # a frozen target: the online loss against it must fall
+    module = build_ssl(cfg)
+    tf = views_transform(cfg)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)) for _ in range(16)]
+    views = [torch.stack(v) for v in zip(*[tf(i) for i in images], strict=True)]
+    assert len(views) == (4 if method == "dino" else 2)  # dino: 2 global + 2 local crops
+    queue0 = module.local_extra()
+    center0 = {k: v.clone() for k, v in module.criterion.state_dict().items()}
+    before = module.loss(views).item()
+    opt = module.configure_optimizers()
+    for _ in range(6):
+        opt.zero_grad()
+        module.loss(views).backward()
+        opt.step()
+        module.after_step()
+    module.load_local_extra(queue0)  # moco: score against the same queue ...
+    module.criterion.load_state_dict(center0)  # ... dino: with the same centre
+    after = module.loss(views).item()
+    assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
+    parts = module.prefixes(list(module.PARTS))
+    stray = [k for k in module.state_dict() if not k.startswith(parts)]
+    assert not stray, f"{method}: tensors outside its parts: {stray[:3]}"
+    travel = module.prefixes(module.check_travel([]))
+    assert travel and all(p in parts for p in travel)
+
+
+def test_method_settings_come_from_the_recipe_and_say_what_does_not_apply():
+    assert method_settings(_cfg("moco"))["queue_size"] == recipe(method_class("moco"))["queue_size"]
+    assert method_settings(_cfg("moco", "ssl.queue_size=64"))["queue_size"] == 64
+    with pytest.warns(UserWarning, match="ssl.queue_size=64 does not apply to ssl.method=simclr"):
+        assert "queue_size" not in method_settings(_cfg("simclr", "ssl.queue_size=64"))
+    with pytest.warns(UserWarning, match="model.pred_hidden=32 does not apply"):
+        method_settings(_cfg("vicreg", "model.pred_hidden=32"))
+    with pytest.raises(ValueError, match="fedu updates a travelling prediction head"):
+        method_settings(_cfg("moco", "ssl.client_update=fedu"))
+    with pytest.raises(ValueError, match="has no part 'prediction_head'"):
+        method_settings(_cfg("simclr", "ssl.travel=[backbone,prediction_head]"))
+    with pytest.raises(ValueError, match="'queue' never leaves a client"):
+        method_settings(_cfg("moco", "ssl.travel=[backbone,queue]"))
+    with pytest.raises(ValueError, match="must include the backbone"):
+        method_settings(_cfg("byol", "ssl.travel=[projection_head]"))
+
+
+def test_small_image_resnet_keeps_resolution_at_a_fraction_of_the_macs():
+    small = build_backbone("sresnet18_w16", in_chans=1)
+    assert small.num_features == 128
+    big = build_backbone("resnet18", in_chans=1, small_input=True)  # same stem, full width
+    assert macs_per_image(small, 28, 1) < macs_per_image(big, 28, 1) / 10
+    maps = []
+    small.layer4.register_forward_hook(lambda m, i, o: maps.append(o.shape[-1]))
+    small(torch.zeros(1, 1, 28, 28))
+    assert maps == [4]  # resnet18's ImageNet stem leaves 1x1 maps here
+    with pytest.raises(ValueError, match="even"):
+        build_backbone("sresnet18_w7")
