@@ -218,7 +218,9 @@ class FinetuneConfig:
 
     ``backbone`` is a stage-one run directory or a ``backbone.safetensors`` file; empty: the most
     recent run under ``out_dir`` holding one; ``none``: a randomly initialised backbone of
-    ``model.*`` (the paper's supervised "CL" baseline, normally with ``mode: full``).
+    ``model.*`` (the paper's supervised "CL" baseline, normally with ``mode: full``);
+    ``pixels``: no backbone, the linear head on the raw pixels (the baseline a learned
+    representation must beat; ``mode: linear``).
     """
 
     backbone: str = ""

@@ -29,10 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-config", default=d.pretrain_config)
     p.add_argument(
         "--labels",
-        type=int,
         nargs="+",
-        default=d.labels,
-        help="labeled images per class; 0: the whole labeled part (default: 0 20)",
+        default=[str(n) for n in d.labels],
+        help="labeled images per class, comma- or space-separated; all (or 0): the whole "
+        "labeled part (default: all 20; the label-scarce protocol: 1,5,10,20,all)",
     )
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps per head")
     p.add_argument("--methods", nargs="+", choices=list(table2.METHODS), default=d.methods)
@@ -74,7 +74,11 @@ def options(args: argparse.Namespace) -> table2.Options:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    opts = options(args)
+    try:
+        opts = options(args)
+    except ConfigError as err:  # a bad --labels or --methods: nothing started
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.print_config:
         return table2.print_configs(opts)
     from fedssl.federation.strategy import FederationFailed

@@ -38,7 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--client", help="dataset name (or position) of the client: fashion_mnist, ...")
     p.add_argument("--federated", action="store_true", help="all clients at once, on Flower")
-    p.add_argument("--backbone", help="stage-one run dir or backbone file; none: random init")
+    p.add_argument(
+        "--backbone",
+        help="stage-one run dir or backbone file; none: random init; pixels: raw pixels",
+    )
     p.add_argument("--mode", choices=["linear", "partial", "full"])
     p.add_argument("--epochs", type=int, help="training epochs (federated: per round)")
     p.add_argument("--rounds", type=int, help="--federated: rounds")
@@ -85,7 +88,7 @@ def name_run(cfg, args) -> None:
         cfg.name = args.name or f"finetune-federated-{f.mode}"
         return
     client = args.client if args.client is not None else "CLIENT"
-    cl = "-cl" if f.backbone.lower() == "none" else ""
+    cl = {"none": "-cl", "pixels": "-pixels"}.get(f.backbone.lower(), "")
     cfg.name = args.name or f"finetune-{client}-{f.mode}{cl}"
 
 
@@ -110,16 +113,17 @@ def main(argv=None) -> int:
         if args.print_config:
             print_config(cfg)
             return 0
+        built = None
         if args.federated:
             stage_two.check_federated(cfg)
         else:
-            stage_two.check_client(cfg, args.client)
+            built = stage_two.check_client(cfg, args.client)
         keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
     except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.federated:
-        stage_two.run_client(cfg, args.client)
+        stage_two.run_client(cfg, args.client, built)
         return 0
     from fedssl.federation.strategy import FederationFailed
 

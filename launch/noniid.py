@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         from fedssl.federation.simulation import preflight
 
         preflight(cfg)
-        histogram_table(cfg)  # the data exists and splits as asked
+        histogram = histogram_table(cfg)  # the data exists and splits as asked
         aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
     except (ConfigError, DatasetNotFoundError, RunExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     from fedssl.federation.strategy import FederationFailed
 
     try:
-        noniid.run(cfg, args.strategy, resume, not args.no_centralized, args.verbose)
+        noniid.run(
+            cfg, args.strategy, resume, not args.no_centralized, args.verbose, histogram=histogram
+        )
     except FederationFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

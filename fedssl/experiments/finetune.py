@@ -11,9 +11,11 @@ from fedssl.config import ConfigError, ExperimentConfig, to_dict
 __all__ = ["check_client", "check_federated", "run_client", "run_federated"]
 
 
-def check_client(cfg: ExperimentConfig, client: str) -> None:
+def check_client(cfg: ExperimentConfig, client: str) -> tuple:
     """Everything a one-client run needs, checked before anything is written: the runtime, the
-    client's data, and a backbone that loads and fits the client's images.
+    client's data, and a backbone that loads and fits the client's images. Returns the built
+    ``(classifier, backbone metadata)``, for :func:`run_client` to train (the backbone file is
+    read once).
 
     Raises:
         ConfigError, FileNotFoundError, ValueError (a backbone file of another architecture),
@@ -27,13 +29,15 @@ def check_client(cfg: ExperimentConfig, client: str) -> None:
     pid = stage_two.client_index(cfg, client)
     task = client_task(cfg.data, pid)
     path = stage_two.resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
-    _, meta = stage_two.build_classifier(cfg, task.num_classes, path)
+    module, meta = stage_two.build_classifier(cfg, task.num_classes, path)
     stage_two.check_backbone_fits(task.name, meta, stage_two.image_side(task))
+    return module, meta
 
 
-def run_client(cfg: ExperimentConfig, client: str) -> dict:
-    """Train and score ``client``'s head (:func:`fedssl.methods.finetune.finetune`), log the
-    results to the tracker and print them. Returns the results."""
+def run_client(cfg: ExperimentConfig, client: str, built: tuple | None = None) -> dict:
+    """Train and score ``client``'s head (:func:`fedssl.methods.finetune.finetune`; ``built``:
+    what :func:`check_client` returned), log the results to the tracker and print them. Returns
+    the results."""
     from fedssl.cli import runtime_line
     from fedssl.methods.finetune import finetune
     from fedssl.tracking import Tracker
@@ -47,7 +51,7 @@ def run_client(cfg: ExperimentConfig, client: str) -> dict:
     )
     print(runtime_line(cfg, comment=False), flush=True)
     t = time.perf_counter()
-    r = finetune(cfg, client)
+    r = finetune(cfg, client, built=built)
     tracker = Tracker(
         cfg.tracking.wandb, cfg.tracking.project, cfg.name, cfg.run_dir(), to_dict(cfg)
     )

@@ -158,10 +158,12 @@ def run(
     resume: bool = False,
     centralized: bool = True,
     verbose: bool = False,
+    histogram: tuple[str, list[str]] | None = None,
 ) -> dict:
     """The federated run of ``cfg`` (its run directory already claimed), the centralized
     baseline beside it (unless ``centralized`` is False), the plots and ``summary.json``.
-    Returns the summary.
+    Returns the summary. ``histogram``: :func:`histogram_table` of ``cfg`` when the caller
+    already computed it (the launcher does, as a check before anything starts).
 
     Raises:
         FederationFailed: the federation could not go on.
@@ -169,7 +171,7 @@ def run(
     from fedssl.federation.simulation import simulate
     from fedssl.runs import RunDir, write_text_atomic
 
-    table, notes = histogram_table(cfg)
+    table, notes = histogram if histogram is not None else histogram_table(cfg)
     rd = RunDir(cfg.run_dir())
     d, f = cfg.data, cfg.federation
     skew = (

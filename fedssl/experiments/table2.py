@@ -12,6 +12,9 @@ Methods, each trained and scored per client on the same split (the stage-one run
 
 * **CL** (the paper's baseline): the same backbone architecture from random weights, trained
   supervised (``mode full``) on the client's labeled images only, no SSL pretraining;
+* **raw pixels (linear)**: no backbone, the same linear head (standardised features, same
+  steps and optimizer as the FL+SSL linear head) on the images' raw pixels: the baseline a
+  learned representation must beat;
 * **FL+SSL (linear)**: the federated stage-one backbone, frozen, with the client's linear head;
 * **FL+SSL (partial)**: the same, its last stage retrained too (the paper's "minimal retraining");
 * **FL+SSL (full)**: the same backbone as the starting point of a full fine-tuning (backbone at a
@@ -19,8 +22,9 @@ Methods, each trained and scored per client on the same split (the stage-one run
 * **central SSL (linear)**, a reference: SimCLR on the union of the clients' unlabeled images on
   one machine (same images, epochs and schedule as stage one), frozen, with the client's head.
 
-Label settings: ``--labels 0`` is the paper's (every image of the client's labeled 25%);
-``--labels N`` keeps N labeled images per class (label-scarce). Every head gets the same number
+Label settings: ``--labels all`` (or 0) is the paper's (every image of the client's labeled
+25%); ``--labels N`` keeps N labeled images per class (label-scarce); several at once:
+``--labels 1,5,10,20,all`` (the label-scarce protocol). Every head gets the same number
 of optimisation steps (``--steps``) whatever its labeled set's size. Scores are ``unlabeled_acc``
 (the client's unlabeled 75%, the paper's protocol) and ``test_acc`` (the dataset's test split).
 A stage-one run that already finished (``--pretrain``) is reused; otherwise it is run first.
@@ -43,6 +47,7 @@ __all__ = [
     "Options",
     "PAPER",
     "METHODS",
+    "parse_labels",
     "stage_one",
     "central_ssl",
     "run_heads",
@@ -66,11 +71,42 @@ PAPER = {
 #: method -> (backbone source, finetune overrides)
 METHODS = {
     "CL": ("none", ["finetune.mode=full"]),  # random init learns at the head's rate
+    "raw pixels (linear)": ("pixels", ["finetune.mode=linear"]),
     "FL+SSL (linear)": ("federated", ["finetune.mode=linear"]),
     "FL+SSL (partial)": ("federated", ["finetune.mode=partial"]),
     "FL+SSL (full)": ("federated", ["finetune.mode=full"]),
     "central SSL (linear)": ("central", ["finetune.mode=linear"]),
 }
+
+
+def parse_labels(values: list[str] | str) -> list[int]:
+    """``["1,5", "10", "all"]`` -> ``[1, 5, 10, 0]``: label budgets per class, ``all`` (or 0)
+    for the whole labeled part, comma- or space-separated, in the order given, no repeats.
+
+    Raises:
+        ConfigError: a budget that is neither ``all`` nor a non-negative integer.
+    """
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[int] = []
+    for item in items:
+        for tok in filter(None, (t.strip() for t in str(item).split(","))):
+            if tok.lower() == "all":
+                n = 0
+            else:
+                try:
+                    n = int(tok)
+                except ValueError:
+                    n = -1
+                if n < 0:
+                    raise ConfigError(
+                        f"--labels: {tok!r} is not a label budget; use images per class "
+                        "(e.g. 1,5,10,20) or all"
+                    )
+            if n not in out:
+                out.append(n)
+    if not out:
+        raise ConfigError("--labels: no label budget given")
+    return out
 
 
 @dataclass
@@ -90,6 +126,7 @@ class Options:
     wandb: str = "offline"
 
     def __post_init__(self):
+        self.labels = parse_labels([str(x) for x in self.labels])
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -198,7 +235,7 @@ def run_heads(args, fed: Path, central: Path | None) -> list[dict]:
     from fedssl.data.client_images import client_task
     from fedssl.methods.finetune import finetune_config, labeled_indices, timed_finetune
 
-    sources = {"none": "none", "federated": str(fed), "central": str(central)}
+    sources = {"none": "none", "pixels": "pixels", "federated": str(fed), "central": str(central)}
     work = []  # (label setting, method, config, client index, run dir)
     for n in args.labels:
         for method in args.methods:
@@ -338,7 +375,12 @@ def render(res: dict) -> str:
                 tail = "- | -"
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
         if "CL" in avg:
-            for m in ("FL+SSL (linear)", "FL+SSL (partial)", "FL+SSL (full)"):
+            for m in (
+                "raw pixels (linear)",
+                "FL+SSL (linear)",
+                "FL+SSL (partial)",
+                "FL+SSL (full)",
+            ):
                 if m in avg:
                     du, dt = (100 * (avg[m][i] - avg["CL"][i]) for i in range(2))
                     lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")

@@ -34,7 +34,7 @@ from fedssl.data.transforms import eval_transform, pil_mode, train_transform
 from fedssl.methods.heads import BackboneClassifier, save_head
 from fedssl.methods.pretrain import model_in_chans
 from fedssl.methods.supervised import batches_accuracy
-from fedssl.models.backbones import build_backbone, load_backbone
+from fedssl.models.backbones import RawPixels, build_backbone, load_backbone
 
 __all__ = [
     "BACKBONE_FILE",
@@ -61,12 +61,13 @@ def resolve_backbone(spec: str, out_dir: str | Path = "runs") -> Path | None:
 
     ``""``: the newest federated stage-one run's ``<out_dir>/*/backbone.safetensors`` (else the
     newest of any); a directory: its
-    ``backbone.safetensors``; a file: itself; ``none``: no backbone (random init, returns None).
+    ``backbone.safetensors``; a file: itself; ``none``: no backbone (random init, returns None);
+    ``pixels``: no backbone, the raw pixels (returns None; see :func:`build_classifier`).
 
     Raises:
         FileNotFoundError: nothing there (the message says how to make one).
     """
-    if spec.lower() == "none":
+    if spec.lower() in ("none", "pixels"):
         return None
     if not spec:
         # newest first among federated stage-one runs (they keep a state.json), then any other
@@ -157,6 +158,21 @@ def client_index(cfg: ExperimentConfig, client: str | int) -> int:
 
 def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module, dict]:
     m = cfg.model
+    if cfg.finetune.backbone.lower() == "pixels":
+        if cfg.finetune.mode != "linear":
+            raise ConfigError(
+                f"finetune.backbone=pixels has no backbone to train in mode "
+                f"{cfg.finetune.mode!r}: the raw-pixel baseline is finetune.mode=linear"
+            )
+        chans = model_in_chans(cfg)
+        meta = {
+            "backbone": "pixels",
+            "in_chans": chans,
+            "small_input": False,
+            "image_size": m.image_size,
+            "source": "raw pixels",
+        }
+        return RawPixels(chans, m.image_size), meta
     if path is None:
         torch.manual_seed(cfg.seed)
         meta = {
@@ -181,8 +197,9 @@ def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module
 def build_classifier(
     cfg: ExperimentConfig, num_classes: int, path: Path | None
 ) -> tuple[BackboneClassifier, dict]:
-    """Backbone (from ``path``, or random when None) + a fresh linear head; returns the module
-    and the backbone's metadata (``backbone``, ``in_chans``, ``image_size``, ``source``).
+    """Backbone (from ``path``, random when None, the raw pixels when ``finetune.backbone`` is
+    ``pixels``) + a fresh linear head; returns the module and the backbone's metadata
+    (``backbone``, ``in_chans``, ``image_size``, ``source``).
 
     A random-init backbone (the CL baseline) always learns at the head's rate: a slower rate
     (``finetune.backbone_lr_scale``) is for protecting pretrained weights, which it has none of.
@@ -377,12 +394,15 @@ def finetune(
     client: str | int,
     run_dir: str | Path | None = None,
     device_index: int = 0,
+    built: tuple[BackboneClassifier, dict] | None = None,
 ) -> dict:
     """Train and score one client's head; write ``<run_dir>/head.safetensors`` and
     ``results.json``. Returns the results (accuracies, sizes, times, backbone source).
 
     ``device_index``: the GPU to use on a machine with several (``launch/compare.py --jobs``
-    hands them out round-robin; jobs beyond the GPU count share them)."""
+    hands them out round-robin; jobs beyond the GPU count share them). ``built``: the
+    ``(classifier, metadata)`` :func:`build_classifier` already made for this config and client
+    (the launcher's check), so the backbone file is not read twice."""
     f = cfg.finetune
     rt = runtime.resolve(cfg, device_index=device_index)
     if f.epochs < 1:
@@ -390,7 +410,7 @@ def finetune(
     path = resolve_backbone(f.backbone, cfg.out_dir)
     pid = client_index(cfg, client)
     task = client_task(cfg.data, pid)
-    module, meta = build_classifier(cfg, task.num_classes, path)
+    module, meta = built if built is not None else build_classifier(cfg, task.num_classes, path)
     check_backbone_fits(task.name, meta, image_side(task))
     if path is not None and meta["backbone"] != cfg.model.backbone:
         print(

@@ -18,11 +18,36 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["build_backbone", "export_backbone", "load_backbone", "macs_per_image", "SMALL_RESNET"]
+__all__ = [
+    "build_backbone",
+    "export_backbone",
+    "load_backbone",
+    "macs_per_image",
+    "RawPixels",
+    "SMALL_RESNET",
+]
 
 #: the name pattern of fedssl's small-image ResNets
 SMALL_RESNET = re.compile(r"^sresnet(10|18|34)_w(\d+)$")
 _DEPTHS = {"10": (1, 1, 1, 1), "18": (2, 2, 2, 2), "34": (3, 4, 6, 3)}
+
+
+class RawPixels(nn.Module):
+    """No backbone at all: the image's pixels, flattened (``num_features = C * H * W``). The
+    baseline a learned representation must beat (stage two's ``finetune.backbone: pixels``)."""
+
+    def __init__(self, in_chans: int, image_size: int):
+        super().__init__()
+        self.num_features = in_chans * image_size * image_size
+        self.in_chans, self.image_size = in_chans, image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != (self.in_chans, self.image_size, self.image_size):
+            raise ValueError(
+                f"RawPixels expects ({self.in_chans}, {self.image_size}, {self.image_size}) "
+                f"images, got {tuple(x.shape[1:])}"
+            )
+        return x.flatten(1)
 
 
 def _small_resnet(depth: str, width: int, in_chans: int) -> nn.Module:

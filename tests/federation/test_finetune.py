@@ -212,6 +212,10 @@ def test_launch_flower102_on_fixture_data_and_without_it(launch, tiny_flowers, t
         (["--client", "mnist", "--backbone", "/nope"], "no backbone file or run directory"),
         (["--client", "mnist", "--set", "finetune.mod=full"], "unknown config key"),
         (["--client", "cifar", "--backbone", "none"], "unknown dataset 'cifar'"),
+        (
+            ["--client", "mnist", "--backbone", "pixels", "--mode", "full"],
+            "the raw-pixel baseline is finetune.mode=linear",
+        ),
     ],
 )
 def test_launch_bad_input_exits_2(launch, argv, message, tmp_path, capsys):
@@ -223,22 +227,30 @@ def test_compare_writes_the_table_with_the_papers_numbers(stage_one, tmp_path, l
     (stage_one / "state.json").write_text(json.dumps({"round": 1}))  # a finished 1-round run
     compare = load_launch("compare")
     md = tmp_path / "multitask.md"
+    methods = ["CL", "raw pixels (linear)", "FL+SSL (linear)", "FL+SSL (full)"]
     argv = [
-        *("--pretrain", str(stage_one), "--methods", "CL", "FL+SSL (linear)"),
-        *("--labels", "0", "2", "--steps", "4"),
+        *("--pretrain", str(stage_one), "--methods", *methods),
+        *("--labels", "1,2", "all", "--steps", "4"),
         *("--out-dir", str(tmp_path / "cmp"), "--results", str(md)),
     ]
     assert compare.main(argv) == 0
     res = json.loads(md.with_suffix(".json").read_text())
-    assert len(res["rows"]) == 2 * 2 * 2  # methods x clients x label settings
+    assert res["labels"] == [1, 2, 0]
+    assert len(res["rows"]) == 4 * 2 * 3  # methods x clients x label settings
     scarce = [r for r in res["rows"] if r["labels_per_class"] == 2]
     assert {r["labeled"] for r in scarce} == {20}
     cl = [r for r in res["rows"] if r["method"] == "CL"]
     assert {r["backbone_source"] for r in cl} == {"random init"}
+    pixels = [r for r in res["rows"] if r["method"] == "raw pixels (linear)"]
+    assert {r["backbone_source"] for r in pixels} == {"raw pixels"} and len(pixels) == 6
     text = md.read_text()
     assert "| CL | 29.926 | 83.288 |" in text and "+14.488" in text
     assert "not yet measured" in text
-    assert text.count("| gain of FL+SSL (linear) over CL |") == 2
+    for m in methods:  # every method's row in each of the three tables
+        assert text.count(f"| {m} | ") == 3, m
+    assert text.count("| gain of FL+SSL (linear) over CL |") == 3
+    assert text.count("| gain of raw pixels (linear) over CL |") == 3
+    assert compare.main([*argv[:-6], "--labels", "1,lots", *argv[-4:]]) == 2
 
 
 def test_compare_never_reuses_a_finished_run_of_another_recipe(
