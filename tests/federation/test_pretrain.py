@@ -47,7 +47,19 @@ def test_local_train_sends_only_the_shared_keys_and_rejects_other_backbones(cfg)
 
 
 def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
+    """Stage one with BYOL and FedEMA: kNN monitor and baselines, report, plot, exported
+    backbone; the server receives the online network and predictor, never the target; each
+    client keeps its target, last online network and lambda (calibrated once, on its first
+    round) in its state file, which the resumed run uses."""
+    import json
+
+    from safetensors import safe_open
+
     import fedssl.federation.server_app as server_app
+    from fedssl.aggregation import client as C
+
+    cfg.ssl.method, cfg.ssl.client_update, cfg.ssl.temperature = "byol", "fedema", None
+    cfg.model.pred_hidden = 32
 
     plotted = []
     real_plot = server_app.plot_curves
@@ -77,7 +89,25 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
         assert line.index("raw pixels") < line.index("random init")
     assert r1["knn_acc_mean"] == pytest.approx((r1["knn_acc_c0"] + r1["knn_acc_c1"]) / 2)
     ckpt1 = load_file(str(rd.path / rd.state()["checkpoint"]))
-    assert all(k.startswith(TRAVELLING_PREFIXES) for k in ckpt1)
+    received = json.loads((rd.path / "received-keys.json").read_text())
+    assert received["parts"] == ["backbone", "prediction_head", "projection_head"]
+    assert sorted(ckpt1) == received["keys"]  # what was merged is what was received
+    state_file = pretraining.client_state_file(cfg, 0)
+    saved1 = load_file(str(state_file))
+    with safe_open(str(state_file), framework="pt") as f:
+        meta1 = f.metadata()
+    assert any(k.startswith("backbone_momentum.") for k in saved1)  # the target stays here
+    lam = float(meta1["fedema_lambda"])
+    assert lam > 0 and meta1["round"] == "1"
+    # round 2, by hand on client 0: the online network it trains from is the FedEMA formula
+    module = pretraining.build_ssl(cfg)
+    pretraining.load_shared(module, ckpt1, cfg)
+    update = pretraining._client_update(cfg, module, ckpt1, saved1, meta1)
+    online = [k for k in ckpt1 if k.startswith(("backbone.", "projection_head."))]
+    mu = min(lam * C.divergence(saved1, ckpt1, online), 1.0)
+    assert update["mu"] == pytest.approx(mu)
+    k = "backbone.conv1.0.weight"
+    assert torch.allclose(module.state_dict()[k], mu * saved1[k] + (1 - mu) * ckpt1[k], atol=1e-6)
     assert r1["bytes_up"] == 2 * sum(t.numel() * t.element_size() for t in ckpt1.values())
     net, meta = load_backbone(rd.path / "backbone.safetensors")
     assert meta["backbone"] == "test_resnet" and meta["round"] == "1"
@@ -104,6 +134,10 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
     assert rows[1]["received_fingerprint_c0"] == pytest.approx(expected, rel=1e-9)
     assert rows[1]["received_fingerprint_c1"] == pytest.approx(expected, rel=1e-9)
     assert rows[1].get("knn_init_c0") is None  # the random-init baseline is round 1's only
+    assert rows[1]["mu_c0"] == pytest.approx(mu, rel=1e-5)  # resumed from the saved state
+    with safe_open(str(state_file), framework="pt") as f:
+        meta2 = f.metadata()
+    assert meta2["round"] == "2" and float(meta2["fedema_lambda"]) == lam  # calibrated once
 
 
 def test_paper_config_runs_one_step_on_fixture_data(tiny_flowers, tiny_intel, tmp_path):
@@ -188,61 +222,6 @@ def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
     assert not torch.allclose(b_n, b_01)  # two different scalings
     task = client_task(cfg.data, 0)
     assert len(y_n) == min(cfg.ssl.knn_bank or len(task.labeled), len(task.labeled))
-
-
-def test_byol_fedema_sends_only_its_travelling_parts_and_keeps_client_state_over_resume(
-    tiny_pretrain, tmp_path
-):
-    """BYOL with FedEMA in Flower's simulation: the server receives the online network and the
-    predictor, never the target; each client keeps its target, its last online network and
-    lambda (calibrated once, on its first round) in its state file, which a resumed run uses."""
-    from safetensors import safe_open
-
-    from fedssl.aggregation import client as C
-
-    cfg = load_config(
-        ROOT_CONFIG,
-        [
-            *tiny_pretrain(tmp_path, "byol"),
-            "ssl.method=byol",
-            "ssl.client_update=fedema",
-            "model.pred_hidden=32",
-        ],
-    )
-    simulate(cfg)
-    rd = RunDir(cfg.run_dir())
-    received = __import__("json").loads((rd.path / "received-keys.json").read_text())
-    assert received["parts"] == ["backbone", "prediction_head", "projection_head"]
-    ckpt = load_file(str(rd.path / rd.state()["checkpoint"]))
-    assert sorted(ckpt) == received["keys"]
-    state_file = pretraining.client_state_file(cfg, 0)
-    saved1 = load_file(str(state_file))
-    with safe_open(str(state_file), framework="pt") as f:
-        meta1 = f.metadata()
-    assert any(k.startswith("backbone_momentum.") for k in saved1)  # the target stays here
-    lam = float(meta1["fedema_lambda"])
-    assert lam > 0 and meta1["round"] == "1"
-
-    # round 2, by hand on client 0: the online network it trains from is the FedEMA formula
-    module = pretraining.build_ssl(cfg)
-    pretraining.load_shared(module, ckpt, cfg)
-    metrics = pretraining._client_update(cfg, module, ckpt, saved1, meta1)
-    online = [k for k in ckpt if k.startswith(("backbone.", "projection_head."))]
-    div = C.divergence(saved1, ckpt, online)
-    mu = min(lam * div, 1.0)
-    assert metrics["divergence"] == pytest.approx(div) and metrics["mu"] == pytest.approx(mu)
-    sd = module.state_dict()
-    k = "backbone.conv1.0.weight"
-    assert torch.allclose(sd[k], mu * saved1[k] + (1 - mu) * ckpt[k], atol=1e-6)
-
-    cfg.federation.rounds = 2
-    simulate(cfg, resume=True)
-    rows = rd.metrics()
-    assert [r["round"] for r in rows] == [1, 2]
-    assert rows[1]["mu_c0"] == pytest.approx(mu, rel=1e-5)  # resumed from the saved state
-    with safe_open(str(state_file), framework="pt") as f:
-        meta2 = f.metadata()
-    assert meta2["round"] == "2" and float(meta2["fedema_lambda"]) == lam  # calibrated once
 
 
 @pytest.mark.parametrize("threshold, takes_global", [(1e9, True), (0.0, False)])
