@@ -77,7 +77,7 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
     for c in ("c0", "c1"):
         assert 0.0 <= r1[f"knn_acc_{c}"] <= 1.0
         assert 0.0 <= r1[f"knn_init_{c}"] <= 1.0
-        assert r1[f"train_loss_{c}"] > 0
+        assert -1.0 <= r1[f"train_loss_{c}"] <= 1.0  # BYOL: a negative cosine similarity
     # the raw-pixel baseline, once per run, on the monitor's own bank and queries
     for pid in (0, 1):
         assert r1[f"knn_pixels_c{pid}"] == pytest.approx(pixels_knn(cfg, pid))
