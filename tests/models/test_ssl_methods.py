@@ -79,3 +79,20 @@ def test_small_image_resnet_keeps_resolution_at_a_fraction_of_the_macs():
     assert maps == [4]  # resnet18's ImageNet stem leaves 1x1 maps here
     with pytest.raises(ValueError, match="even"):
         build_backbone("sresnet18_w7")
+
+
+@pytest.mark.parametrize("method", ["byol", "moco", "dino"])
+def test_the_target_starts_as_the_online_network_and_follows_it_by_ema(method):
+    torch.manual_seed(0)
+    module = build_ssl(_cfg(method, "ssl.target_momentum=0.25"))
+    k = "conv1.weight"
+    with torch.no_grad():
+        module.backbone.get_parameter(k).add_(1.0)  # online and target now differ
+    module.start_local_parts()
+    assert torch.equal(module.backbone_momentum.get_parameter(k), module.backbone.get_parameter(k))
+    old = module.backbone_momentum.get_parameter(k).clone()
+    with torch.no_grad():
+        module.backbone.get_parameter(k).mul_(3.0)
+    module.after_step()
+    want = 0.25 * old + 0.75 * module.backbone.get_parameter(k)
+    assert torch.allclose(module.backbone_momentum.get_parameter(k), want)

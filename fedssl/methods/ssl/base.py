@@ -30,7 +30,7 @@ from torch import nn
 from fedssl.methods.optim import check_optimizer, make_optimizer
 from fedssl.models.backbones import build_backbone
 
-__all__ = ["SSLMethod", "recipe"]
+__all__ = ["SSLMethod", "MomentumTarget", "momentum_copy", "recipe"]
 
 
 class SSLMethod(pl.LightningModule):
@@ -152,6 +152,26 @@ class SSLMethod(pl.LightningModule):
         from lightly.transforms import SimCLRTransform
 
         return SimCLRTransform(**aug)
+
+
+class MomentumTarget:
+    """Mixin of the methods with a momentum target (``backbone_momentum`` and
+    ``projection_head_momentum``, EMA coefficient ``target_momentum``): BYOL, MoCo, DINO."""
+
+    def after_step(self) -> None:
+        """The target follows the online network by EMA after every step (lightly's
+        ``update_momentum``)."""
+        from lightly.models.utils import update_momentum
+
+        update_momentum(self.backbone, self.backbone_momentum, self.target_momentum)
+        update_momentum(self.projection_head, self.projection_head_momentum, self.target_momentum)
+
+    def start_local_parts(self) -> None:
+        """On a client's first participation the target starts as the received online network."""
+        from lightly.models.utils import update_momentum
+
+        update_momentum(self.backbone, self.backbone_momentum, 0.0)
+        update_momentum(self.projection_head, self.projection_head_momentum, 0.0)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

@@ -14,15 +14,14 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import update_momentum
 from torch import nn
 
-from fedssl.methods.ssl.base import SSLMethod, momentum_copy
+from fedssl.methods.ssl.base import MomentumTarget, SSLMethod, momentum_copy
 
 __all__ = ["BYOL"]
 
 
-class BYOL(SSLMethod):
+class BYOL(MomentumTarget, SSLMethod):
     """BYOL; recipe args: ``proj_hidden``, ``proj_out``, ``pred_hidden`` (head widths, reduced
     from the paper's 4096/256/4096 for small images and CPUs) and ``target_momentum`` (EMA
     coefficient of the target network per step)."""
@@ -61,14 +60,6 @@ class BYOL(SSLMethod):
         with torch.no_grad():
             z0, z1 = self.projection_head_momentum(self.backbone_momentum(x)).chunk(2)
         return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
-
-    def after_step(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, self.target_momentum)
-        update_momentum(self.projection_head, self.projection_head_momentum, self.target_momentum)
-
-    def start_local_parts(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, 0.0)
-        update_momentum(self.projection_head, self.projection_head_momentum, 0.0)
 
     @classmethod
     def views(cls, **aug):

@@ -13,15 +13,15 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 from torch import nn
 
-from fedssl.methods.ssl.base import SSLMethod, momentum_copy
+from fedssl.methods.ssl.base import MomentumTarget, SSLMethod, momentum_copy
 
 __all__ = ["DINO"]
 
 
-class DINO(SSLMethod):
+class DINO(MomentumTarget, SSLMethod):
     """DINO; recipe args: ``proj_hidden``, ``proj_out`` (the bottleneck), ``prototypes`` (the
     output width; the paper's 65,536 is far more than needed for ten classes),
     ``teacher_temperature``, ``target_momentum`` and ``local_views`` (small crops per image)."""
@@ -72,14 +72,6 @@ class DINO(SSLMethod):
             teacher = [self.projection_head_momentum(self.backbone_momentum(v)) for v in views[:2]]
         student = [self.projection_head(self.backbone(v)) for v in views]
         return self.criterion(teacher, student, teacher_temp=self.teacher_temperature)
-
-    def after_step(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, self.target_momentum)
-        update_momentum(self.projection_head, self.projection_head_momentum, self.target_momentum)
-
-    def start_local_parts(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, 0.0)
-        update_momentum(self.projection_head, self.projection_head_momentum, 0.0)
 
     @classmethod
     def views(cls, local_views: int = 2, **aug):

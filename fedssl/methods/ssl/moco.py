@@ -15,15 +15,14 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import update_momentum
 from torch import nn
 
-from fedssl.methods.ssl.base import SSLMethod, momentum_copy
+from fedssl.methods.ssl.base import MomentumTarget, SSLMethod, momentum_copy
 
 __all__ = ["MoCo"]
 
 
-class MoCo(SSLMethod):
+class MoCo(MomentumTarget, SSLMethod):
     """MoCo v2; recipe args: ``proj_hidden``, ``proj_out``, ``temperature``, ``queue_size``
     (keys kept; the paper's 65,536 is more than a client's images here) and
     ``target_momentum``."""
@@ -63,14 +62,6 @@ class MoCo(SSLMethod):
         with torch.no_grad():
             key = self.projection_head_momentum(self.backbone_momentum(views[1]))
         return self.criterion(query, key)
-
-    def after_step(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, self.target_momentum)
-        update_momentum(self.projection_head, self.projection_head_momentum, self.target_momentum)
-
-    def start_local_parts(self) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, 0.0)
-        update_momentum(self.projection_head, self.projection_head_momentum, 0.0)
 
     def local_extra(self) -> dict[str, torch.Tensor]:
         bank = self.criterion.memory_bank
