@@ -63,7 +63,12 @@ def parse_args(argv=None):
         action="store_true",
         help="rewrite the page (and PNG) from its JSON, e.g. after editing its notes",
     )
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if not a.budget_s > 0:
+        p.error(f"--budget-s must be positive (got {a.budget_s})")
+    if a.central < 0:
+        p.error(f"--central must be 0 or more (got {a.central})")
+    return a
 
 
 def entry_config(a, name: str, out_dir: str):
@@ -155,14 +160,19 @@ def crossing(rows: list[dict], client: int, line: float) -> float | None:
 
 
 def run(a) -> dict:
+    res = harness.stamp("ssl_frontier.py", a.argv)
+    res.update({"budget_s": a.budget_s, "backbone": a.backbone, "entries": {}})
+    with tempfile.TemporaryDirectory(prefix="ssl-frontier-") as tmp:  # runs' client state
+        _entries(a, res, tmp)
+    return res
+
+
+def _entries(a, res: dict, tmp: str) -> None:
     import torch
 
     from fedssl.methods.pretrain import build_ssl, model_in_chans, pixels_knn
     from fedssl.models.backbones import macs_per_image
 
-    res = harness.stamp("ssl_frontier.py", sys.argv[1:])
-    res.update({"budget_s": a.budget_s, "backbone": a.backbone, "entries": {}})
-    tmp = tempfile.mkdtemp(prefix="ssl-frontier-")
     base = entry_config(a, a.entries[0], tmp)
     clients = list(base.data.clients)
     res["clients"] = clients
@@ -190,7 +200,6 @@ def run(a) -> dict:
     for name in ranked[: a.central]:
         print(f"[frontier] {name}, centralized")
         res["entries"][name]["central"] = centralized(entry_config(a, name, tmp), a.budget_s)
-    return res
 
 
 def plot(res: dict, path: Path) -> None:
@@ -236,7 +245,7 @@ def render(res: dict) -> str:
         + ", ".join(f"{c} **{p:.4f}**" for c, p in zip(clients, px, strict=True))
         + ". How the rounds run: see the docstring of `benchmarks/ssl_frontier.py`.",
         "",
-        "![kNN vs training minutes](ssl-methods.png)",
+        f"![kNN vs training minutes]({res.get('png', 'ssl-methods.png')})",
         "",
         "| entry | backbone | M MACs / image | optimizer, lr | rounds | "
         + " | ".join(f"kNN {c}" for c in clients)
@@ -284,6 +293,7 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(a.out)
     old = out.with_suffix(".json")
     if a.render_only:
@@ -292,6 +302,7 @@ def main(argv=None) -> int:
         res = run(a)
         # the page's hand-written reading of the numbers lives in the JSON's "notes"
         res["notes"] = json.loads(old.read_text()).get("notes", []) if old.is_file() else []
+    res["png"] = out.with_suffix(".png").name  # the page links its own plot
     plot(res, out.with_suffix(".png"))
     harness.write_results(out, res, render)
     print(f"[frontier] wrote {out}")

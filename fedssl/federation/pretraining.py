@@ -47,10 +47,14 @@ def travel_prefixes(cfg: ExperimentConfig) -> tuple[str, ...]:
     return cls.prefixes(cls.check_travel(cfg.ssl.travel))
 
 
-def shared_state(module: torch.nn.Module, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """The travelling part of a module's state dict, detached."""
+def shared_state(
+    module: torch.nn.Module, cfg: ExperimentConfig, travel: tuple[str, ...] | None = None
+) -> dict[str, torch.Tensor]:
+    """The travelling part of a module's state dict, detached (``travel``: the prefixes, if
+    already known)."""
     sd = module.state_dict()
-    return {k: sd[k].detach() for k in travelling_keys(sd, include=travel_prefixes(cfg))}
+    include = travel if travel is not None else travel_prefixes(cfg)
+    return {k: sd[k].detach() for k in travelling_keys(sd, include=include)}
 
 
 def load_shared(module: SSLMethod, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
@@ -99,12 +103,16 @@ def _load_client_state(cfg: ExperimentConfig, pid: int):
 
 
 def _save_client_state(
-    cfg: ExperimentConfig, pid: int, module: SSLMethod, rnd: int, meta: dict
+    cfg: ExperimentConfig,
+    pid: int,
+    module: SSLMethod,
+    rnd: int,
+    meta: dict,
+    travel: tuple[str, ...],
 ) -> None:
     from fedssl.runs import write_safetensors
 
     sd = module.state_dict()
-    travel = travel_prefixes(cfg)
     keep_online = cfg.ssl.client_update != "none"  # the update needs the last local online net
     tensors = {k: v for k, v in sd.items() if keep_online or not k.startswith(travel)}
     tensors.update({EXTRA + k: v for k, v in module.local_extra().items()})
@@ -159,6 +167,7 @@ def local_train(
     client-side update also ``divergence`` and ``mu`` (FedEMA) or ``global_predictor`` (FedU).
     """
     torch.set_num_threads(max(1, cfg.train.threads))
+    travel = travel_prefixes(cfg)
     module = build_ssl(cfg, lr=round_lr(cfg, server_round))
     load_shared(module, state, cfg)
     t = cfg.train
@@ -173,7 +182,6 @@ def local_train(
         module.start_local_parts()
         update = {}
     else:
-        travel = travel_prefixes(cfg)
         local = {k: v for k, v in saved.items() if not k.startswith((EXTRA, *travel))}
         module.load_state_dict(local, strict=False)
         module.load_local_extra(
@@ -195,7 +203,7 @@ def local_train(
     train_s = time.perf_counter() - t0
     steps = int(trainer.global_step)
     loss = trainer.callback_metrics.get("train_loss")
-    new = shared_state(module, cfg)
+    new = shared_state(module, cfg, travel)
     keep = {}
     if cfg.ssl.client_update == "fedema":
         lam = float(meta.get("fedema_lambda", 0.0))
@@ -205,7 +213,7 @@ def local_train(
                 cfg.ssl.fedema_tau, fedssl_update.divergence(new, state, online)
             )
         keep["fedema_lambda"] = lam
-    _save_client_state(cfg, partition_id, module, server_round, keep)
+    _save_client_state(cfg, partition_id, module, server_round, keep, travel)
     metrics = {
         "num-examples": len(ds),
         "partition-id": int(partition_id),

@@ -4,7 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fedssl.methods.ssl.simclr import SimCLR, simclr_transform
+from fedssl.config import load_config
+from fedssl.methods.pretrain import augmentation
+from fedssl.methods.ssl.simclr import SimCLR
 from fedssl.models.backbones import build_backbone, export_backbone, load_backbone
 
 
@@ -30,28 +32,44 @@ def test_small_input_stem_keeps_resolution():
     assert feats["small"][-1] == 28 and feats["plain"][-1] == 7
 
 
+def _views(*overrides: str):
+    """SimCLR's views as stage one builds them: the config's augmentation, the method's
+    transform."""
+    cfg = load_config(None, ["model.image_size=28", *overrides])
+    return SimCLR.views(**augmentation(cfg))
+
+
 @pytest.mark.parametrize(("mode", "chans"), [("L", 1), ("RGB", 3)])
 def test_views_for_small_images(mode, chans):
-    tf = simclr_transform(28, chans, min_scale=0.3)
+    tf = _views(f"model.in_chans={chans}", "ssl.min_scale=0.3")
     img = Image.new(mode, (28, 28), color=128 if mode == "L" else (10, 200, 30))
     views = tf(img)
     assert len(views) == 2
     assert all(v.shape == (chans, 28, 28) for v in views)
 
 
+def test_small_images_get_no_blur_and_one_channel_no_grayscale():
+    cfg = load_config(None, ["model.image_size=28", "model.in_chans=1"])
+    aug = augmentation(cfg)
+    assert aug["gaussian_blur"] == 0.0 and aug["random_gray_scale"] == 0.0
+    cfg = load_config(None, ["model.image_size=64", "model.in_chans=3"])
+    aug = augmentation(cfg)
+    assert aug["gaussian_blur"] == 0.5 and aug["random_gray_scale"] == 0.2
+
+
 def test_rotation_views_only_when_asked():
     # A bar image; crops and flips off, so only a rotation can change it.
     img = Image.new("L", (28, 28), color=0)
     img.paste(255, (12, 2, 16, 26))
-    base = {"min_scale": 1.0, "cj_prob": 0.0, "hf_prob": 0.0}
+    base = ["model.in_chans=1", "ssl.min_scale=1.0", "ssl.cj_prob=0.0", "ssl.hf_prob=0.0"]
     torch.manual_seed(0)
-    plain = simclr_transform(28, 1, **base)
+    plain = _views(*base, "ssl.rr_prob=0.0")
     assert all(torch.equal(plain(img)[0], plain(img)[1]) for _ in range(5))
-    rotated = simclr_transform(28, 1, rr_prob=1.0, rr_degrees=45.0, **base)
+    rotated = _views(*base, "ssl.rr_prob=1.0", "ssl.rr_degrees=45")
     outs = [v for _ in range(5) for v in rotated(img)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
     with pytest.raises(ValueError, match="rr_degrees"):
-        simclr_transform(28, 1, rr_prob=0.5)
+        _views("model.in_chans=1", "ssl.rr_prob=0.5", "ssl.rr_degrees=0")
 
 
 def test_simclr_learns_to_match_views():

@@ -1,0 +1,72 @@
+"""benchmarks/ssl_frontier.py: crossing times, a tiny run end to end, notes kept on rerender."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ssl_frontier.py"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/ssl_frontier.py` does
+        sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_ssl_frontier", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_crossing_is_the_first_round_at_or_above_the_line(frontier):
+    rows = [
+        {"s": 60.0, "knn": [0.70, 0.91]},
+        {"s": 150.0, "knn": [0.78, 0.88]},
+        {"s": 240.0, "knn": [0.76, 0.95]},
+    ]
+    assert frontier.crossing(rows, 0, 0.773) == pytest.approx(2.5)
+    assert frontier.crossing(rows, 1, 0.906) == pytest.approx(1.0)
+    assert frontier.crossing(rows, 1, 0.96) is None
+
+
+@pytest.mark.parametrize("bad", [["--budget-s", "0"], ["--central", "-1"], ["--entries", "x"]])
+def test_bad_arguments_exit_2(frontier, bad, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        frontier.main([*bad, "--out", str(tmp_path / "p.md")])
+    assert err.value.code == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, tmp_path):
+    tiny = [
+        o
+        for o in tiny_pretrain(str(tmp_path / "runs"), "x")
+        if not o.startswith(("name=", "out_dir=", "model.backbone="))
+    ]
+    out = tmp_path / "results" / "frontier.md"
+    common = ["--budget-s", "0.01", "--entries", "simclr", "byol+fedema"]
+    common += ["--backbone", "test_resnet", "--out", str(out)]
+    argv = [*common, "--central", "1", "--set", *tiny]
+    assert frontier.main(argv) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert set(res["entries"]) == {"simclr", "byol+fedema"}
+    for e in res["entries"].values():  # a round that starts within the budget completes
+        assert [r["round"] for r in e["rows"]] == [1] and e["backbone"] == "test_resnet"
+    assert res["entries"]["byol+fedema"]["client_update"] == "fedema"
+    assert sum("central" in e for e in res["entries"].values()) == 1
+    assert len(res["pixels"]) == 2 and res["command"].endswith(" ".join(argv))
+    page = out.read_text()
+    assert "(frontier.png)" in page and out.with_suffix(".png").is_file()
+    assert "| simclr | test_resnet |" in page and "| byol+fedema | test_resnet |" in page
+    assert "Federated vs centralized" in page
+    assert not list((tmp_path / "runs").glob("*"))  # the runs lived in a temporary folder
+    # the hand-written reading of the numbers survives --render-only and a new run
+    res["notes"] = ["## What this shows", "", "- a note"]
+    out.with_suffix(".json").write_text(json.dumps(res))
+    assert frontier.main(["--render-only", "--out", str(out)]) == 0
+    assert out.read_text().endswith("- a note\n")
+    assert frontier.main([*common, "--central", "0", "--set", *tiny]) == 0
+    page = out.read_text()
+    assert page.endswith("- a note\n") and "Federated vs centralized" not in page
