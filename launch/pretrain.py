@@ -1,4 +1,4 @@
-"""Stage one (paper 003): federated SimCLR pretraining of a shared backbone, on Flower.
+"""Stage one (paper 003): federated self-supervised pretraining of a shared backbone, on Flower.
 
 Examples::
 
@@ -7,12 +7,16 @@ Examples::
     python launch/pretrain.py --config configs/pretrain/paper.yaml \\
         --set data.roots.intel_scene=/data/intel      # the paper: ResNet-50, Flowers102 + Intel
     python launch/pretrain.py --resume runs/pretrain-default   # continue after an interruption
+    python launch/pretrain.py --set ssl.method=byol ssl.client_update=fedema   # BYOL + FedEMA
 
-Every client trains SimCLR (timm backbone, lightly head/loss/views) on its unlabeled images; the
-backbone and projection head are merged by FedAvg each round. Each round every client scores the
-merged backbone by kNN on its own labeled data. The run directory holds ``backbone.safetensors``
-(the merged backbone, architecture in its metadata), ``config.yaml``, ``metrics.csv``,
-``accuracy.png``, ``partition.json``, ``checkpoints/`` and the W&B files.
+Every client trains the configured SSL method (``ssl.method``: simclr, byol, simsiam, moco,
+vicreg, barlowtwins, dino; timm backbone, lightly heads/losses/views) on its unlabeled images;
+the travelling parts (``ssl.travel``; by default the backbone and projection head, plus the
+prediction head for BYOL / SimSiam) are merged by FedAvg each round. Each round every client
+scores the merged backbone by kNN on its own labeled data, beside kNN on raw pixels. The run
+directory holds ``backbone.safetensors`` (the merged backbone, architecture in its metadata),
+``config.yaml``, ``metrics.csv``, ``accuracy.png``, ``partition.json``, ``checkpoints/`` and the
+W&B files.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def _snapshot(folder):
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["model.backbone=resnet9999"], "model.backbone: 'resnet9999' is not a timm model"),
+        (["model.backbone=resnet9999"], "model.backbone: 'resnet9999' is neither a timm model"),
+        (["model.backbone=sresnet18_w15"], "model.backbone: sresnet width must be even"),
         (["federation.cpus_per_client=4096"], "usable CPUs, so no client could start"),
         (["runtime.accelerator=cpu", "runtime.precision=16-mixed"], "16-mixed needs a GPU"),
         # a valid config: the finished run is not started over (issue 16's data loss)

@@ -31,22 +31,20 @@ def num_clients(cfg: ExperimentConfig) -> int:
 
 
 def check_model(cfg: ExperimentConfig) -> None:
-    """Refuse an unknown timm backbone before anything starts (stage one and two).
+    """Refuse an unknown backbone (timm name or small-image ResNet) before anything starts
+    (stage one and two).
 
     Raises:
         ConfigError: names the key and how to list the valid names.
     """
     if cfg.experiment not in ("pretrain", "finetune"):
         return
-    import timm
+    from fedssl.models.backbones import check_backbone_name
 
-    if not timm.is_model(cfg.model.backbone):
-        close = timm.list_models(f"*{cfg.model.backbone[:6]}*")[:5]
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise ConfigError(
-            f"model.backbone: {cfg.model.backbone!r} is not a timm model{hint}; "
-            "see timm.list_models()"
-        )
+    try:
+        check_backbone_name(cfg.model.backbone)
+    except ValueError as err:
+        raise ConfigError(f"model.backbone: {err}") from None
 
 
 def preflight(cfg: ExperimentConfig, machine: runtime.Machine | None = None) -> dict:

@@ -25,6 +25,7 @@ __all__ = [
     "macs_per_image",
     "RawPixels",
     "SMALL_RESNET",
+    "check_backbone_name",
 ]
 
 #: the name pattern of fedssl's small-image ResNets
@@ -50,11 +51,37 @@ class RawPixels(nn.Module):
         return x.flatten(1)
 
 
+def _check_width(width: int) -> None:
+    if not 4 <= width <= 256 or width % 2:
+        raise ValueError(f"sresnet width must be even and in 4..256, got {width}")
+
+
+def check_backbone_name(name: str) -> None:
+    """Check a backbone name without building it: a small-image ResNet (valid width) or a timm
+    model.
+
+    Raises:
+        ValueError: names what is wrong, with close timm names where there are some.
+    """
+    import timm
+
+    small = SMALL_RESNET.match(name)
+    if small:
+        _check_width(int(small.group(2)))
+        return
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:6]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ValueError(
+            f"{name!r} is neither a timm model{hint} (see timm.list_models()) nor a small-image "
+            "ResNet sresnet<10|18|34>_w<width>"
+        )
+
+
 def _small_resnet(depth: str, width: int, in_chans: int) -> nn.Module:
     from timm.models.resnet import BasicBlock, ResNet
 
-    if not 4 <= width <= 256 or width % 2:
-        raise ValueError(f"sresnet width must be even and in 4..256, got {width}")
+    _check_width(width)
     # timm's "deep" stem ends at 2 * stem_width channels: that is what the first stage (and bn1)
     # receive; the stem's convolutions are then replaced by one 3x3 stride-1 convolution.
     net = ResNet(

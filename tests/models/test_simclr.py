@@ -7,7 +7,12 @@ from PIL import Image
 from fedssl.config import load_config
 from fedssl.methods.pretrain import augmentation
 from fedssl.methods.ssl.simclr import SimCLR
-from fedssl.models.backbones import build_backbone, export_backbone, load_backbone
+from fedssl.models.backbones import (
+    build_backbone,
+    check_backbone_name,
+    export_backbone,
+    load_backbone,
+)
 
 
 def test_backbone_any_timm_name_and_errors():
@@ -17,6 +22,18 @@ def test_backbone_any_timm_name_and_errors():
         build_backbone("no_such_net")
     with pytest.raises(ValueError, match="ResNet-style stem"):
         build_backbone("test_vit", small_input=True)
+
+
+def test_backbone_names_are_checked_without_building():
+    # the launchers' preflight: timm names and the small-image ResNets pass, nothing else
+    for name in ("resnet18", "test_resnet", "sresnet10_w16", "sresnet34_w8"):
+        check_backbone_name(name)
+    with pytest.raises(ValueError, match=r"'resnet9999' is neither a timm model \(close: "):
+        check_backbone_name("resnet9999")
+    with pytest.raises(ValueError, match="width must be even"):
+        check_backbone_name("sresnet18_w15")
+    with pytest.raises(ValueError, match="neither"):
+        check_backbone_name("sresnet12_w16")  # no such depth
 
 
 def test_small_input_stem_keeps_resolution():
