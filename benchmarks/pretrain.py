@@ -415,7 +415,7 @@ def render(results: dict) -> str:
                     f"{cell(v['init'], f'knn_init_c{i}')} | {f:.4f} | {c:.4f} | {f / c:.3f} |"
                 )
             f, c = v["federated"]["knn_acc_mean"], v["centralized"]["knn_acc_mean"]
-            pm = [px[k] for k in px if k.startswith("knn_pixels_c")]
+            pm = list(px.values())  # already only the knn_pixels_c<i> keys
             pm_s = f"**{sum(pm) / len(pm):.4f}**" if pm else ""
             lines.append(
                 f"| {label} | **mean** | {pm_s} | | **{f:.4f}** | **{c:.4f}** | **{f / c:.3f}** |"

@@ -57,8 +57,14 @@ def shared_state(
     return {k: sd[k].detach() for k in travelling_keys(sd, include=include)}
 
 
-def load_shared(module: SSLMethod, state: dict[str, torch.Tensor], cfg: ExperimentConfig) -> None:
-    """Load received shared weights into ``module``; exactly the travelling keys must come.
+def load_shared(
+    module: SSLMethod,
+    state: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    travel: tuple[str, ...] | None = None,
+) -> None:
+    """Load received shared weights into ``module``; exactly the travelling keys must come
+    (``travel``: the prefixes, if already known).
 
     Raises:
         ValueError: the weights belong to another architecture or method (names or shapes
@@ -68,7 +74,8 @@ def load_shared(module: SSLMethod, state: dict[str, torch.Tensor], cfg: Experime
         f"received weights do not fit the configured {cfg.ssl.method} on "
         f"backbone {cfg.model.backbone!r}"
     )
-    wanted = set(shared_state(module, cfg))
+    include = travel if travel is not None else travel_prefixes(cfg)
+    wanted = set(travelling_keys(module.state_dict(), include=include))
     extra = sorted(set(state) - wanted)
     if extra:
         raise ValueError(f"{what}: unexpected {extra[:3]}")
@@ -169,7 +176,7 @@ def local_train(
     torch.set_num_threads(max(1, cfg.train.threads))
     travel = travel_prefixes(cfg)
     module = build_ssl(cfg, lr=round_lr(cfg, server_round))
-    load_shared(module, state, cfg)
+    load_shared(module, state, cfg, travel)
     t = cfg.train
     ds = views_dataset(cfg, partition_id)
     if len(ds) < t.batch_size:
