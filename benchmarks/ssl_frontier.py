@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -59,6 +60,19 @@ def parse_args(argv=None):
     p.add_argument("--set", nargs="*", default=[], help="extra config overrides for all")
     p.add_argument("--out", default=str(ROOT / "docs/results/ssl-methods.md"))
     p.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=30,
+        help="epochs of the supervised baselines (linear on raw pixels; each backbone from "
+        "random init, trained end to end)",
+    )
+    p.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="(re)compute the supervised baselines of an existing page (its JSON's command) "
+        "and rewrite it",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="rewrite the page (and PNG) from its JSON, e.g. after editing its notes",
@@ -68,6 +82,10 @@ def parse_args(argv=None):
         p.error(f"--budget-s must be positive (got {a.budget_s})")
     if a.central < 0:
         p.error(f"--central must be 0 or more (got {a.central})")
+    if a.baseline_epochs < 1:
+        p.error(f"--baseline-epochs must be 1 or more (got {a.baseline_epochs})")
+    if a.render_only and a.baselines_only:
+        p.error("--render-only and --baselines-only exclude each other")
     return a
 
 
@@ -178,6 +196,7 @@ def _entries(a, res: dict, tmp: str) -> None:
     res["clients"] = clients
     res["pixels"] = [pixels_knn(base, p) for p in range(len(clients))]
     print(f"[frontier] raw pixels: {res['pixels']}")
+    baselines(a, res, tmp)
     for name in a.entries:
         cfg = entry_config(a, name, tmp)
         torch.manual_seed(0)
@@ -200,6 +219,35 @@ def _entries(a, res: dict, tmp: str) -> None:
     for name in ranked[: a.central]:
         print(f"[frontier] {name}, centralized")
         res["entries"][name]["central"] = centralized(entry_config(a, name, tmp), a.budget_s)
+
+
+def baselines(a, res: dict, tmp: str) -> None:
+    """The references beside raw-pixel kNN, on the same bank labels and queries: a linear head on
+    raw pixels, each entry backbone trained supervised from random init (CL), and kNN on each
+    backbone at random init; into ``res["baselines"]``."""
+    import torch
+
+    from fedssl.methods.finetune import monitor_baselines
+    from fedssl.methods.pretrain import backbone_knn, build_ssl
+
+    first = {}  # backbone -> the first entry that uses it
+    for name in a.entries:
+        first.setdefault(entry_config(a, name, tmp).model.backbone, name)
+    out = {"epochs": a.baseline_epochs, "pixels_linear": None, "supervised": {}, "init_knn": {}}
+    for backbone, name in first.items():
+        cfg = entry_config(a, name, tmp)
+        clients = range(len(cfg.data.clients))
+        got = [monitor_baselines(cfg, p, a.baseline_epochs) for p in clients]
+        out["pixels_linear"] = [g["pixels_linear"] for g in got]
+        out["supervised"][backbone] = [g["supervised"] for g in got]
+        torch.manual_seed(cfg.seed)
+        module = build_ssl(cfg)
+        out["init_knn"][backbone] = [backbone_knn(cfg, p, module) for p in clients]
+        print(
+            f"[frontier] baselines: pixels linear {out['pixels_linear']}, {backbone} supervised "
+            f"{out['supervised'][backbone]}, random-init kNN {out['init_knn'][backbone]}"
+        )
+    res["baselines"] = out
 
 
 def plot(res: dict, path: Path) -> None:
@@ -227,6 +275,36 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def render_baselines(res: dict) -> list[str]:
+    """The baseline table (empty on pages measured before it existed)."""
+    b = res.get("baselines")
+    if not b:
+        return []
+    clients, ep = res["clients"], b["epochs"]
+
+    def row(what: str, accs: list[float]) -> str:
+        return f"| {what} | " + " | ".join(f"{x:.4f}" for x in accs) + " |"
+
+    lines = [
+        "Baselines on the same bank and queries. kNN scores a frozen representation without "
+        "training on the labels; the supervised rows train on the bank's labels (stage two's "
+        f"recipe, {ep} epochs, `fedssl.methods.finetune.monitor_baselines`) and are scored "
+        "top-1 on the same queries. A linear head on an SSL backbone is the like-for-like "
+        "comparison with them (docs/results/multitask.md)."
+        + (f" Measured by `{b['command']}` on the page's config." if "command" in b else ""),
+        "",
+        "| baseline | " + " | ".join(clients) + " |",
+        "|---|" + "---:|" * len(clients),
+        row("kNN on raw pixels", res["pixels"]),
+        row("linear head on raw pixels", b["pixels_linear"]),
+    ]
+    for backbone, accs in b["supervised"].items():
+        lines.append(row(f"{backbone} from random init, supervised (CL)", accs))
+    for backbone, accs in b["init_knn"].items():
+        lines.append(row(f"kNN on {backbone} at random init", accs))
+    return [*lines, ""]
+
+
 def render(res: dict) -> str:
     clients, px = res["clients"], res["pixels"]
     budget_min = res["budget_s"] / 60
@@ -245,6 +323,7 @@ def render(res: dict) -> str:
         + ", ".join(f"{c} **{p:.4f}**" for c, p in zip(clients, px, strict=True))
         + ". How the rounds run: see the docstring of `benchmarks/ssl_frontier.py`.",
         "",
+        *render_baselines(res),
         f"![kNN vs training minutes]({res.get('png', 'ssl-methods.png')})",
         "",
         "| entry | backbone | M MACs / image | optimizer, lr | rounds | "
@@ -298,6 +377,13 @@ def main(argv=None) -> int:
     old = out.with_suffix(".json")
     if a.render_only:
         res = json.loads(old.read_text())
+    elif a.baselines_only:
+        res = json.loads(old.read_text())
+        page = parse_args(shlex.split(res["command"])[2:])  # the run the page measured
+        page.baseline_epochs = a.baseline_epochs
+        with tempfile.TemporaryDirectory(prefix="ssl-frontier-") as tmp:
+            baselines(page, res, tmp)
+        res["baselines"]["command"] = harness.stamp("ssl_frontier.py", a.argv)["command"]
     else:
         res = run(a)
         # the page's hand-written reading of the numbers lives in the JSON's "notes"

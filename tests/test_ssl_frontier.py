@@ -31,7 +31,16 @@ def test_crossing_is_the_first_round_at_or_above_the_line(frontier):
     assert frontier.crossing(rows, 1, 0.96) is None
 
 
-@pytest.mark.parametrize("bad", [["--budget-s", "0"], ["--central", "-1"], ["--entries", "x"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--budget-s", "0"],
+        ["--central", "-1"],
+        ["--entries", "x"],
+        ["--baseline-epochs", "0"],
+        ["--render-only", "--baselines-only"],
+    ],
+)
 def test_bad_arguments_exit_2(frontier, bad, tmp_path):
     with pytest.raises(SystemExit) as err:
         frontier.main([*bad, "--out", str(tmp_path / "p.md")])
@@ -47,7 +56,7 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     ]
     out = tmp_path / "results" / "frontier.md"
     common = ["--budget-s", "0.01", "--entries", "simclr", "byol+fedema"]
-    common += ["--backbone", "test_resnet", "--out", str(out)]
+    common += ["--backbone", "test_resnet", "--out", str(out), "--baseline-epochs", "1"]
     argv = [*common, "--central", "1", "--set", *tiny]
     assert frontier.main(argv) == 0
     res = json.loads(out.with_suffix(".json").read_text())
@@ -61,6 +70,12 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     assert "(frontier.png)" in page and out.with_suffix(".png").is_file()
     assert "| simclr | test_resnet |" in page and "| byol+fedema | test_resnet |" in page
     assert "Federated vs centralized" in page
+    # the baselines beside raw-pixel kNN: linear on pixels, CL and random init per backbone
+    b = res["baselines"]
+    assert b["epochs"] == 1 and len(b["pixels_linear"]) == 2
+    assert set(b["supervised"]) == set(b["init_knn"]) == {"test_resnet"}
+    assert "| linear head on raw pixels |" in page
+    assert "| test_resnet from random init, supervised (CL) |" in page
     assert not list((tmp_path / "runs").glob("*"))  # the runs lived in a temporary folder
     # the hand-written reading of the numbers survives --render-only and a new run
     res["notes"] = ["## What this shows", "", "- a note"]
@@ -70,3 +85,17 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     assert frontier.main([*common, "--central", "0", "--set", *tiny]) == 0
     page = out.read_text()
     assert page.endswith("- a note\n") and "Federated vs centralized" not in page
+    # a page measured before the baselines existed gets them from its own command
+    res = json.loads(out.with_suffix(".json").read_text())
+    del res["baselines"]
+    out.with_suffix(".json").write_text(json.dumps(res))
+    assert "supervised (CL)" not in frontier.render(res)
+    only = ["--baselines-only", "--baseline-epochs", "2", "--out", str(out)]
+    assert frontier.main(only) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["baselines"]["epochs"] == 2 and set(res["baselines"]["supervised"]) == {
+        "test_resnet"
+    }
+    page = out.read_text()
+    assert "Measured by `python benchmarks/ssl_frontier.py --baselines-only" in page
+    assert "supervised (CL)" in page and page.endswith("- a note\n")

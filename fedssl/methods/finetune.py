@@ -32,7 +32,7 @@ from fedssl.config import ConfigError, ExperimentConfig, save_config
 from fedssl.data.client_images import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
 from fedssl.data.transforms import eval_transform, pil_mode, train_transform
 from fedssl.methods.heads import BackboneClassifier, save_head
-from fedssl.methods.pretrain import model_in_chans
+from fedssl.methods.pretrain import model_in_chans, monitor_sets
 from fedssl.methods.supervised import batches_accuracy
 from fedssl.models.backbones import RawPixels, build_backbone, load_backbone
 
@@ -51,6 +51,7 @@ __all__ = [
     "head_meta",
     "finetune",
     "timed_finetune",
+    "monitor_baselines",
 ]
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -454,3 +455,40 @@ def timed_finetune(
     r = finetune(cfg, client, run_dir, device_index)
     r["wall_s"] = time.perf_counter() - t
     return r
+
+
+def monitor_baselines(
+    cfg: ExperimentConfig, partition_id: int, epochs: int | None = None
+) -> dict[str, float]:
+    """Supervised references for the stage-one kNN monitor, each scored top-1 on the monitor's
+    own queries (:func:`~fedssl.methods.pretrain.monitor_sets`), so they stand beside the
+    backbone's kNN on equal terms:
+
+    * ``pixels_linear``: a linear head on the raw pixels;
+    * ``supervised``: ``model.backbone`` from random init trained end to end with a linear head
+      (the paper's CL baseline).
+
+    Both train on the client's labeled images with their labels (the kNN bank, unless
+    ``ssl.knn_bank`` caps it) with stage two's recipe (``finetune.*``; ``epochs`` overrides
+    ``finetune.epochs``). A representation whose kNN trails ``supervised`` has not yet earned
+    a label-scarce client anything that the same labels would not give it directly.
+    """
+    import copy
+
+    if cfg.finetune.labels_per_class:
+        raise ConfigError("monitor_baselines trains on every labeled image: labels_per_class=0")
+    task = client_task(cfg.data, partition_id)
+    out = {}
+    for key, backbone, mode in (
+        ("pixels_linear", "pixels", "linear"),
+        ("supervised", "none", "full"),
+    ):
+        c = copy.deepcopy(cfg)
+        c.finetune.backbone, c.finetune.mode = backbone, mode
+        c.finetune.epochs = epochs or c.finetune.epochs
+        module, meta = build_classifier(c, task.num_classes, None)
+        fit(module, c, task, meta, c.finetune.epochs, seed=c.seed)
+        _, rt, _, queries = monitor_sets(c, partition_id, int(meta["in_chans"]))
+        module.eval()
+        out[key] = batches_accuracy(module, queries, rt)
+    return out

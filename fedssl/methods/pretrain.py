@@ -33,6 +33,7 @@ __all__ = [
     "views_transform",
     "views_dataset",
     "views_loader",
+    "monitor_sets",
     "backbone_knn",
     "pixels_knn",
     "backbone_meta",
@@ -165,9 +166,11 @@ def views_loader(
     return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
 
 
-def _monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
-    """The kNN monitor's bank (the client's labeled part) and queries (its test split), each a
-    function ``features(fn) -> (features, labels)`` over evaluation-transformed batches."""
+def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+    """The kNN monitor's sets: ``(task, runtime, bank, queries)``, the bank being the client's
+    labeled part (at most ``ssl.knn_bank`` images) and the queries its test split (at most
+    ``ssl.knn_queries``), each a loader of evaluation-transformed ``(images, labels)`` batches.
+    Every baseline the monitor is compared with is scored on these same queries."""
     task = client_task(cfg.data, partition_id)
     s = cfg.ssl
     tf = eval_transform(cfg.model.image_size, in_chans)
@@ -186,7 +189,7 @@ def _monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
 def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
     """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
     s = cfg.ssl
-    task, rt, bank_batches, query_batches = _monitor_sets(
+    task, rt, bank_batches, query_batches = monitor_sets(
         cfg, partition_id, module.backbone_in_chans
     )
     bank, bank_y = extract_features(module.backbone, bank_batches, rt)
@@ -199,7 +202,7 @@ def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
     cosine similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
     normalised pixels (so no scaling choice weakens it)."""
     s, chans = cfg.ssl, model_in_chans(cfg)
-    task, _, bank_batches, query_batches = _monitor_sets(cfg, partition_id, chans)
+    task, _, bank_batches, query_batches = monitor_sets(cfg, partition_id, chans)
     norm = normalize(chans)
     mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(norm["std"]).view(1, -1, 1, 1)

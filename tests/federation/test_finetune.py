@@ -449,3 +449,24 @@ def test_calibrate_head_refuses_features_of_another_width(stage_one):
     module, _ = stage_two.build_classifier(cfg, 10, path)
     with pytest.raises(ValueError, match="expected"):
         module.calibrate_head(torch.zeros(4, module.backbone.num_features + 1))
+
+
+def test_monitor_baselines_learn_the_bank_labels_and_score_the_monitor_queries(
+    tiny_pretrain, tmp_path
+):
+    """The supervised references of the stage-one monitor (and of the SSL frontier's pages):
+    trained on the bank's labels, for the epochs asked, scored on the monitor's queries."""
+    cfg = load_config("configs/pretrain/default.yaml", tiny_pretrain(str(tmp_path), "mb"))
+    short = stage_two.monitor_baselines(cfg, 0, epochs=1)
+    full = stage_two.monitor_baselines(cfg, 0, epochs=30)
+    assert set(full) == {"pixels_linear", "supervised"}
+    # the tiny images are learnable: with their labels both heads get (almost) every query
+    assert full["pixels_linear"] >= 0.9 and full["supervised"] >= 0.9
+    # one epoch from random init is far from it: the epochs asked for are the epochs trained
+    assert short["supervised"] <= full["supervised"] - 0.3
+    # 60 queries (ssl.knn_queries): every score is a whole number of them
+    for acc in (*short.values(), *full.values()):
+        assert acc * 60 == pytest.approx(round(acc * 60))
+    cfg.finetune.labels_per_class = 5
+    with pytest.raises(ConfigError, match="labels_per_class"):
+        stage_two.monitor_baselines(cfg, 0)
