@@ -6,7 +6,10 @@ training seconds so far, and each client's raw-pixel kNN line (same bank, querie
 Writes ``docs/results/ssl-methods.md`` (+ ``.json``, + ``ssl-methods.png``: kNN vs minutes per
 client with the raw-pixel line): per entry the final kNN per client, the minutes to cross the
 raw-pixel line (or "not within the budget"), federated vs centralized at equal budget for the
-best two entries, and the backbone's MACs per image.
+best two entries, and the backbone's MACs per image. Beside raw-pixel kNN the page puts the
+baselines that train on the same bank labels and are scored on the same queries: a linear head on
+raw pixels, each entry backbone trained supervised from random init (CL), and kNN at random init
+(``--baselines-only`` adds them to a page measured before they existed).
 
     python benchmarks/ssl_frontier.py                      # the page (about 45 minutes here)
     python benchmarks/ssl_frontier.py --budget-s 20 --entries simclr byol --out /tmp/f.md

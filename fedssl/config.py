@@ -123,6 +123,7 @@ class SSLConfig:
     queue_size: int | None = None  # moco
     prototypes: int | None = None  # dino: output width
     teacher_temperature: float | None = None  # dino
+    head_batch_norm: bool | None = None  # dino: BatchNorm in the projection head's hidden layers
     local_views: int | None = None  # dino: small crops per image
     redundancy_weight: float | None = None  # barlowtwins: off-diagonal weight
     min_scale: float = 0.08  # RandomResizedCrop lower bound

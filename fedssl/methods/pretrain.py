@@ -58,6 +58,7 @@ _RECIPE_FIELDS = {
         "queue_size",
         "prototypes",
         "teacher_temperature",
+        "head_batch_norm",
         "local_views",
         "redundancy_weight",
     ),

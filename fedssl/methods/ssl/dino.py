@@ -24,7 +24,16 @@ __all__ = ["DINO"]
 class DINO(MomentumTarget, SSLMethod):
     """DINO; recipe args: ``proj_hidden``, ``proj_out`` (the bottleneck), ``prototypes`` (the
     output width; the paper's 65,536 is far more than needed for ten classes),
-    ``teacher_temperature``, ``target_momentum`` and ``local_views`` (small crops per image)."""
+    ``teacher_temperature``, ``target_momentum``, ``local_views`` (small crops per image) and
+    ``head_batch_norm``.
+
+    ``head_batch_norm`` (BatchNorm after the head's hidden layers, lightly's ``batch_norm``;
+    the paper's ViT recipe has none) is on by default: on the small-image ResNets a randomly
+    initialised network gives every image nearly the same output, the sharpened teacher then
+    picks the same prototype for all of them, and without it the loss fell to 0.05 within
+    three SGD steps (one prototype for every image) before the centring turned that into the
+    uniform collapse (loss = ln(prototypes)); with it the loss starts at ln(prototypes) and
+    falls (docs/results/ssl-methods.md, DINO section)."""
 
     name = "dino"
     TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
@@ -46,14 +55,15 @@ class DINO(MomentumTarget, SSLMethod):
         teacher_temperature: float = 0.04,
         target_momentum: float = 0.99,
         local_views: int = 2,
+        head_batch_norm: bool = True,
         **base,
     ):
         super().__init__(backbone, **base)
         widths = (self.num_features, proj_hidden, proj_out, prototypes)
-        self.projection_head = DINOProjectionHead(*widths)
+        self.projection_head = DINOProjectionHead(*widths, batch_norm=head_batch_norm)
         self.backbone_momentum = momentum_copy(self.backbone)
         # the head's weight-normalised last layer cannot be deep-copied: build a twin, copy
-        self.projection_head_momentum = DINOProjectionHead(*widths)
+        self.projection_head_momentum = DINOProjectionHead(*widths, batch_norm=head_batch_norm)
         self.projection_head_momentum.load_state_dict(self.projection_head.state_dict())
         deactivate_requires_grad(self.projection_head_momentum)
         self.criterion = DINOLoss(
