@@ -59,6 +59,13 @@ def parse_args(argv=None):
     p.add_argument("--backbone", default="sresnet18_w16", help="backbone of the entries")
     p.add_argument("--budget-s", type=float, default=180.0, help="training seconds per entry")
     p.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        default=0,
+        help="stop each entry after this many rounds (0: the budget alone decides); with a large "
+        "--budget-s, entries compare at equal rounds, which a loaded machine does not change",
+    )
     p.add_argument("--central", type=int, default=2, help="best entries also run centralized")
     p.add_argument("--set", nargs="*", default=[], help="extra config overrides for all")
     p.add_argument("--out", default=str(ROOT / "docs/results/ssl-methods.md"))
@@ -83,6 +90,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if not a.budget_s > 0:
         p.error(f"--budget-s must be positive (got {a.budget_s})")
+    if a.max_rounds < 0:
+        p.error(f"--max-rounds must be 0 or more (got {a.max_rounds})")
     if a.central < 0:
         p.error(f"--central must be 0 or more (got {a.central})")
     if a.baseline_epochs < 1:
@@ -112,15 +121,15 @@ def entry_config(a, name: str, out_dir: str):
     return load_config(a.config, [*over, *a.set])
 
 
-def federated(cfg, budget_s: float) -> list[dict]:
-    """Rounds until ``budget_s`` training seconds: each row the round, seconds so far, loss
-    and kNN per client."""
+def federated(cfg, budget_s: float, max_rounds: int = 0) -> list[dict]:
+    """Rounds until ``budget_s`` training seconds (or ``max_rounds`` rounds, when > 0): each row
+    the round, seconds so far, loss and kNN per client."""
     from fedssl.aggregation import merge
     from fedssl.federation.pretraining import initial_state, local_evaluate, local_train
 
     clients = range(len(cfg.data.clients))
     state, rows, spent, rnd = initial_state(cfg), [], 0.0, 0
-    while spent < budget_s:
+    while spent < budget_s and not 0 < max_rounds <= rnd:
         rnd += 1
         t = time.perf_counter()
         replies = [local_train(cfg, pid, state, rnd) for pid in clients]
@@ -183,6 +192,8 @@ def crossing(rows: list[dict], client: int, line: float) -> float | None:
 def run(a) -> dict:
     res = harness.stamp("ssl_frontier.py", a.argv)
     res.update({"budget_s": a.budget_s, "backbone": a.backbone, "entries": {}})
+    if a.max_rounds:
+        res["max_rounds"] = a.max_rounds
     with tempfile.TemporaryDirectory(prefix="ssl-frontier-") as tmp:  # runs' client state
         _entries(a, res, tmp)
     return res
@@ -205,7 +216,7 @@ def _entries(a, res: dict, tmp: str) -> None:
         torch.manual_seed(0)
         macs = macs_per_image(build_ssl(cfg).backbone, cfg.model.image_size, model_in_chans(cfg))
         print(f"[frontier] {name} ({cfg.model.backbone}, {macs / 1e6:.0f} M MACs/image)")
-        rows = federated(cfg, a.budget_s)
+        rows = federated(cfg, a.budget_s, a.max_rounds)
         res["entries"][name] = {
             "method": cfg.ssl.method,
             "client_update": cfg.ssl.client_update,
@@ -221,7 +232,9 @@ def _entries(a, res: dict, tmp: str) -> None:
     ranked = sorted(res["entries"], key=lambda n: -sum(res["entries"][n]["rows"][-1]["knn"]))
     for name in ranked[: a.central]:
         print(f"[frontier] {name}, centralized")
-        res["entries"][name]["central"] = centralized(entry_config(a, name, tmp), a.budget_s)
+        # equal training time: the federated entry's, when --max-rounds ended it
+        fed_s = res["entries"][name]["rows"][-1]["s"] if a.max_rounds else a.budget_s
+        res["entries"][name]["central"] = centralized(entry_config(a, name, tmp), fed_s)
 
 
 def baselines(a, res: dict, tmp: str) -> None:
@@ -311,6 +324,9 @@ def render_baselines(res: dict) -> list[str]:
 def render(res: dict) -> str:
     clients, px = res["clients"], res["pixels"]
     budget_min = res["budget_s"] / 60
+    length = f"{budget_min:.1f} minutes of training on this machine"
+    if res.get("max_rounds"):
+        length = f"{res['max_rounds']} rounds (or {length}, whichever came first)"
     lines = [
         "# SSL methods: the frontier on the default offline pair",
         "",
@@ -318,7 +334,7 @@ def render(res: dict) -> str:
         f"{res['load_at_start']} at start, {res.get('load_at_end')} at end).",
         "",
         f"Every entry trains federated (FedAvg, {len(clients)} clients: "
-        f"{', '.join(clients)}) for {budget_min:.1f} minutes of training on this machine; kNN "
+        f"{', '.join(clients)}) for {length}; kNN "
         "(k=20, t=0.1, cosine) of the merged backbone after every round, with each client's "
         "labeled images as the bank and 1,000 test images as queries. The baseline to beat is "
         "**kNN on raw pixels with the same bank and queries** (the better of [0, 1] and "

@@ -38,6 +38,7 @@ def test_crossing_is_the_first_round_at_or_above_the_line(frontier):
         ["--central", "-1"],
         ["--entries", "x"],
         ["--baseline-epochs", "0"],
+        ["--max-rounds", "-1"],
         ["--render-only", "--baselines-only"],
     ],
 )
@@ -99,3 +100,23 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     page = out.read_text()
     assert "Measured by `python benchmarks/ssl_frontier.py --baselines-only" in page
     assert "supervised (CL)" in page and page.endswith("- a note\n")
+
+
+def test_max_rounds_ends_each_entry_at_equal_rounds(frontier, tiny_pretrain, tmp_path):
+    """On a loaded machine a budget buys fewer rounds; --max-rounds compares entries at equal
+    rounds instead (the rounds are seeded, so the numbers do not depend on the load)."""
+    tiny = [
+        o
+        for o in tiny_pretrain(str(tmp_path / "runs"), "x")
+        if not o.startswith(("name=", "out_dir=", "model.backbone="))
+    ]
+    out = tmp_path / "f.md"
+    argv = ["--budget-s", "1e6", "--max-rounds", "2", "--entries", "simclr", "--central", "1"]
+    argv += ["--backbone", "test_resnet", "--baseline-epochs", "1", "--out", str(out)]
+    assert frontier.main([*argv, "--set", *tiny]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    e = res["entries"]["simclr"]
+    assert [r["round"] for r in e["rows"]] == [1, 2] and res["max_rounds"] == 2
+    # centralized gets the federated entry's training time, not the (huge) budget
+    assert e["central"][-1]["s"] < e["rows"][-1]["s"] + 60
+    assert "for 2 rounds (or" in out.read_text()
