@@ -97,10 +97,12 @@ def write_results(
     render: Callable[[dict], str],
     json_path: str | Path | None = None,
 ) -> Path:
-    """Record the load at the end in ``res``, then write the JSON (``json_path``, default
-    ``<page>.json``) and the page (``render(res)``), each atomically. Returns the page's path."""
+    """Record the load at the end in ``res`` (unless it holds one already: a page re-rendered
+    from its JSON keeps the load of the run that measured it), then write the JSON
+    (``json_path``, default ``<page>.json``) and the page (``render(res)``), each atomically.
+    Returns the page's path."""
     page = Path(page)
-    res["load_at_end"] = load()
+    res.setdefault("load_at_end", load())
     _atomic(Path(json_path or page.with_suffix(".json")), json.dumps(res, indent=1) + "\n")
     _atomic(page, render(res))
     return page

@@ -81,8 +81,10 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     # the hand-written reading of the numbers survives --render-only and a new run
     res["notes"] = ["## What this shows", "", "- a note"]
     out.with_suffix(".json").write_text(json.dumps(res))
+    res["load_at_end"] = [9.0, 9.0, 9.0]  # the measuring run's, kept on a re-render
+    out.with_suffix(".json").write_text(json.dumps(res))
     assert frontier.main(["--render-only", "--out", str(out)]) == 0
-    assert out.read_text().endswith("- a note\n")
+    assert out.read_text().endswith("- a note\n") and "[9.0, 9.0, 9.0] at end" in out.read_text()
     assert frontier.main([*common, "--central", "0", "--set", *tiny]) == 0
     page = out.read_text()
     assert page.endswith("- a note\n") and "Federated vs centralized" not in page
