@@ -33,7 +33,7 @@ class DINO(MomentumTarget, SSLMethod):
     picks the same prototype for all of them, and without it the loss fell to 0.05 within
     three SGD steps (one prototype for every image) before the centring turned that into the
     uniform collapse (loss = ln(prototypes)); with it the loss starts at ln(prototypes) and
-    falls (docs/results/ssl-methods.md, DINO section)."""
+    falls (``tests/models/test_ssl_methods.py`` shows both; results/ssl-methods.md notes it)."""
 
     name = "dino"
     TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
