@@ -253,8 +253,10 @@ def baselines(a, res: dict, tmp: str) -> None:
     for backbone, name in first.items():
         cfg = entry_config(a, name, tmp)
         clients = range(len(cfg.data.clients))
-        got = [monitor_baselines(cfg, p, a.baseline_epochs) for p in clients]
-        out["pixels_linear"] = [g["pixels_linear"] for g in got]
+        kinds = ("supervised",) if out["pixels_linear"] else ("pixels_linear", "supervised")
+        got = [monitor_baselines(cfg, p, a.baseline_epochs, kinds) for p in clients]
+        if not out["pixels_linear"]:  # the same for every backbone: trained once
+            out["pixels_linear"] = [g["pixels_linear"] for g in got]
         out["supervised"][backbone] = [g["supervised"] for g in got]
         torch.manual_seed(cfg.seed)
         module = build_ssl(cfg)

@@ -458,7 +458,10 @@ def timed_finetune(
 
 
 def monitor_baselines(
-    cfg: ExperimentConfig, partition_id: int, epochs: int | None = None
+    cfg: ExperimentConfig,
+    partition_id: int,
+    epochs: int | None = None,
+    kinds: tuple[str, ...] = ("pixels_linear", "supervised"),
 ) -> dict[str, float]:
     """Supervised references for the stage-one kNN monitor, each scored top-1 on the monitor's
     own queries (:func:`~fedssl.methods.pretrain.monitor_sets`), so they stand beside the
@@ -470,7 +473,8 @@ def monitor_baselines(
 
     Both train on the client's labeled images with their labels (the kNN bank, unless
     ``ssl.knn_bank`` caps it) with stage two's recipe (``finetune.*``; ``epochs`` overrides
-    ``finetune.epochs``). A representation whose kNN trails ``supervised`` has not yet earned
+    ``finetune.epochs``); ``kinds`` picks which (the pixel head does not depend on
+    ``model.backbone``). A representation whose kNN trails ``supervised`` has not yet earned
     a label-scarce client anything that the same labels would not give it directly.
     """
     import copy
@@ -483,6 +487,8 @@ def monitor_baselines(
         ("pixels_linear", "pixels", "linear"),
         ("supervised", "none", "full"),
     ):
+        if key not in kinds:
+            continue
         c = copy.deepcopy(cfg)
         c.finetune.backbone, c.finetune.mode = backbone, mode
         c.finetune.epochs = epochs or c.finetune.epochs
