@@ -132,6 +132,10 @@ class SSLConfig:
     hf_prob: float = 0.5
     rr_prob: float = 0.0  # random rotation probability (0: off)
     rr_degrees: float = 0.0  # rotation range +-degrees when rr_prob > 0
+    # Views of one client that differ from the settings above, by the client's dataset name:
+    # e.g. {mnist: {rr_prob: 0.0}} (keys: min_scale, cj_prob, cj_strength, hf_prob, rr_prob,
+    # rr_degrees). Each client trains on its own views; the server never sees them.
+    client_views: dict[str, dict[str, float]] = field(default_factory=dict)
     knn_k: int = 200
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)

@@ -80,6 +80,11 @@ def _snapshot(folder):
         (["model.backbone=sresnet18_w15"], "model.backbone: sresnet width must be even"),
         (["federation.cpus_per_client=4096"], "usable CPUs, so no client could start"),
         (["runtime.accelerator=cpu", "runtime.precision=16-mixed"], "16-mixed needs a GPU"),
+        # SSL settings every client would fail on (they raised inside the clients, after Ray)
+        (["ssl.travel=[backbone,queue]"], "ssl.travel: simclr has no part 'queue'"),
+        (["ssl.client_views.cifar10.min_scale=0.5"], "ssl.client_views.cifar10: no client holds"),
+        (["ssl.client_views.mnist.scale=0.5"], "unknown view setting scale"),
+        (["ssl.client_views.mnist.rr_degrees=0"], "(client 1: mnist): rr_prob=0.5 needs rr_deg"),
         # a valid config: the finished run is not started over (issue 16's data loss)
         ([], "already holds a run that completed round 1; continue it with --resume"),
     ],

@@ -47,6 +47,23 @@ def check_model(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.backbone: {err}") from None
 
 
+def check_ssl_section(cfg: ExperimentConfig) -> None:
+    """Refuse stage one's SSL settings that would fail on every client (a travelling part the
+    method lacks, a client's bad views) before anything starts.
+
+    Raises:
+        ConfigError: the message names the key.
+    """
+    if cfg.experiment != "pretrain":
+        return
+    from fedssl.methods.pretrain import check_ssl
+
+    try:
+        check_ssl(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def preflight(cfg: ExperimentConfig, machine: runtime.Machine | None = None) -> dict:
     """Every check of ``cfg`` against this machine that can fail before Ray starts.
 
@@ -54,9 +71,10 @@ def preflight(cfg: ExperimentConfig, machine: runtime.Machine | None = None) -> 
 
     Raises:
         ConfigError: impossible resources, a device or precision the machine cannot do, an
-            unknown backbone (one line that says what to set).
+            unknown backbone, SSL settings no client can run (one line that says what to set).
     """
     check_model(cfg)
+    check_ssl_section(cfg)
     resources, init = runtime.client_resources(cfg, num_clients(cfg), machine)
     return {
         "client_resources": resources,

@@ -29,7 +29,10 @@ __all__ = [
     "model_in_chans",
     "method_settings",
     "build_ssl",
+    "VIEW_KEYS",
+    "view_settings",
     "augmentation",
+    "check_ssl",
     "views_transform",
     "views_dataset",
     "views_loader",
@@ -115,46 +118,107 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
     )
 
 
-def augmentation(cfg: ExperimentConfig) -> dict:
-    """The view augmentation every method's lightly transform takes: crops, colour jitter,
-    flips, rotations, normalisation. Blur defaults to 0.5 for images of 64 px and more and to 0
-    below (a 28 px image has little to blur); grayscale conversion is off for one channel.
+#: the ``ssl`` view settings a client may set differently (``ssl.client_views.<dataset>``)
+VIEW_KEYS = ("min_scale", "cj_prob", "cj_strength", "hf_prob", "rr_prob", "rr_degrees")
+
+
+def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dict[str, float]:
+    """Client ``partition_id``'s view settings: the ``ssl`` section's, with the overrides of
+    ``ssl.client_views.<its dataset>`` applied (``None``: the section's own, every override
+    still checked).
 
     Raises:
-        ValueError: ``ssl.rr_prob`` > 0 without a positive ``ssl.rr_degrees``.
+        ValueError: an override for a dataset no client holds, an unknown view setting, a
+            probability outside [0, 1], a crop scale outside (0, 1], or ``rr_prob`` > 0 without
+            a positive ``rr_degrees``.
     """
-    s, size, chans = cfg.ssl, cfg.model.image_size, model_in_chans(cfg)
-    if s.rr_prob > 0 and not s.rr_degrees > 0:
-        raise ValueError(f"ssl.rr_prob={s.rr_prob} needs ssl.rr_degrees > 0 (got {s.rr_degrees})")
+    s, names = cfg.ssl, list(cfg.data.clients)
+    for name, over in s.client_views.items():
+        if name not in names:
+            raise ValueError(
+                f"ssl.client_views.{name}: no client holds {name!r} "
+                f"(data.clients: {', '.join(names) or 'none'})"
+            )
+        unknown = sorted(set(over) - set(VIEW_KEYS))
+        if unknown:
+            raise ValueError(
+                f"ssl.client_views.{name}: unknown view setting {', '.join(unknown)} "
+                f"(allowed: {', '.join(VIEW_KEYS)})"
+            )
+
+    def checked(pid: int | None) -> dict[str, float]:
+        where = "ssl" if pid is None else f"ssl (client {pid}: {names[pid]})"
+        v = {k: getattr(s, k) for k in VIEW_KEYS}
+        if pid is not None:
+            v.update(s.client_views.get(names[pid], {}))
+        for k in ("cj_prob", "hf_prob", "rr_prob"):
+            if not 0.0 <= v[k] <= 1.0:
+                raise ValueError(f"{where}: {k}={v[k]} must be a probability in [0, 1]")
+        if not 0.0 < v["min_scale"] <= 1.0:
+            raise ValueError(f"{where}: min_scale={v['min_scale']} must be in (0, 1]")
+        if v["rr_prob"] > 0 and not v["rr_degrees"] > 0:
+            raise ValueError(
+                f"{where}: rr_prob={v['rr_prob']} needs rr_degrees > 0 (got {v['rr_degrees']})"
+            )
+        return v
+
+    if partition_id is not None:
+        return checked(partition_id)
+    for pid in range(len(names)):
+        checked(pid)
+    return checked(None)
+
+
+def augmentation(cfg: ExperimentConfig, partition_id: int | None = None) -> dict:
+    """The view augmentation every method's lightly transform takes: crops, colour jitter,
+    flips, rotations (client ``partition_id``'s: :func:`view_settings`), normalisation. Blur
+    defaults to 0.5 for images of 64 px and more and to 0 below (a 28 px image has little to
+    blur); grayscale conversion is off for one channel.
+
+    Raises:
+        ValueError: from :func:`view_settings`.
+    """
+    v, size, chans = view_settings(cfg, partition_id), cfg.model.image_size, model_in_chans(cfg)
     return {
         "input_size": size,
-        "cj_prob": s.cj_prob,
-        "cj_strength": s.cj_strength,
-        "min_scale": s.min_scale,
-        "hf_prob": s.hf_prob,
-        "rr_prob": s.rr_prob,
-        "rr_degrees": s.rr_degrees if s.rr_prob > 0 else None,
+        "cj_prob": v["cj_prob"],
+        "cj_strength": v["cj_strength"],
+        "min_scale": v["min_scale"],
+        "hf_prob": v["hf_prob"],
+        "rr_prob": v["rr_prob"],
+        "rr_degrees": v["rr_degrees"] if v["rr_prob"] > 0 else None,
         "gaussian_blur": 0.5 if size >= 64 else 0.0,
         "random_gray_scale": 0.2 if chans == 3 else 0.0,
         "normalize": normalize(chans),
     }
 
 
-def views_transform(cfg: ExperimentConfig):
-    """The configured method's lightly views (two per image; DINO adds small local crops)."""
+def check_ssl(cfg: ExperimentConfig) -> None:
+    """Every check of the ``ssl`` section that needs no data: the method's settings and
+    travelling parts, and each client's views (what a launcher runs before anything starts).
+
+    Raises:
+        ValueError: from :func:`method_settings` or :func:`view_settings`.
+    """
+    method_settings(cfg)
+    view_settings(cfg)
+
+
+def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
+    """The configured method's lightly views of client ``partition_id`` (``None``: the ``ssl``
+    section's, without client overrides): two per image; DINO adds small local crops."""
     cls = method_class(cfg.ssl.method)
     extra = {}
     if "local_views" in inspect.signature(cls.views).parameters:
         extra["local_views"] = method_settings(cfg)["local_views"]
-    return cls.views(**augmentation(cfg), **extra)
+    return cls.views(**augmentation(cfg, partition_id), **extra)
 
 
 def views_dataset(cfg: ExperimentConfig, partition_id: int) -> ImageDataset:
-    """Client ``partition_id``'s unlabeled images as the method's views (what stage one trains
-    on)."""
+    """Client ``partition_id``'s unlabeled images as its views (what stage one trains on)."""
     task = client_task(cfg.data, partition_id)
     mode = pil_mode(model_in_chans(cfg))
-    return ImageDataset(task.train, task.unlabeled, views_transform(cfg), mode=mode)
+    return ImageDataset(task.train, task.unlabeled, views_transform(cfg, partition_id), mode=mode)
 
 
 def views_loader(

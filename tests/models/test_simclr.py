@@ -89,6 +89,26 @@ def test_rotation_views_only_when_asked():
         _views("model.in_chans=1", "ssl.rr_prob=0.5", "ssl.rr_degrees=0")
 
 
+def test_each_client_trains_on_its_own_views():
+    # Rotations for every client but MNIST's: the same bar image is rotated by client 0's
+    # views and never by client 1's (digits: a 6 rotated far is a 9).
+    from fedssl.methods.pretrain import views_transform
+
+    img = Image.new("L", (28, 28), color=0)
+    img.paste(255, (12, 2, 16, 26))
+    cfg = load_config(None, ["data.clients=[fashion_mnist,mnist]", "model.in_chans=1",
+                             "ssl.min_scale=1.0", "ssl.cj_prob=0.0", "ssl.hf_prob=0.0",
+                             "ssl.rr_prob=1.0", "ssl.rr_degrees=45",
+                             "ssl.client_views.mnist.rr_prob=0.0"])  # fmt: skip
+    torch.manual_seed(0)
+    fashion, digits = views_transform(cfg, 0), views_transform(cfg, 1)
+    outs = [v for _ in range(5) for v in fashion(img)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    assert all(torch.equal(digits(img)[0], digits(img)[1]) for _ in range(5))
+    # the section's own views (no client) keep the rotation
+    assert augmentation(cfg)["rr_prob"] == 1.0 and augmentation(cfg, 1)["rr_prob"] == 0.0
+
+
 def test_simclr_learns_to_match_views():
     torch.manual_seed(0)
     module = SimCLR(
