@@ -124,8 +124,8 @@ VIEW_KEYS = ("min_scale", "cj_prob", "cj_strength", "hf_prob", "rr_prob", "rr_de
 
 def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dict[str, float]:
     """Client ``partition_id``'s view settings: the ``ssl`` section's, with the overrides of
-    ``ssl.client_views.<its dataset>`` applied (``None``: the section's own, every override
-    still checked).
+    ``ssl.client_views.<its dataset>`` applied (``None``: the section's own; every override's
+    dataset and keys are checked either way).
 
     Raises:
         ValueError: an override for a dataset no client holds, an unknown view setting, a
@@ -145,28 +145,21 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
                 f"ssl.client_views.{name}: unknown view setting {', '.join(unknown)} "
                 f"(allowed: {', '.join(VIEW_KEYS)})"
             )
-
-    def checked(pid: int | None) -> dict[str, float]:
-        where = "ssl" if pid is None else f"ssl (client {pid}: {names[pid]})"
-        v = {k: getattr(s, k) for k in VIEW_KEYS}
-        if pid is not None:
-            v.update(s.client_views.get(names[pid], {}))
-        for k in ("cj_prob", "hf_prob", "rr_prob"):
-            if not 0.0 <= v[k] <= 1.0:
-                raise ValueError(f"{where}: {k}={v[k]} must be a probability in [0, 1]")
-        if not 0.0 < v["min_scale"] <= 1.0:
-            raise ValueError(f"{where}: min_scale={v['min_scale']} must be in (0, 1]")
-        if v["rr_prob"] > 0 and not v["rr_degrees"] > 0:
-            raise ValueError(
-                f"{where}: rr_prob={v['rr_prob']} needs rr_degrees > 0 (got {v['rr_degrees']})"
-            )
-        return v
-
+    v, where = {k: getattr(s, k) for k in VIEW_KEYS}, "ssl"
     if partition_id is not None:
-        return checked(partition_id)
-    for pid in range(len(names)):
-        checked(pid)
-    return checked(None)
+        name = names[partition_id]
+        v.update(s.client_views.get(name, {}))
+        where = f"ssl (client {partition_id}: {name})"
+    for k in ("cj_prob", "hf_prob", "rr_prob"):
+        if not 0.0 <= v[k] <= 1.0:
+            raise ValueError(f"{where}: {k}={v[k]} must be a probability in [0, 1]")
+    if not 0.0 < v["min_scale"] <= 1.0:
+        raise ValueError(f"{where}: min_scale={v['min_scale']} must be in (0, 1]")
+    if v["rr_prob"] > 0 and not v["rr_degrees"] > 0:
+        raise ValueError(
+            f"{where}: rr_prob={v['rr_prob']} needs rr_degrees > 0 (got {v['rr_degrees']})"
+        )
+    return v
 
 
 def augmentation(cfg: ExperimentConfig, partition_id: int | None = None) -> dict:
@@ -201,7 +194,8 @@ def check_ssl(cfg: ExperimentConfig) -> None:
         ValueError: from :func:`method_settings` or :func:`view_settings`.
     """
     method_settings(cfg)
-    view_settings(cfg)
+    for pid in [None, *range(len(cfg.data.clients))]:
+        view_settings(cfg, pid)
 
 
 def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
