@@ -140,10 +140,16 @@ class SSLConfig:
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
     knn_queries: int = 1000  # max test images per client scored by kNN (0: all)
+    # The BatchNorm statistics a client scores the backbone with: ``client`` re-estimates them
+    # on its own unlabeled images (at most knn_bn_images; labels unused) before extracting
+    # features, ``merged`` keeps the weights' own (FedAvg's average of every client's).
+    knn_bn: str = "client"
+    knn_bn_images: int = 1000
 
     _choices = {
         "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
         "client_update": ("none", "fedema", "fedu"),
+        "knn_bn": ("client", "merged"),
     }
 
 

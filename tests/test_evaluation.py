@@ -33,3 +33,48 @@ def test_knn_errors():
         knn_accuracy(bank[:0], by[:0], bank, by, 4)
     with pytest.raises(ValueError, match="16 wide, queries 8"):
         knn_accuracy(bank, by, bank[:, :8], by, 4)
+
+
+def _conv_bn(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU(), torch.nn.Flatten()
+    )
+    net[1].running_mean.fill_(50.0)  # statistics of some other data
+    net[1].running_var.fill_(1e-3)
+    return net.eval()
+
+
+def test_with_own_statistics_re_estimates_batchnorm_on_the_given_images_only():
+    from fedssl.methods.knn import with_own_statistics
+
+    net = _conv_bn()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 1, 6, 6, generator=g) * 3 + 2, torch.zeros(8)) for _ in range(3)]
+    own = with_own_statistics(net, batches)
+    # by hand: the conv's outputs per batch, averaged over the equal-sized batches
+    with torch.no_grad():
+        outs = [net[0](x).transpose(0, 1).flatten(1) for x, _ in batches]
+    mean = torch.stack([o.mean(1) for o in outs]).mean(0)
+    var = torch.stack([o.var(1, unbiased=True) for o in outs]).mean(0)
+    assert torch.allclose(own[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(own[1].running_var, var, rtol=1e-5)
+    # the weights are the same, the original keeps its statistics and its mode
+    assert torch.equal(own[0].weight, net[0].weight) and torch.equal(own[1].weight, net[1].weight)
+    assert float(net[1].running_mean[0]) == 50.0 and not net.training
+    # the old statistics leave no trace: two backbones that differ only in them agree after
+    other = _conv_bn()
+    other[1].running_mean.zero_()
+    x = batches[0][0]
+    assert not torch.allclose(net(x), other(x))
+    assert torch.allclose(own.eval()(x), with_own_statistics(other, batches).eval()(x), atol=1e-6)
+
+
+def test_with_own_statistics_without_batchnorm_or_images():
+    from fedssl.methods.knn import with_own_statistics
+
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    x = torch.randn(4, 1, 5, 5)
+    assert torch.equal(with_own_statistics(plain, [(x, torch.zeros(4))])(x), plain(x))
+    with pytest.raises(ValueError, match="no batches"):
+        with_own_statistics(_conv_bn(), [])

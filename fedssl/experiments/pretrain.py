@@ -46,8 +46,9 @@ def summary(cfg: ExperimentConfig) -> list[str]:
     if not evals:
         return ["[fedssl] no evaluated round in the metrics"]
     last = evals[-1]
-    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}) against raw pixels "
-           "(same bank, queries, k and temperature) and random init:"]  # fmt: skip
+    stats = ", each client's own BatchNorm statistics" if cfg.ssl.knn_bn == "client" else ""
+    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}{stats}) against raw "
+           "pixels (same bank, queries, k and temperature) and random init:"]  # fmt: skip
     for pid, name in enumerate(cfg.data.clients):
         c = f"c{pid}"
         final = last.get(f"knn_acc_{c}")
@@ -78,9 +79,13 @@ def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verb
 
     f, m, t = cfg.federation, cfg.model, cfg.train
     local = f"{t.local_steps} steps" if t.local_steps else f"{t.local_epochs} epoch(s)"
+    method = cfg.ssl.method + (
+        "" if cfg.ssl.client_update == "none" else f"+{cfg.ssl.client_update}"
+    )
     print(
-        f"[fedssl] stage one: SimCLR {m.backbone} ({m.image_size}px) x {len(cfg.data.clients)} "
-        f"clients, FedAvg, {f.rounds} rounds of {local}; W&B {resolve_mode(cfg.tracking.wandb)}; "
+        f"[fedssl] stage one: {method} on {m.backbone} ({m.image_size}px) x "
+        f"{len(cfg.data.clients)} clients, FedAvg, {f.rounds} rounds of {local}; "
+        f"W&B {resolve_mode(cfg.tracking.wandb)}; "
         f"run dir {cfg.run_dir()}",
         flush=True,
     )

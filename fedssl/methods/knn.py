@@ -3,9 +3,17 @@
 kNN follows the protocol lightly and solo-learn report for self-supervised backbones (Wu et al.
 2018): L2-normalised features, the ``k`` most cosine-similar labeled examples vote with weight
 ``exp(sim / t)`` (k = 200, t = 0.1 by default), computed with lightly's ``knn_predict``.
+
+A backbone merged from clients with different data carries BatchNorm statistics that are the
+average of theirs and fit none of them; :func:`with_own_statistics` gives a client a copy whose
+statistics are those of its own images (SiloBN's split, Andreux et al. 2020: learned weights
+shared, statistics local), which is how a site would use the shared backbone.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from fedssl.runtime import Runtime, predict
 
-__all__ = ["extract_features", "knn_accuracy"]
+__all__ = ["extract_features", "knn_accuracy", "with_own_statistics"]
 
 
 def extract_features(
@@ -25,6 +33,35 @@ def extract_features(
     mode), computed on ``rt``'s device and precision (default: where the backbone is)."""
     feats, labels = predict(backbone, loader, rt, fn=lambda m, x: m(x).flatten(1))
     return F.normalize(feats, dim=1), labels
+
+
+def with_own_statistics(
+    backbone: nn.Module, batches: Iterable, rt: Runtime | None = None
+) -> nn.Module:
+    """A copy of ``backbone`` whose BatchNorm running statistics are re-estimated on
+    ``batches`` (``(images, labels)``; labels unused): each layer's statistics become the
+    average over the batches of their means and variances (``momentum=None``: every batch counts
+    the same, nothing of the old statistics is left), the weights untouched. The backbone
+    itself is not changed; one without BatchNorm comes back as an unchanged copy.
+
+    Raises:
+        ValueError: ``batches`` is empty while the backbone has BatchNorm layers.
+    """
+    net = copy.deepcopy(backbone)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return net
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every batch counts the same
+
+    def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        for m in norms:  # predict() puts the net in eval mode; only BatchNorm must update
+            m.train()
+        return module(x).flatten(1)[:, :1]
+
+    predict(net, batches, rt, fn=forward)  # raises ValueError on no batches
+    return net
 
 
 def knn_accuracy(

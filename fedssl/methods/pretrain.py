@@ -20,7 +20,7 @@ from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
-from fedssl.methods.knn import extract_features, knn_accuracy
+from fedssl.methods.knn import extract_features, knn_accuracy, with_own_statistics
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod, recipe
 
@@ -37,6 +37,7 @@ __all__ = [
     "views_dataset",
     "views_loader",
     "monitor_sets",
+    "statistics_images",
     "backbone_knn",
     "pixels_knn",
     "backbone_meta",
@@ -191,11 +192,16 @@ def check_ssl(cfg: ExperimentConfig) -> None:
     travelling parts, and each client's views (what a launcher runs before anything starts).
 
     Raises:
-        ValueError: from :func:`method_settings` or :func:`view_settings`.
+        ValueError: from :func:`method_settings` or :func:`view_settings`; a negative
+            ``ssl.knn_bn_images``.
     """
     method_settings(cfg)
     for pid in [None, *range(len(cfg.data.clients))]:
         view_settings(cfg, pid)
+    if cfg.ssl.knn_bn_images < 0:
+        raise ValueError(
+            f"ssl.knn_bn_images must be >= 0 (0: every image), got {cfg.ssl.knn_bn_images}"
+        )
 
 
 def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
@@ -245,14 +251,34 @@ def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
     return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
 
 
+def statistics_images(cfg: ExperimentConfig, partition_id: int, in_chans: int) -> DataLoader:
+    """The images a client re-estimates BatchNorm statistics on (``ssl.knn_bn: client``): at
+    most ``ssl.knn_bn_images`` (0: all) of its training images, drawn at random without looking
+    at labels, evaluation-transformed. The loader yields ``(images, labels)``; the labels are
+    never used."""
+    task = client_task(cfg.data, partition_id)
+    own = np.concatenate([task.unlabeled, task.labeled])
+    n = cfg.ssl.knn_bn_images
+    rng = np.random.default_rng(cfg.data.seed * 1000 + partition_id)
+    idx = np.sort(rng.permutation(own)[:n] if n > 0 else own)
+    tf = eval_transform(cfg.model.image_size, in_chans)
+    ds = ImageDataset(task.train, idx, tf, pil_mode(in_chans))
+    return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
+
+
 def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
-    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries."""
+    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries,
+    with the client's own BatchNorm statistics (``ssl.knn_bn: client``, the default:
+    :func:`~fedssl.methods.knn.with_own_statistics` on :func:`statistics_images`) or the
+    weights' own (``merged``). ``module`` is never changed."""
     s = cfg.ssl
-    task, rt, bank_batches, query_batches = monitor_sets(
-        cfg, partition_id, module.backbone_in_chans
-    )
-    bank, bank_y = extract_features(module.backbone, bank_batches, rt)
-    queries, query_y = extract_features(module.backbone, query_batches, rt)
+    chans = module.backbone_in_chans
+    task, rt, bank_batches, query_batches = monitor_sets(cfg, partition_id, chans)
+    backbone = module.backbone
+    if s.knn_bn == "client":
+        backbone = with_own_statistics(backbone, statistics_images(cfg, partition_id, chans), rt)
+    bank, bank_y = extract_features(backbone, bank_batches, rt)
+    queries, query_y = extract_features(backbone, query_batches, rt)
     return knn_accuracy(bank, bank_y, queries, query_y, task.num_classes, s.knn_k, s.knn_t)
 
 

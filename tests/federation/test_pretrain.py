@@ -224,6 +224,49 @@ def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
     assert len(y_n) == min(cfg.ssl.knn_bank or len(task.labeled), len(task.labeled))
 
 
+def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monkeypatch):
+    """``ssl.knn_bn: client`` (the default): the features the kNN monitor scores do not depend
+    on the BatchNorm statistics the merged weights carry, only on the client's own training
+    images (a random draw of ``knn_bn_images``, never its test split), and the module is left
+    as it was; ``merged`` scores with the weights' own statistics."""
+    import fedssl.methods.pretrain as mp
+
+    assert cfg.ssl.knn_bn == "client"
+    task = client_task(cfg.data, 1)
+    cfg.ssl.knn_bn_images = 100
+    own = mp.statistics_images(cfg, 1, 1).dataset
+    assert own.data is task.train and len(own) == 100
+    assert set(own.indices) <= set(task.labeled) | set(task.unlabeled)
+    cfg.ssl.knn_bn_images = 0
+    assert len(mp.statistics_images(cfg, 1, 1).dataset) == len(task.labeled) + len(task.unlabeled)
+
+    seen = []
+    monkeypatch.setattr(mp, "knn_accuracy", lambda bank, *a: seen.append(bank) or 0.5)
+    torch.manual_seed(0)
+    module = mp.build_ssl(cfg)
+    # the weights carry client 0's statistics (its images, brightened)
+    images = [(x * 0.5 + 0.3, y) for x, y in mp.statistics_images(cfg, 0, 1)]
+    module.backbone = mp.with_own_statistics(module.backbone, images)
+    norms = [m for m in module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for mode in ("client", "merged"):
+        cfg.ssl.knn_bn = mode
+        mp.backbone_knn(cfg, 1, module)
+        for m in norms:  # statistics shifted, as another merge would leave them
+            m.running_mean.add_(0.1)
+            m.running_var.mul_(2.0)
+        before = norms[0].running_mean.clone()
+        mp.backbone_knn(cfg, 1, module)
+        assert torch.equal(norms[0].running_mean, before)  # the module is not changed
+    client_a, client_b, merged_a, merged_b = seen
+    assert torch.allclose(client_a, client_b, atol=1e-5)
+    assert merged_a.abs().sum() > 0 and not torch.allclose(merged_a, merged_b, atol=1e-3)
+    assert not torch.allclose(client_a, merged_a, atol=1e-3)
+    cfg.ssl.knn_bn_images = -1
+    with pytest.raises(ValueError, match="knn_bn_images must be >= 0"):
+        mp.check_ssl(cfg)
+
+
 @pytest.mark.parametrize("threshold, takes_global", [(1e9, True), (0.0, False)])
 def test_fedu_takes_the_global_predictor_only_below_the_threshold(
     tiny_pretrain, tmp_path, threshold, takes_global
