@@ -38,7 +38,7 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
     net, meta = load_backbone(run / "backbone.safetensors")
     if meta.get("backbone") != cfg.model.backbone:
         raise ValueError(f"{run}: backbone {meta.get('backbone')!r} is not the config's")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, cfg.train.threads))  # as the clients scored: same sums
     module = build_ssl(cfg)
     module.backbone.load_state_dict(net.state_dict())
     out = {"seed": cfg.seed, "round": meta.get("round"), "clients": list(cfg.data.clients)}

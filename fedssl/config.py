@@ -247,8 +247,13 @@ class FinetuneConfig:
     labels_per_class: int = 0  # > 0: use only this many labeled images per class (label-scarce)
     augment: str = "crop"  # none | crop | crop_flip (partial/full modes; linear uses none)
     eval_max: int = 0  # cap on images scored per evaluation set (0: all)
+    # BatchNorm statistics of a pretrained backbone's frozen parts (linear, partial): client
+    # re-estimates them on the client's own training images first (ssl.knn_bn_images of them,
+    # labels unused; the head file keeps them), merged keeps the file's (every client's mean)
+    bn: str = "client"
 
     _choices = {
+        "bn": ("client", "merged"),
         "mode": ("linear", "partial", "full"),
         "optimizer": ("sgd", "adam", "adamw"),
         "augment": ("none", "crop", "crop_flip"),

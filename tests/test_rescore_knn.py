@@ -1,7 +1,6 @@
 """benchmarks/rescore_knn.py: a saved run scored again gives the monitor's own numbers."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

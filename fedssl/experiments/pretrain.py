@@ -20,8 +20,9 @@ def check_data(cfg: ExperimentConfig) -> list[str]:
     for pid, name in enumerate(cfg.data.clients):
         t = client_task(cfg.data, pid)
         lines.append(
-            f"  client {pid}: {name} ({t.train.source}) {len(t.unlabeled)} unlabeled for SimCLR, "
-            f"{len(t.labeled)} labeled (kNN bank), {len(t.test)} test, {t.num_classes} classes"
+            f"  client {pid}: {name} ({t.train.source}) {len(t.unlabeled)} unlabeled for "
+            f"{cfg.ssl.method}, {len(t.labeled)} labeled (kNN bank), {len(t.test)} test, "
+            f"{t.num_classes} classes"
         )
     return lines
 

@@ -32,7 +32,8 @@ from fedssl.config import ConfigError, ExperimentConfig, save_config
 from fedssl.data.client_images import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
 from fedssl.data.transforms import eval_transform, pil_mode, train_transform
 from fedssl.methods.heads import BackboneClassifier, save_head
-from fedssl.methods.pretrain import model_in_chans, monitor_sets
+from fedssl.methods.knn import with_own_statistics
+from fedssl.methods.pretrain import model_in_chans, monitor_sets, statistics_images
 from fedssl.methods.supervised import batches_accuracy
 from fedssl.models.backbones import RawPixels, build_backbone, load_backbone
 
@@ -419,6 +420,10 @@ def finetune(
             f"model.backbone {cfg.model.backbone!r} is ignored",
             flush=True,
         )
+    own_stats = path is not None and f.bn == "client" and f.mode != "full"
+    if own_stats:  # frozen parts would normalise with every client's mean statistics
+        images = statistics_images(cfg, pid, int(meta["in_chans"]), int(meta["image_size"]))
+        module.backbone = with_own_statistics(module.backbone, images, rt)
     rd = Path(run_dir) if run_dir is not None else cfg.run_dir()
     rd.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rd / "config.yaml")
@@ -433,6 +438,7 @@ def finetune(
         "mode": f.mode,
         "backbone": meta["backbone"],
         "backbone_source": meta["source"],
+        "backbone_bn": "client" if own_stats else "file",
         "num_classes": task.num_classes,
         "device": rt.summary(),
         **train,

@@ -187,13 +187,20 @@ class BackboneClassifier(pl.LightningModule):
 
 
 def save_head(module: BackboneClassifier, path: str | Path, meta: dict) -> Path:
-    """Write the head (``head.weight``, ``head.bias``) and, unless the backbone was frozen, the
-    fine-tuned backbone (``backbone.*``) as safetensors with ``meta`` in the metadata."""
+    """Write the head (``head.*``) and, unless the backbone was frozen, the fine-tuned
+    backbone (``backbone.*``) as safetensors with ``meta`` in the metadata. A frozen backbone's
+    BatchNorm statistics are written too (its buffers, not its weights): the client may have
+    re-estimated them on its own images (``finetune.bn: client``), and the head is only right
+    on top of those."""
     from fedssl.runs import write_safetensors
 
     sd = module.state_dict()
-    keep = ("head.",) if module.mode == "linear" else ("head.", "backbone.")
-    return write_safetensors(path, {k: v for k, v in sd.items() if k.startswith(keep)}, meta)
+    if module.mode == "linear":
+        buffers = {f"backbone.{k}" for k, _ in module.backbone.named_buffers()}
+        tensors = {k: v for k, v in sd.items() if k.startswith("head.") or k in buffers}
+    else:
+        tensors = {k: v for k, v in sd.items() if k.startswith(("head.", "backbone."))}
+    return write_safetensors(path, tensors, meta)
 
 
 def load_head(module: BackboneClassifier, path: str | Path) -> None:

@@ -251,17 +251,19 @@ def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
     return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
 
 
-def statistics_images(cfg: ExperimentConfig, partition_id: int, in_chans: int) -> DataLoader:
+def statistics_images(
+    cfg: ExperimentConfig, partition_id: int, in_chans: int, image_size: int | None = None
+) -> DataLoader:
     """The images a client re-estimates BatchNorm statistics on (``ssl.knn_bn: client``): at
     most ``ssl.knn_bn_images`` (0: all) of its training images, drawn at random without looking
     at labels, evaluation-transformed. The loader yields ``(images, labels)``; the labels are
-    never used."""
+    never used. ``image_size``: the backbone's input side (default: ``model.image_size``)."""
     task = client_task(cfg.data, partition_id)
     own = np.concatenate([task.unlabeled, task.labeled])
     n = cfg.ssl.knn_bn_images
     rng = np.random.default_rng(cfg.data.seed * 1000 + partition_id)
     idx = np.sort(rng.permutation(own)[:n] if n > 0 else own)
-    tf = eval_transform(cfg.model.image_size, in_chans)
+    tf = eval_transform(image_size or cfg.model.image_size, in_chans)
     ds = ImageDataset(task.train, idx, tf, pil_mode(in_chans))
     return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
 

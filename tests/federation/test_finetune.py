@@ -89,18 +89,34 @@ def test_linear_head_on_the_stage_one_backbone(stage_one):
     rd = cfg.run_dir()
     assert json.loads((rd / "results.json").read_text())["test_acc"] == r["test_acc"]
     head = load_file(str(rd / "head.safetensors"))
-    assert set(head) == {
+    stats = {k for k in frozen if k.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
+    assert stats and set(head) == {
         "head.0.running_mean",
         "head.0.running_var",
         "head.0.num_batches_tracked",
         "head.1.weight",
         "head.1.bias",
+        *(f"backbone.{k}" for k in stats),
+        *(f"backbone.{k.rsplit('.', 1)[0]}.num_batches_tracked" for k in stats),
     }
-    # the frozen backbone came from the file, untouched
+    # the frozen backbone's weights came from the file, untouched; its BatchNorm statistics are
+    # this client's own (finetune.bn: client), and the head file carries them
+    assert r["backbone_bn"] == "client"
     module, meta = stage_two.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
     assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in frozen.items())
+    own = stage_two.with_own_statistics(
+        module.backbone, stage_two.statistics_images(cfg, 1, 1, 28)
+    ).state_dict()
+    for k in stats:
+        assert torch.allclose(head[f"backbone.{k}"], own[k], rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(own[k], frozen[k], atol=1e-3)
     load_head(module, rd / "head.safetensors")
     assert stage_two.evaluate(module, cfg, task, meta)["test_acc"] == r["test_acc"]
+    # finetune.bn: merged keeps the file's statistics
+    cfg.finetune.bn, cfg.name = "merged", "lin-merged"
+    assert stage_two.finetune(cfg, 1)["backbone_bn"] == "file"
+    head = load_file(str(cfg.run_dir() / "head.safetensors"))
+    assert all(torch.equal(head[f"backbone.{k}"], frozen[k]) for k in stats)
     other, _ = stage_two.build_classifier(cfg, 3, stage_one / "backbone.safetensors")
     with pytest.raises(ValueError, match="does not fit this classifier"):
         load_head(other, rd / "head.safetensors")
