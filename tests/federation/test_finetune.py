@@ -77,7 +77,7 @@ def test_config_takes_the_split_from_the_stage_one_run(stage_one):
 
 
 def test_linear_head_on_the_stage_one_backbone(stage_one):
-    cfg, _ = _cfg(stage_one, "finetune.epochs=20", "name=lin")
+    cfg, _ = _cfg(stage_one, "finetune.epochs=20", "name=lin", "finetune.bn=client")
     frozen = load_file(str(stage_one / "backbone.safetensors"))
     r = stage_two.finetune(cfg, 1)
     task = client_task(cfg.data, 1)
@@ -100,7 +100,7 @@ def test_linear_head_on_the_stage_one_backbone(stage_one):
         *(f"backbone.{k.rsplit('.', 1)[0]}.num_batches_tracked" for k in stats),
     }
     # the frozen backbone's weights came from the file, untouched; its BatchNorm statistics are
-    # this client's own (finetune.bn: client), and the head file carries them
+    # this client's own (finetune.bn=client), and the head file carries them
     assert r["backbone_bn"] == "client"
     module, meta = stage_two.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
     assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in frozen.items())
@@ -112,7 +112,7 @@ def test_linear_head_on_the_stage_one_backbone(stage_one):
         assert not torch.allclose(own[k], frozen[k], atol=1e-3)
     load_head(module, rd / "head.safetensors")
     assert stage_two.evaluate(module, cfg, task, meta)["test_acc"] == r["test_acc"]
-    # finetune.bn: merged keeps the file's statistics
+    # finetune.bn: merged (the default) keeps the file's statistics
     cfg.finetune.bn, cfg.name = "merged", "lin-merged"
     assert stage_two.finetune(cfg, 1)["backbone_bn"] == "file"
     head = load_file(str(cfg.run_dir() / "head.safetensors"))
