@@ -141,8 +141,9 @@ class SSLConfig:
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
     knn_queries: int = 1000  # max test images per client scored by kNN (0: all)
     # The BatchNorm statistics a client scores the backbone with: ``client`` re-estimates them
-    # on its own unlabeled images (at most knn_bn_images; labels unused) before extracting
-    # features, ``merged`` keeps the weights' own (FedAvg's average of every client's).
+    # on its own training images (knn_bn_images of them at random, 0: all; labels unused, test
+    # split never) before extracting features, ``merged`` keeps the weights' own (FedAvg's
+    # average of every client's).
     knn_bn: str = "client"
     knn_bn_images: int = 1000
 

@@ -198,10 +198,14 @@ def check_ssl(cfg: ExperimentConfig) -> None:
     method_settings(cfg)
     for pid in [None, *range(len(cfg.data.clients))]:
         view_settings(cfg, pid)
-    if cfg.ssl.knn_bn_images < 0:
-        raise ValueError(
-            f"ssl.knn_bn_images must be >= 0 (0: every image), got {cfg.ssl.knn_bn_images}"
-        )
+    _check_bn_images(cfg)
+
+
+def _check_bn_images(cfg: ExperimentConfig) -> int:
+    n = cfg.ssl.knn_bn_images
+    if n < 0:
+        raise ValueError(f"ssl.knn_bn_images must be >= 0 (0: every image), got {n}")
+    return n
 
 
 def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
@@ -257,10 +261,14 @@ def statistics_images(
     """The images a client re-estimates BatchNorm statistics on (``ssl.knn_bn: client``): at
     most ``ssl.knn_bn_images`` (0: all) of its training images, drawn at random without looking
     at labels, evaluation-transformed. The loader yields ``(images, labels)``; the labels are
-    never used. ``image_size``: the backbone's input side (default: ``model.image_size``)."""
+    never used. ``image_size``: the backbone's input side (default: ``model.image_size``).
+
+    Raises:
+        ValueError: a negative ``ssl.knn_bn_images``.
+    """
     task = client_task(cfg.data, partition_id)
     own = np.concatenate([task.unlabeled, task.labeled])
-    n = cfg.ssl.knn_bn_images
+    n = _check_bn_images(cfg)
     rng = np.random.default_rng(cfg.data.seed * 1000 + partition_id)
     idx = np.sort(rng.permutation(own)[:n] if n > 0 else own)
     tf = eval_transform(image_size or cfg.model.image_size, in_chans)
