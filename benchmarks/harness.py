@@ -16,11 +16,35 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["machine", "load", "stamp", "best_time", "median_time", "interleaved", "write_results"]
+__all__ = [
+    "cpu_model",
+    "machine",
+    "load",
+    "stamp",
+    "best_time",
+    "median_time",
+    "interleaved",
+    "write_results",
+]
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``), else the platform's
+    processor string, else ``""``. Two machines of the same kind here can differ several-fold in
+    speed, so a page that reports minutes names the CPU it measured on."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def machine() -> str:
-    """``"<n> CPUs, <arch>, <GPU name | no GPU>, Python <x.y.z>"``."""
+    """``"<n> CPUs (<model>), <arch>, <GPU name | no GPU>, Python <x.y.z>"``."""
     gpu = "no GPU"
     try:
         import torch
@@ -30,7 +54,9 @@ def machine() -> str:
     except ImportError:
         pass
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpus} CPUs, {platform.machine()}, {gpu}, Python {platform.python_version()}"
+    model = cpu_model()
+    model = f" ({model})" if model else ""
+    return f"{cpus} CPUs{model}, {platform.machine()}, {gpu}, Python {platform.python_version()}"
 
 
 def load() -> list[float]:

@@ -122,3 +122,16 @@ def test_max_rounds_ends_each_entry_at_equal_rounds(frontier, tiny_pretrain, tmp
     # centralized gets the federated entry's training time, not the (huge) budget
     assert e["central"][-1]["s"] < e["rows"][-1]["s"] + 60
     assert "for 2 rounds (or" in out.read_text()
+
+
+def test_the_machine_line_names_the_cpu_model(frontier, tmp_path):
+    # machines of the same kind differ several-fold in speed: a page's minutes need the CPU
+    import harness
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC 9654\n")
+    assert harness.cpu_model(str(info)) == "AMD EPYC 9654"
+    (tmp_path / "empty").write_text("processor\t: 0\n")
+    assert harness.cpu_model(str(tmp_path / "empty")) == harness.platform.processor()
+    model = harness.cpu_model()
+    assert (f"({model})" in harness.machine()) == bool(model)
