@@ -129,7 +129,8 @@ class Hub:
 
     @staticmethod
     def state(seed: int = 0) -> dict[str, torch.Tensor]:
-        """A tiny MLP's weights (784-8-8-10)."""
+        """A tiny MLP's weights (784-8-8-10). Seeds torch's global RNG: not for use from
+        several threads at once (build the states first)."""
         torch.manual_seed(seed)
         net = build_small_model("mlp", 10, hidden=8)
         return {k: v.clone() for k, v in net.state_dict().items()}
