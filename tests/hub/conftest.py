@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -127,12 +128,14 @@ class Hub:
 
     BUILDER = {"model": "mlp", "num_classes": 10, "hidden": 8}
 
+    _rng = threading.Lock()  # state() seeds torch's global RNG: one build at a time
+
     @staticmethod
     def state(seed: int = 0) -> dict[str, torch.Tensor]:
-        """A tiny MLP's weights (784-8-8-10). Seeds torch's global RNG: not for use from
-        several threads at once (build the states first)."""
-        torch.manual_seed(seed)
-        net = build_small_model("mlp", 10, hidden=8)
+        """A tiny MLP's weights (784-8-8-10); the same for a seed from any thread."""
+        with Hub._rng:
+            torch.manual_seed(seed)
+            net = build_small_model("mlp", 10, hidden=8)
         return {k: v.clone() for k, v in net.state_dict().items()}
 
     def __init__(self, url: str, **kw):
