@@ -305,29 +305,41 @@ def paper_config(s: dict, work: Path, device: torch.device, roots: dict, rounds:
 
 
 # ------------------------------------------------------------------------ 2. input pipeline
-def input_pipeline(cfg) -> list[dict]:
+def input_pipeline(cfg, device: torch.device) -> list[dict]:
     """Images/s of each client's SimCLR views from its JPEG files with the configured workers
-    (three epochs; the first batch, which pays for the workers' start, is left out)."""
+    (three epochs; the first batch, which pays for the workers' start, is left out), made both
+    ways: lightly's PIL views in the workers (``ssl.views: lightly``), and batched views
+    (``ssl.views: batched``: the workers decode and resize, the views are made on ``device``
+    after the batch lands)."""
     from fedssl import runtime
-    from fedssl.methods.pretrain import views_dataset, views_loader
+    from fedssl.methods.pretrain import batch_views, views_dataset, views_loader
 
     rt = runtime.resolve(cfg)
     out = []
-    for pid, name in enumerate(cfg.data.clients):
-        ds = views_dataset(cfg, pid)
-        loader = views_loader(cfg, ds, seed=pid, rt=rt)
-        n, t0 = 0, None
-        for _epoch in range(3):
-            for (v0, _v1), _ in loader:
-                if t0 is None:
-                    t0 = time.perf_counter()
-                    continue
-                n += len(v0)
-        secs = time.perf_counter() - t0
-        out.append({"client": name, "images": len(ds), "workers": rt.workers,
-                    "images_per_s": n / secs if secs > 0 else 0.0})  # fmt: skip
-        print(f"[gpu] pipeline {name}: {out[-1]['images_per_s']:.0f} img/s ({rt.workers} workers)")
-        del loader
+    for views in ("lightly", "batched"):
+        cfg.ssl.views = views
+        maker = batch_views(cfg)
+        for pid, name in enumerate(cfg.data.clients):
+            ds = views_dataset(cfg, pid)
+            loader = views_loader(cfg, ds, seed=pid, rt=rt)
+            n, t0 = 0, None
+            for _epoch in range(3):
+                for first, second in loader:
+                    if maker is not None:  # images and client ids: the views on the device
+                        first = maker(first.to(device, non_blocking=True), second.to(device))
+                        sync(device)
+                    if t0 is None:
+                        t0 = time.perf_counter()
+                        continue
+                    n += len(first[0])
+            secs = time.perf_counter() - t0
+            out.append({"client": name, "views": views, "images": len(ds),
+                        "workers": rt.workers,
+                        "images_per_s": n / secs if secs > 0 else 0.0})  # fmt: skip
+            print(f"[gpu] pipeline {name}, {views} views: {out[-1]['images_per_s']:.0f} img/s "
+                  f"({rt.workers} workers)")  # fmt: skip
+            del loader
+    cfg.ssl.views = "lightly"
     return out
 
 
@@ -430,12 +442,15 @@ def render(res: dict) -> str:
         )
     best = res["steps"][-1]["fedssl_images_per_s"]
     lines += ["", "## Input pipeline (JPEG decode + SimCLR views)", "",
-              "| client | unlabeled images | workers | pipeline img/s | training img/s "
-              "(bf16 + channels-last) | keeps up |", "|---|---|---|---|---|---|"]  # fmt: skip
+              "`lightly`: lightly's PIL views in the loader's workers; `batched` "
+              "(`ssl.views: batched`): the workers decode and resize, the views are made on the "
+              "device from the whole batch.", "",
+              "| client | views | unlabeled images | workers | pipeline img/s | training img/s "
+              "(bf16 + channels-last) | keeps up |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in res["pipeline"]:
         ok = "yes" if p["images_per_s"] >= best else "**no**"
-        lines.append(f"| {p['client']} | {p['images']} | {p['workers']} | "
-                     f"{p['images_per_s']:.0f} | {best:.0f} | {ok} |")  # fmt: skip
+        lines.append(f"| {p['client']} | {p.get('views', 'lightly')} | {p['images']} | "
+                     f"{p['workers']} | {p['images_per_s']:.0f} | {best:.0f} | {ok} |")  # fmt: skip
     fed = res["federated"]
     lines += ["", "## Federated rounds: two clients sharing the GPU (0.5 each)", "",
               f"`paper.yaml`'s model and runtime, generated JPEG data in the Flowers102 / Intel "
@@ -496,7 +511,7 @@ def main(argv=None) -> int:
     }
     print(f"[gpu] generated {2 * (s['images'] + n_test)} JPEGs under {work}", flush=True)
     cfg = paper_config(s, work, device, roots, rounds=3)
-    res["pipeline"] = input_pipeline(cfg)
+    res["pipeline"] = input_pipeline(cfg, device)
     res["federated"] = federated_rounds(cfg)
     res["estimate"] = estimate_paper_run(res["federated"], cfg, s["images"], n_test)
     res["wall_s"] = time.perf_counter() - t_all

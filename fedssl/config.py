@@ -95,6 +95,7 @@ class ModelConfig:
     # SSL head widths; null: the method's recipe (fedssl.methods.ssl.<method>)
     proj_hidden: int | None = None
     proj_out: int | None = None
+    proj_layers: int | None = None  # simclr: projection head layers (2, or SimCLR v2's 3)
     pred_hidden: int | None = None  # prediction head (byol, simsiam)
 
     _choices = {"name": ("paper_cnn", "mlp")}
@@ -136,6 +137,10 @@ class SSLConfig:
     # e.g. {mnist: {rr_prob: 0.0}} (keys: min_scale, cj_prob, cj_strength, hf_prob, rr_prob,
     # rr_degrees). Each client trains on its own views; the server never sees them.
     client_views: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Where views are made: ``lightly`` (its PIL transforms, per image in the loader's workers)
+    # or ``batched`` (tensor operations on the whole batch on the training device:
+    # fedssl.methods.ssl.batch_views; no CPU bottleneck in front of a GPU)
+    views: str = "lightly"
     knn_k: int = 200
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
@@ -151,6 +156,7 @@ class SSLConfig:
         "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
         "client_update": ("none", "fedema", "fedu"),
         "knn_bn": ("client", "merged"),
+        "views": ("lightly", "batched"),
     }
 
 

@@ -42,8 +42,11 @@ def test_cpu_dry_run_runs_every_step_and_writes_the_page(gpu_bench, tmp_path, mo
     for r in res["steps"]:
         assert r["fedssl_images_per_s"] > 0 and r["plain_images_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["fedssl_images_per_s"] / r["plain_images_per_s"])
-    # 2. each client's input pipeline, from the generated JPEG folders
-    assert [p["client"] for p in res["pipeline"]] == ["flower102", "intel_scene"]
+    # 2. each client's input pipeline, from the generated JPEG folders, with both kinds of views
+    assert [(p["client"], p["views"]) for p in res["pipeline"]] == [
+        (c, v) for v in ("lightly", "batched") for c in ("flower102", "intel_scene")
+    ]
+    assert "| flower102 | batched |" in page
     assert all(p["images_per_s"] > 0 and 20 <= p["images"] <= 40 for p in res["pipeline"])
     assert (tmp_path / "w" / "flowers" / "flowers-102" / "setid.mat").is_file()
     assert (tmp_path / "w" / "intel" / "seg_test" / "seg_test" / "street").is_dir()

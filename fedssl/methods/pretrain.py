@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
@@ -23,6 +24,7 @@ from fedssl.data.transforms import eval_transform, normalize, pil_mode
 from fedssl.methods.knn import extract_features, knn_accuracy, with_own_statistics
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod, recipe
+from fedssl.methods.ssl.batch_views import BatchViews
 
 __all__ = [
     "CENTRAL",
@@ -34,6 +36,7 @@ __all__ = [
     "augmentation",
     "check_ssl",
     "views_transform",
+    "batch_views",
     "views_dataset",
     "views_loader",
     "monitor_sets",
@@ -55,7 +58,7 @@ def model_in_chans(cfg: ExperimentConfig) -> int:
 
 #: config fields that set a method's recipe argument of the same name
 _RECIPE_FIELDS = {
-    "model": ("proj_hidden", "proj_out", "pred_hidden"),
+    "model": ("proj_hidden", "proj_out", "proj_layers", "pred_hidden"),
     "ssl": (
         "temperature",
         "target_momentum",
@@ -96,6 +99,8 @@ def method_settings(cfg: ExperimentConfig) -> dict:
                 )
                 continue
             settings[name] = value
+    if int(settings.get("proj_layers", 2)) < 2:
+        raise ValueError(f"model.proj_layers must be 2 or more, got {settings['proj_layers']}")
     parts = cls.check_travel(cfg.ssl.travel)
     if cfg.ssl.client_update == "fedu" and "prediction_head" not in parts:
         raise ValueError(
@@ -108,7 +113,7 @@ def method_settings(cfg: ExperimentConfig) -> dict:
 def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
     """The configured SSL module (``ssl.method`` on ``model.backbone``, lightly heads/losses)."""
     m, t = cfg.model, cfg.train
-    return method_class(cfg.ssl.method)(
+    module = method_class(cfg.ssl.method)(
         m.backbone,
         in_chans=model_in_chans(cfg),
         small_input=m.small_input,
@@ -117,6 +122,8 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
         weight_decay=t.weight_decay,
         **method_settings(cfg),
     )
+    module.view_maker = batch_views(cfg)
+    return module
 
 
 #: the ``ssl`` view settings a client may set differently (``ssl.client_views.<dataset>``)
@@ -193,12 +200,14 @@ def check_ssl(cfg: ExperimentConfig) -> None:
 
     Raises:
         ValueError: from :func:`method_settings` or :func:`view_settings`; a negative
-            ``ssl.knn_bn_images``.
+            ``ssl.knn_bn_images``; ``ssl.views: batched`` for a method whose views cannot be
+            batched.
     """
     method_settings(cfg)
     for pid in [None, *range(len(cfg.data.clients))]:
         view_settings(cfg, pid)
     _check_bn_images(cfg)
+    batch_views(cfg)
 
 
 def _check_bn_images(cfg: ExperimentConfig) -> int:
@@ -218,11 +227,54 @@ def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
     return cls.views(**augmentation(cfg, partition_id), **extra)
 
 
-def views_dataset(cfg: ExperimentConfig, partition_id: int) -> ImageDataset:
-    """Client ``partition_id``'s unlabeled images as its views (what stage one trains on)."""
+def batch_views(cfg: ExperimentConfig) -> BatchViews | None:
+    """With ``ssl.views: batched``, what makes the configured method's views from a batch of
+    images on its device: one group per client (its :func:`augmentation`; the batch's second
+    element is the client index, see :func:`views_dataset`); ``None`` with lightly's views.
+
+    Raises:
+        ValueError: the method's views cannot be batched (DINO's crops of two sizes).
+    """
+    if cfg.ssl.views == "lightly":
+        return None
+    cls = method_class(cfg.ssl.method)
+    if cls.BATCH_VIEWS is None:
+        raise ValueError(
+            f"ssl.views=batched: {cls.name}'s views cannot be batched yet (crops of two sizes); "
+            "use ssl.views=lightly"
+        )
+    groups = [augmentation(cfg, pid) for pid in range(len(cfg.data.clients))]
+    return BatchViews(groups or [augmentation(cfg)], cls.BATCH_VIEWS)
+
+
+class _ClientImages(TorchDataset):
+    """``(image, client index)`` pairs: what batched views are made from (the index picks the
+    client's view settings)."""
+
+    def __init__(self, images: ImageDataset, client: int):
+        self.images, self.client = images, int(client)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i][0], self.client
+
+
+def views_dataset(cfg: ExperimentConfig, partition_id: int) -> TorchDataset:
+    """Client ``partition_id``'s unlabeled images as what stage one trains on: their views
+    (``ssl.views: lightly``) or, for batched views, ``(uint8 image, partition_id)`` pairs of
+    the images resized and centre-cropped to ``model.image_size``."""
     task = client_task(cfg.data, partition_id)
     mode = pil_mode(model_in_chans(cfg))
-    return ImageDataset(task.train, task.unlabeled, views_transform(cfg, partition_id), mode=mode)
+    if cfg.ssl.views == "lightly":
+        transform = views_transform(cfg, partition_id)
+        return ImageDataset(task.train, task.unlabeled, transform, mode=mode)
+    import torchvision.transforms as T
+
+    size = cfg.model.image_size
+    transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
+    return _ClientImages(ImageDataset(task.train, task.unlabeled, transform, mode), partition_id)
 
 
 def views_loader(

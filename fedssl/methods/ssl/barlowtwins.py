@@ -23,6 +23,7 @@ class BarlowTwins(SSLMethod):
     8192/8192 for CPUs) and ``redundancy_weight`` (the off-diagonal weight lambda)."""
 
     name = "barlowtwins"
+    BATCH_VIEWS = ({}, {"blur": 0.1, "solarize": 0.2})  # BYOL's two views, as its views()
     TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
     def __init__(

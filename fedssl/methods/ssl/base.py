@@ -56,6 +56,10 @@ class SSLMethod(pl.LightningModule):
     #: the optimizer settings the method trains with on the default data (``train.*``; empty:
     #: the config's). Loss scales differ: VICReg and Barlow Twins diverge at SimCLR's SGD 0.06.
     TRAIN: ClassVar[dict[str, object]] = {}
+    #: batched views (``ssl.views: batched``): per view, the factor on the blur probability and
+    #: the solarization probability (:class:`~fedssl.methods.ssl.batch_views.BatchViews`);
+    #: ``None``: the method's views cannot be batched (DINO's multi-crop)
+    BATCH_VIEWS: ClassVar[tuple[dict[str, float], ...] | None] = ({}, {})
 
     def __init__(
         self,
@@ -75,6 +79,9 @@ class SSLMethod(pl.LightningModule):
         self.backbone = backbone
         self.backbone_in_chans = in_chans
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        #: makes the views of a batch of images on its device (``ssl.views: batched``); ``None``:
+        #: batches arrive as views (lightly's transforms in the loader)
+        self.view_maker = None
 
     @property
     def num_features(self) -> int:
@@ -92,8 +99,16 @@ class SSLMethod(pl.LightningModule):
         """Called after every optimizer step (momentum networks update here)."""
 
     def training_step(self, batch, batch_idx):
-        """The method's loss on one batch of views; logs ``train_loss``."""
+        """The method's loss on one batch of views (or of images and their client indices, made
+        into views here by :attr:`view_maker`); logs ``train_loss``."""
         views = batch[0]
+        if isinstance(views, torch.Tensor):
+            if self.view_maker is None:
+                raise RuntimeError(
+                    "a batch of images arrived but the module has no view_maker "
+                    "(ssl.views: batched builds one: fedssl.methods.pretrain.build_ssl)"
+                )
+            views = self.view_maker(views, batch[1])
         loss = self.loss(views)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(views[0]))
         return loss

@@ -34,6 +34,7 @@ class BYOL(MomentumTarget, SSLMethod):
         "target": ("backbone_momentum", "projection_head_momentum"),
     }
     TRAVELS = ("backbone", "projection_head", "prediction_head")
+    BATCH_VIEWS = ({}, {"blur": 0.1, "solarize": 0.2})  # BYOLView1 / BYOLView2Transform
 
     def __init__(
         self,

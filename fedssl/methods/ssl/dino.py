@@ -45,6 +45,7 @@ class DINO(MomentumTarget, SSLMethod):
     }
     LOCAL_ONLY = ("center",)
     TRAVELS = ("backbone", "projection_head")
+    BATCH_VIEWS = None  # global and local crops of two sizes: lightly's DINOTransform only
 
     def __init__(
         self,

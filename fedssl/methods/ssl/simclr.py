@@ -22,6 +22,8 @@ class SimCLR(SSLMethod):
     Args (beyond :class:`~fedssl.methods.ssl.base.SSLMethod`'s, the recipe):
         proj_hidden: projection head hidden width.
         proj_out: projection output width.
+        proj_layers: projection head layers (2: SimCLR v1; 3: SimCLR v2's deeper head), each
+            hidden layer with BatchNorm.
         temperature: NT-Xent temperature.
 
     The batch is ``(views, labels)`` with ``views`` a list of two image tensors (what lightly's
@@ -35,11 +37,16 @@ class SimCLR(SSLMethod):
         backbone: str | nn.Module = "resnet18",
         proj_hidden: int = 512,
         proj_out: int = 128,
+        proj_layers: int = 2,
         temperature: float = 0.5,
         **base,
     ):
         super().__init__(backbone, **base)
-        self.projection_head = SimCLRProjectionHead(self.num_features, proj_hidden, proj_out)
+        if int(proj_layers) < 2:
+            raise ValueError(f"model.proj_layers must be 2 or more, got {proj_layers}")
+        self.projection_head = SimCLRProjectionHead(
+            self.num_features, proj_hidden, proj_out, num_layers=int(proj_layers)
+        )
         self.criterion = NTXentLoss(temperature=temperature)
 
     def loss(self, views: Sequence[torch.Tensor]) -> torch.Tensor:

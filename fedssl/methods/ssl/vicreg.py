@@ -22,6 +22,7 @@ class VICReg(SSLMethod):
     paper's 8192/8192 for CPUs)."""
 
     name = "vicreg"
+    BATCH_VIEWS = ({"solarize": 0.1}, {"solarize": 0.1})  # VICRegTransform's solarize_prob
     TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
     def __init__(

@@ -1,0 +1,163 @@
+"""Batched views (``ssl.views: batched``): the geometry against torchvision's own crops and
+rotations, the colour operations against torchvision's, per-client settings inside one batch,
+the views' statistics against lightly's on the same images, and a client's round with them."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from fedssl.config import load_config
+from fedssl.federation import pretraining
+from fedssl.methods.pretrain import (
+    batch_views,
+    build_ssl,
+    check_ssl,
+    views_dataset,
+    views_transform,
+)
+from fedssl.methods.ssl.batch_views import BatchViews, _blur, _hue, crop_flip_rotate
+
+PLAIN = {  # no randomness left: min_scale 1 leaves only the whole image (aspect 1)
+    "input_size": 28,
+    "min_scale": 1.0,
+    "hf_prob": 0.0,
+    "rr_prob": 0.0,
+    "rr_degrees": None,
+    "cj_prob": 0.0,
+    "cj_strength": 0.5,
+    "random_gray_scale": 0.0,
+    "gaussian_blur": 0.0,
+    "normalize": {"mean": [0.5], "std": [0.5]},
+}
+
+
+def _images(n=8, size=28, chans=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, chans, size, size), generator=g, dtype=torch.uint8)
+
+
+def test_crop_flip_rotate_is_torchvisions_resized_crop_flip_and_rotation():
+    x = torch.rand(2, 1, 28, 28)
+    one, zero = torch.ones(2), torch.zeros(2)
+    # a 14 px crop whose corner is at row 5, column 10 (centre +3, -2 px from the image's)
+    crop = crop_flip_rotate(x, one / 2, one / 2, zero + 3 / 14, zero - 2 / 14, one, zero)
+    ref = TF.resized_crop(x, 5, 10, 14, 14, [28, 28], antialias=False)
+    # torchvision clamps at the crop's edge, a sampler reads the pixel beyond it: inside equal
+    assert torch.allclose(crop[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=1e-5)
+    quarter = crop_flip_rotate(x, one, one, zero, zero, one, zero + math.pi / 2)
+    assert torch.allclose(quarter, TF.rotate(x, 90), atol=1e-5)  # counter-clockwise
+    # a rotated crop has black corners, as torchvision's rotation of the cropped image
+    white, o, z = torch.ones(1, 1, 28, 28), torch.ones(1), torch.zeros(1)
+    turned = crop_flip_rotate(white, o / 2, o / 2, z, z, o, z + math.pi / 4)
+    ref = TF.rotate(TF.resized_crop(white, 7, 7, 14, 14, [28, 28]), 45)
+    assert turned[0, 0, 0, 0] == 0 and turned[0, 0, 14, 14] == 1
+    assert ((turned > 0.5) == (ref > 0.5)).float().mean() > 0.97
+    assert torch.allclose(
+        crop_flip_rotate(x, one, one, zero, zero, -one, zero), x.flip(-1), atol=1e-5
+    )
+
+
+def test_views_without_randomness_are_the_normalised_images_and_flips_follow_the_groups():
+    x = _images()
+    views = BatchViews([PLAIN])(x)
+    assert len(views) == 2 and views[0].shape == (8, 1, 28, 28)
+    expected = (x.float() / 255 - 0.5) / 0.5
+    assert all(torch.allclose(v, expected, atol=1e-5) for v in views)
+    flipping = BatchViews([PLAIN, dict(PLAIN, hf_prob=1.0)])  # client 1 always flips
+    groups = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    v0 = flipping(x, groups)[0]
+    for i, g in enumerate(groups.tolist()):
+        want = expected[i].flip(-1) if g == 1 else expected[i]
+        assert torch.allclose(v0[i], want, atol=1e-5), f"image {i} of client {g}"
+
+
+def test_colour_operations_match_torchvision():
+    x = torch.rand(4, 3, 9, 9)
+    for shift in (0.0, 0.2, -0.35):
+        ref = TF.adjust_hue(x, shift)
+        assert torch.allclose(_hue(x, torch.full((4,), shift)), ref, atol=1e-4), shift
+    # a blurred point keeps its mass and spreads symmetrically, by a sigma of 0.1-2 px: from
+    # hardly (centre ~1) to 1 / (2 pi 2^2) = 0.04 at the centre
+    torch.manual_seed(0)
+    point = torch.zeros(64, 1, 15, 15)
+    point[:, :, 7, 7] = 1.0
+    blurred = _blur(point, torch.ones(64))
+    assert torch.allclose(blurred.sum((1, 2, 3)), torch.ones(64), atol=1e-5)
+    assert torch.allclose(blurred, blurred.flip(-1)) and torch.allclose(blurred, blurred.flip(-2))
+    centre = blurred[:, 0, 7, 7]
+    assert centre.max() > 0.95 and 0.035 < centre.min() < 0.06
+    assert torch.equal(_blur(point, torch.zeros(64)), point)
+    gray = BatchViews([dict(PLAIN, random_gray_scale=1.0, normalize=None)])
+    rgb = torch.rand(2, 3, 28, 28)
+    g = gray(rgb)[0]
+    assert torch.allclose(g, TF.rgb_to_grayscale(rgb, 3), atol=1e-5)
+
+
+def test_views_have_the_statistics_of_lightlys_views_of_the_same_images():
+    """The default config's views of digit-like blobs, made both ways: per-view mean, its spread
+    over views, contrast and the share of bright pixels agree (seeds 0-2: within 0.004, 0.002,
+    0.008, 0.007). Batched views without the crops' zoom (min_scale 1) are 0.036 darker with a
+    0.034 smaller bright share; without colour jitter their bright share is 0.010 larger."""
+    rng = np.random.default_rng(0)
+    imgs = np.zeros((200, 28, 28), np.uint8)
+    for i in range(200):
+        r, c = rng.integers(8, 20, 2)
+        imgs[i, r - 5 : r + 5, c - 3 : c + 3] = rng.integers(150, 255)
+    cfg = load_config("configs/pretrain/default.yaml", ["ssl.views=batched"])
+    torch.manual_seed(0)
+    tf = views_transform(cfg)
+    ref = torch.stack([v for im in imgs for v in tf(Image.fromarray(im))]) * 0.5 + 0.5
+    ours = torch.cat(batch_views(cfg)(torch.from_numpy(imgs)[:, None])) * 0.5 + 0.5
+
+    def stats(v):
+        m = v.mean((1, 2, 3))
+        return m.mean(), m.std(), v.std((1, 2, 3)).mean(), (v > 0.5).float().mean()
+
+    for name, a, b, tol in zip(
+        ("mean", "spread", "contrast", "bright"),
+        stats(ref),
+        stats(ours),
+        (0.008, 0.005, 0.01, 0.008),
+        strict=True,
+    ):
+        assert abs(float(a) - float(b)) < tol, f"{name}: lightly {a:.4f}, batched {b:.4f}"
+
+
+def test_the_config_picks_the_views_and_refuses_what_cannot_be_batched(tiny_pretrain, tmp_path):
+    over = tiny_pretrain(tmp_path, "bv")
+    cfg = load_config("configs/pretrain/default.yaml", [*over, "ssl.views=batched"])
+    image, client = views_dataset(cfg, 1)[0]
+    assert image.dtype == torch.uint8 and image.shape == (1, 28, 28) and client == 1
+    module = build_ssl(cfg)
+    assert isinstance(module.view_maker, BatchViews)
+    assert module.view_maker.per_view == [{"blur": 1.0, "solarize": 0.0}] * 2
+    byol = build_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.method=byol"]))
+    assert byol.view_maker.per_view[1] == {"blur": 0.1, "solarize": 0.2}  # BYOL's second view
+    assert build_ssl(load_config("configs/pretrain/default.yaml", over)).view_maker is None
+    with pytest.raises(ValueError, match="dino's views cannot be batched"):
+        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.method=dino"]))
+    with pytest.raises(ValueError, match="ssl.views"):
+        load_config(None, [*over, "ssl.views=kornia"])
+
+
+def test_a_round_with_batched_views_trains_and_repeats_bit_for_bit(tiny_pretrain, tmp_path):
+    cfg = load_config(
+        "configs/pretrain/default.yaml",
+        [*tiny_pretrain(tmp_path, "bvr"), "ssl.views=batched", "train.local_steps=2"],
+    )
+    start = pretraining.initial_state(cfg)
+    first, metrics = pretraining.local_train(cfg, 1, start, 2)
+    assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
+    assert not all(torch.equal(first[k], start[k]) for k in start)
+    torch.rand(1000)  # the views draw from the round's seeded generator, not what ran before
+    again, _ = pretraining.local_train(cfg, 1, start, 2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    lightly = load_config(
+        "configs/pretrain/default.yaml", [*tiny_pretrain(tmp_path, "lv"), "train.local_steps=2"]
+    )
+    other, _ = pretraining.local_train(lightly, 1, start, 2)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
