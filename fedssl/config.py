@@ -133,9 +133,14 @@ class SSLConfig:
     hf_prob: float = 0.5
     rr_prob: float = 0.0  # random rotation probability (0: off)
     rr_degrees: float = 0.0  # rotation range +-degrees when rr_prob > 0
+    # elastic distortion (Simard et al. 2003: a random displacement field, Gaussian-smoothed by
+    # elastic_sigma px, scaled by elastic_alpha px) with this probability; ssl.views=batched only
+    elastic_prob: float = 0.0
+    elastic_alpha: float = 34.0
+    elastic_sigma: float = 4.0
     # Views of one client that differ from the settings above, by the client's dataset name:
     # e.g. {mnist: {rr_prob: 0.0}} (keys: min_scale, cj_prob, cj_strength, hf_prob, rr_prob,
-    # rr_degrees). Each client trains on its own views; the server never sees them.
+    # rr_degrees, elastic_*). Each client trains on its own views; the server never sees them.
     client_views: dict[str, dict[str, float]] = field(default_factory=dict)
     # Where views are made: ``lightly`` (its PIL transforms, per image in the loader's workers)
     # or ``batched`` (tensor operations on the whole batch on the training device:

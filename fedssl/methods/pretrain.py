@@ -32,6 +32,7 @@ __all__ = [
     "method_settings",
     "build_ssl",
     "VIEW_KEYS",
+    "BATCHED_VIEW_KEYS",
     "view_settings",
     "augmentation",
     "check_ssl",
@@ -128,6 +129,8 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
 
 #: the ``ssl`` view settings a client may set differently (``ssl.client_views.<dataset>``)
 VIEW_KEYS = ("min_scale", "cj_prob", "cj_strength", "hf_prob", "rr_prob", "rr_degrees")
+#: view settings only batched views have (``ssl.views: batched``)
+BATCHED_VIEW_KEYS = ("elastic_prob", "elastic_alpha", "elastic_sigma")
 
 
 def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dict[str, float]:
@@ -137,8 +140,9 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
 
     Raises:
         ValueError: an override for a dataset no client holds, an unknown view setting, a
-            probability outside [0, 1], a crop scale outside (0, 1], or ``rr_prob`` > 0 without
-            a positive ``rr_degrees``.
+            probability outside [0, 1], a crop scale outside (0, 1], ``rr_prob`` > 0 without
+            a positive ``rr_degrees``, or an elastic distortion without batched views or with a
+            negative strength or non-positive smoothing.
     """
     s, names = cfg.ssl, list(cfg.data.clients)
     for name, over in s.client_views.items():
@@ -147,18 +151,18 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
                 f"ssl.client_views.{name}: no client holds {name!r} "
                 f"(data.clients: {', '.join(names) or 'none'})"
             )
-        unknown = sorted(set(over) - set(VIEW_KEYS))
+        unknown = sorted(set(over) - set(VIEW_KEYS) - set(BATCHED_VIEW_KEYS))
         if unknown:
             raise ValueError(
                 f"ssl.client_views.{name}: unknown view setting {', '.join(unknown)} "
-                f"(allowed: {', '.join(VIEW_KEYS)})"
+                f"(allowed: {', '.join(VIEW_KEYS + BATCHED_VIEW_KEYS)})"
             )
-    v, where = {k: getattr(s, k) for k in VIEW_KEYS}, "ssl"
+    v, where = {k: getattr(s, k) for k in VIEW_KEYS + BATCHED_VIEW_KEYS}, "ssl"
     if partition_id is not None:
         name = names[partition_id]
         v.update(s.client_views.get(name, {}))
         where = f"ssl (client {partition_id}: {name})"
-    for k in ("cj_prob", "hf_prob", "rr_prob"):
+    for k in ("cj_prob", "hf_prob", "rr_prob", "elastic_prob"):
         if not 0.0 <= v[k] <= 1.0:
             raise ValueError(f"{where}: {k}={v[k]} must be a probability in [0, 1]")
     if not 0.0 < v["min_scale"] <= 1.0:
@@ -167,6 +171,17 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
         raise ValueError(
             f"{where}: rr_prob={v['rr_prob']} needs rr_degrees > 0 (got {v['rr_degrees']})"
         )
+    if v["elastic_prob"] > 0:
+        if s.views != "batched":
+            raise ValueError(
+                f"{where}: elastic_prob={v['elastic_prob']} needs ssl.views=batched "
+                "(lightly's transforms have no elastic distortion)"
+            )
+        if not (v["elastic_alpha"] >= 0 and v["elastic_sigma"] > 0):
+            raise ValueError(
+                f"{where}: elastic_alpha must be >= 0 and elastic_sigma > 0 (got "
+                f"{v['elastic_alpha']}, {v['elastic_sigma']})"
+            )
     return v
 
 
@@ -243,8 +258,12 @@ def batch_views(cfg: ExperimentConfig) -> BatchViews | None:
             f"ssl.views=batched: {cls.name}'s views cannot be batched yet (crops of two sizes); "
             "use ssl.views=lightly"
         )
-    groups = [augmentation(cfg, pid) for pid in range(len(cfg.data.clients))]
-    return BatchViews(groups or [augmentation(cfg)], cls.BATCH_VIEWS)
+    pids = list(range(len(cfg.data.clients))) or [None]
+    groups = [
+        {**augmentation(cfg, pid), **{k: view_settings(cfg, pid)[k] for k in BATCHED_VIEW_KEYS}}
+        for pid in pids
+    ]
+    return BatchViews(groups, cls.BATCH_VIEWS)
 
 
 class _ClientImages(TorchDataset):

@@ -161,3 +161,31 @@ def test_a_round_with_batched_views_trains_and_repeats_bit_for_bit(tiny_pretrain
     )
     other, _ = pretraining.local_train(lightly, 1, start, 2)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_elastic_distortion_moves_strokes_keeps_flat_areas_and_needs_batched_views(
+    tiny_pretrain, tmp_path
+):
+    torch.manual_seed(0)
+    x = _images()
+    still = BatchViews([dict(PLAIN, elastic_prob=1.0, elastic_alpha=0.0)])(x)[0]
+    assert torch.allclose(still, (x.float() / 255 - 0.5) / 0.5, atol=1e-5)  # no displacement
+    bar = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    bar[:, :, 6:22, 12:16] = 255  # a vertical stroke
+    bent = BatchViews([dict(PLAIN, elastic_prob=1.0, normalize=None)])(bar)[0]
+    plain = bar.float() / 255
+    moved = (bent - plain).abs().sum((1, 2, 3)) / plain.sum((1, 2, 3))
+    assert (moved > 0.1).all()  # every stroke bends ...
+    mass = bent.sum((1, 2, 3)) / plain.sum((1, 2, 3))  # thicker here, thinner there ...
+    assert ((mass > 0.5) & (mass < 2)).all() and 0.85 < mass.mean() < 1.2  # ... not fading
+    white = torch.full((8, 1, 28, 28), 255, dtype=torch.uint8)
+    flat = BatchViews([dict(PLAIN, elastic_prob=1.0, normalize=None)])(white)[0]
+    assert torch.allclose(flat[..., 8:-8, 8:-8], torch.ones(8, 1, 12, 12), atol=1e-5)
+    over = tiny_pretrain(tmp_path, "el")
+    with pytest.raises(ValueError, match="elastic_prob=0.5 needs ssl.views=batched"):
+        check_ssl(load_config(None, [*over, "ssl.elastic_prob=0.5"]))
+    with pytest.raises(ValueError, match="elastic_sigma > 0"):
+        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5",
+                                     "ssl.elastic_sigma=0"]))  # fmt: skip
+    cfg = load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5"])
+    assert batch_views(cfg).settings["elastic_prob"] == [0.5, 0.5]  # both clients'

@@ -8,6 +8,9 @@ the input size) and every view is made by tensor operations on the device the ba
 * random resized crop (area ``min_scale``-1, aspect 3/4-4/3), horizontal flip and rotation,
   composed into one affine map per image and sampled bilinearly (``affine_grid`` /
   ``grid_sample``; a rotation's corners are black, as torchvision's);
+* elastic distortion with probability ``elastic_prob`` (Simard et al. 2003: a random
+  displacement field smoothed by ``elastic_sigma`` px and scaled by ``elastic_alpha`` px; off by
+  default, and only here: lightly has none);
 * colour jitter with probability ``cj_prob``: brightness, contrast, saturation (0.8 x
   ``cj_strength``) and hue (0.2 x ``cj_strength``) in a random order per image, as torchvision's
   ``ColorJitter`` (saturation and hue leave one channel unchanged);
@@ -42,7 +45,11 @@ _GROUP_KEYS = (
     "cj_strength",
     "random_gray_scale",
     "gaussian_blur",
+    "elastic_prob",
+    "elastic_alpha",
+    "elastic_sigma",
 )
+_DEFAULTS = {"min_scale": 0.08, "elastic_alpha": 34.0, "elastic_sigma": 4.0}
 _SIGMAS = (0.1, 2.0)  # lightly's default blur standard deviations (pixels)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
@@ -74,7 +81,7 @@ class BatchViews:
         norm = first.get("normalize") or {"mean": [0.0], "std": [1.0]}
         self.mean, self.std = list(norm["mean"]), list(norm["std"])
         self.settings = {
-            k: [float(g.get(k) or 0.0) if k != "min_scale" else float(g[k]) for g in groups]
+            k: [float(_DEFAULTS.get(k, 0.0) if g.get(k) is None else g[k]) for g in groups]
             for k in _GROUP_KEYS
         }
         self.per_view = [
@@ -101,7 +108,7 @@ class BatchViews:
         std = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
         out = []
         for spec in self.per_view:
-            v = _geometry(x, s)
+            v = _elastic(_geometry(x, s), s)
             v = _color_jitter(v, s)
             v = _grayscale(v, s["random_gray_scale"])
             v = _blur(v, (s["gaussian_blur"] * spec["blur"]).clamp(max=1.0))
@@ -172,6 +179,40 @@ def crop_flip_rotate(
     qy = (grid[..., 1] - cy.view(-1, 1, 1)) / h.view(-1, 1, 1)
     inside = (qx.abs() <= 1) & (qy.abs() <= 1)
     return out * inside.unsqueeze(1).to(out.dtype)
+
+
+def _elastic(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Elastic distortion (Simard et al. 2003) with probability ``elastic_prob``: every pixel
+    moves by a random field, uniform in [-1, 1] per pixel and axis, smoothed by a Gaussian of
+    ``elastic_sigma`` pixels and scaled by ``elastic_alpha`` pixels."""
+    on = _chance(s["elastic_prob"])
+    if not on.any():
+        return x
+    b, _, hgt, wid = x.shape
+    sigma = float(s["elastic_sigma"][on].max())
+    field = _smooth(torch.rand(b, 2, hgt, wid, device=x.device) * 2 - 1, s["elastic_sigma"], sigma)
+    scale = torch.where(on, s["elastic_alpha"], torch.zeros_like(s["elastic_alpha"]))
+    field = field * scale.view(-1, 1, 1, 1)
+    # pixels to normalised coordinates: the image spans 2 units
+    shift = torch.stack([field[:, 0] * 2 / wid, field[:, 1] * 2 / hgt], -1)
+    eye = torch.eye(2, 3, device=x.device).expand(b, 2, 3)
+    grid = F.affine_grid(eye, list(x.shape), align_corners=False) + shift
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _smooth(x: torch.Tensor, sigma: torch.Tensor, widest: float) -> torch.Tensor:
+    """Each image of ``x`` blurred by its own Gaussian (``sigma``: ``(B,)`` pixels), kernels
+    ``widest`` sigmas wide at most; edges reflected (replicated on images smaller than that)."""
+    b, c, hgt, wid = x.shape
+    radius = max(1, math.ceil(3 * widest))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma.to(x.dtype)[:, None].clamp(min=1e-3) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (b * c, taps)
+    flat = x.reshape(1, b * c, hgt, wid)
+    mode = "reflect" if min(hgt, wid) > radius else "replicate"
+    y = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), k[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=mode), k[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, hgt, wid)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -251,18 +292,8 @@ def _blur(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     on = _chance(p)
     if not on.any():
         return x
-    b, c, hgt, wid = x.shape
-    sigma = _uniform(_SIGMAS[0], _SIGMAS[1], (b,), x.device)
-    radius = math.ceil(3 * _SIGMAS[1])
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None] ** 2))
-    k = k / k.sum(1, keepdim=True)
-    k = k.repeat_interleave(c, 0)  # (b * c, taps)
-    flat = x.reshape(1, b * c, hgt, wid)
-    mode = "reflect" if min(hgt, wid) > radius else "replicate"
-    y = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), k[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=mode), k[:, None, :, None], groups=b * c)
-    return torch.where(on.view(-1, 1, 1, 1), y.reshape(b, c, hgt, wid), x)
+    sigma = _uniform(_SIGMAS[0], _SIGMAS[1], (x.shape[0],), x.device)
+    return torch.where(on.view(-1, 1, 1, 1), _smooth(x, sigma, _SIGMAS[1]), x)
 
 
 def _solarize(x: torch.Tensor, p: float) -> torch.Tensor:
