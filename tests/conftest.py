@@ -3,12 +3,14 @@
 import gzip
 import importlib.util
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load_launch(name: str):
@@ -16,6 +18,22 @@ def _load_launch(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_benchmark(name: str):
+    if str(BENCH_DIR) not in sys.path:  # as `python benchmarks/<name>.py` does: `import harness`
+        sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)`` imports ``benchmarks/<name>.py`` as a module, with the
+    benchmarks folder on the path as when it runs as a script."""
+    return _load_benchmark
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,14 @@
 """benchmarks/gpu.py: the GPU check's CPU dry run runs every step and writes its page."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
-
 
 @pytest.fixture(scope="module")
-def gpu_bench():
-    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/gpu.py` does: `import harness`
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gpu_bench(load_benchmark):
+    return load_benchmark("gpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

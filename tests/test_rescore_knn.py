@@ -1,23 +1,15 @@
 """benchmarks/rescore_knn.py: a saved run scored again gives the monitor's own numbers."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from fedssl.config import load_config
 from fedssl.federation.simulation import simulate
 from fedssl.runs import RunDir
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_knn.py"
-
 
 @pytest.fixture(scope="module")
-def rescore_knn():
-    spec = importlib.util.spec_from_file_location("bench_rescore_knn", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rescore_knn(load_benchmark):
+    return load_benchmark("rescore_knn")
 
 
 def test_rescoring_a_run_reproduces_its_monitor(rescore_knn, tiny_pretrain, tmp_path, capsys):

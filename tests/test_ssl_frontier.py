@@ -1,23 +1,13 @@
 """benchmarks/ssl_frontier.py: crossing times, a tiny run end to end, notes kept on rerender."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ssl_frontier.py"
-
 
 @pytest.fixture(scope="module")
-def frontier():
-    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/ssl_frontier.py` does
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_ssl_frontier", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def frontier(load_benchmark):
+    return load_benchmark("ssl_frontier")
 
 
 def test_crossing_is_the_first_round_at_or_above_the_line(frontier):

@@ -1,24 +1,14 @@
 """benchmarks/views.py: both ways of making views timed side by side on tiny data, one row per
 client, the page with its ratios."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "views.py"
-
 
 @pytest.fixture(scope="module")
-def views_bench():
-    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/views.py` does
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_views", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def views_bench(load_benchmark):
+    return load_benchmark("views")
 
 
 def test_views_benchmark_times_both_ways_per_client_and_writes_the_page(
