@@ -25,6 +25,7 @@ Without CUDA (and without ``--device cpu``) it says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import platform
 import sys
@@ -317,6 +318,7 @@ def input_pipeline(cfg, device: torch.device) -> list[dict]:
     rt = runtime.resolve(cfg)
     out = []
     for views in ("lightly", "batched"):
+        cfg = copy.deepcopy(cfg)
         cfg.ssl.views = views
         maker = batch_views(cfg)
         for pid, name in enumerate(cfg.data.clients):
@@ -339,7 +341,6 @@ def input_pipeline(cfg, device: torch.device) -> list[dict]:
             print(f"[gpu] pipeline {name}, {views} views: {out[-1]['images_per_s']:.0f} img/s "
                   f"({rt.workers} workers)")  # fmt: skip
             del loader
-    cfg.ssl.views = "lightly"
     return out
 
 

@@ -258,11 +258,10 @@ def batch_views(cfg: ExperimentConfig) -> BatchViews | None:
             f"ssl.views=batched: {cls.name}'s views cannot be batched yet (crops of two sizes); "
             "use ssl.views=lightly"
         )
-    pids = list(range(len(cfg.data.clients))) or [None]
-    groups = [
-        {**augmentation(cfg, pid), **{k: view_settings(cfg, pid)[k] for k in BATCHED_VIEW_KEYS}}
-        for pid in pids
-    ]
+    groups = []
+    for pid in list(range(len(cfg.data.clients))) or [None]:
+        only_batched = {k: view_settings(cfg, pid)[k] for k in BATCHED_VIEW_KEYS}
+        groups.append({**augmentation(cfg, pid), **only_batched})
     return BatchViews(groups, cls.BATCH_VIEWS)
 
 

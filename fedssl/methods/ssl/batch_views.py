@@ -88,6 +88,18 @@ class BatchViews:
             {"blur": float(v.get("blur", 1.0)), "solarize": float(v.get("solarize", 0.0))}
             for v in per_view
         ]
+        self._on: dict[torch.device, tuple] = {}  # the settings as tensors, per device
+
+    def _tensors(
+        self, dev: torch.device
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Per-group settings, mean and std on ``dev``, made once (not on every batch)."""
+        if dev not in self._on:
+            table = {k: torch.tensor(v, device=dev) for k, v in self.settings.items()}
+            mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
+            self._on[dev] = (table, mean, std)
+        return self._on[dev]
 
     def __call__(
         self, images: torch.Tensor, groups: torch.Tensor | None = None
@@ -103,9 +115,8 @@ class BatchViews:
         if groups is None:
             groups = torch.zeros(b, dtype=torch.long, device=dev)
         groups = groups.to(dev).long()
-        s = {k: torch.tensor(v, device=dev)[groups] for k, v in self.settings.items()}
-        mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
+        table, mean, std = self._tensors(dev)
+        s = {k: v[groups] for k, v in table.items()}
         out = []
         for spec in self.per_view:
             v = _elastic(_geometry(x, s), s)
