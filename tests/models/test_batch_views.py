@@ -1,5 +1,6 @@
 """Batched views (``ssl.views: batched``): the geometry against torchvision's own crops and
-rotations, the colour operations against torchvision's, per-client settings inside one batch,
+rotations, what each group's settings do through kornia's operations, per-client settings inside
+one batch,
 the views' statistics against lightly's on the same images, and a client's round with them."""
 
 import math
@@ -19,7 +20,7 @@ from fedssl.methods.pretrain import (
     views_dataset,
     views_transform,
 )
-from fedssl.methods.ssl.batch_views import BatchViews, _blur, _hue, crop_flip_rotate
+from fedssl.methods.ssl.batch_views import BatchViews, crop_flip_rotate
 
 PLAIN = {  # no randomness left: min_scale 1 leaves only the whole image (aspect 1)
     "input_size": 28,
@@ -75,26 +76,39 @@ def test_views_without_randomness_are_the_normalised_images_and_flips_follow_the
         assert torch.allclose(v0[i], want, atol=1e-5), f"image {i} of client {g}"
 
 
-def test_colour_operations_match_torchvision():
-    x = torch.rand(4, 3, 9, 9)
-    for shift in (0.0, 0.2, -0.35):
-        ref = TF.adjust_hue(x, shift)
-        assert torch.allclose(_hue(x, torch.full((4,), shift)), ref, atol=1e-4), shift
-    # a blurred point keeps its mass and spreads symmetrically, by a sigma of 0.1-2 px: from
-    # hardly (centre ~1) to 1 / (2 pi 2^2) = 0.04 at the centre
+def test_colour_blur_and_solarize_follow_the_settings_and_the_view():
     torch.manual_seed(0)
+    # one channel: the jitter is brightness and contrast only (torchvision's saturation and hue
+    # leave a single channel as it is), so each view is an affine map of its image's pixels
+    x = 0.4 + 0.2 * torch.rand(16, 1, 28, 28)  # nothing reaches the clamps at 0 and 1
+    jitter = BatchViews([dict(PLAIN, cj_prob=1.0, normalize=None)])
+    v = jitter(x)[0]
+    design = torch.stack([x.flatten(1), torch.ones_like(x.flatten(1))], -1)
+    fit = torch.linalg.lstsq(design, v.flatten(1)[..., None]).solution  # (16, 2, 1)
+    assert torch.allclose(design @ fit, v.flatten(1)[..., None], atol=1e-4)
+    slopes = fit[:, 0, 0]
+    assert slopes.std() > 0.1 and (slopes > 0.15).all() and (slopes < 2.0).all()
+    # three channels: torchvision's factors (0.8 / 0.8 / 0.8 / 0.2 x strength), and grayscale
+    rgb_jitter = jitter.pipelines(3, torch.device("cpu"))[0][0][0]
+    assert (rgb_jitter.saturation, rgb_jitter.hue, rgb_jitter.p) == (0.4, 0.1, 1.0)
+    gray = BatchViews([dict(PLAIN, random_gray_scale=1.0, normalize=None)])
+    rgb = torch.rand(2, 3, 28, 28)
+    assert torch.allclose(gray(rgb)[0], TF.rgb_to_grayscale(rgb, 3), atol=1e-3)
+    # a blurred point keeps its mass and spreads symmetrically, by a sigma of 0.1-2 px: from
+    # hardly (centre ~1) to 1 / (2 pi 2^2) = 0.04 at the centre; views 2 and 3 never blur, and
+    # view 3 always solarizes (pixels >= 0.5 inverted)
     point = torch.zeros(64, 1, 15, 15)
     point[:, :, 7, 7] = 1.0
-    blurred = _blur(point, torch.ones(64))
+    small = dict(PLAIN, input_size=15, gaussian_blur=1.0, normalize=None)
+    views = BatchViews([small], [{}, {"blur": 0.0}, {"blur": 0.0, "solarize": 1.0}])
+    blurred, unblurred, _ = views(point)
     assert torch.allclose(blurred.sum((1, 2, 3)), torch.ones(64), atol=1e-5)
     assert torch.allclose(blurred, blurred.flip(-1)) and torch.allclose(blurred, blurred.flip(-2))
     centre = blurred[:, 0, 7, 7]
     assert centre.max() > 0.95 and 0.035 < centre.min() < 0.06
-    assert torch.equal(_blur(point, torch.zeros(64)), point)
-    gray = BatchViews([dict(PLAIN, random_gray_scale=1.0, normalize=None)])
-    rgb = torch.rand(2, 3, 28, 28)
-    g = gray(rgb)[0]
-    assert torch.allclose(g, TF.rgb_to_grayscale(rgb, 3), atol=1e-5)
+    assert torch.allclose(unblurred, point, atol=1e-5)
+    ramp = torch.linspace(0, 1, 15).expand(2, 1, 15, 15)
+    assert torch.allclose(views(ramp)[2], torch.where(ramp >= 0.5, 1 - ramp, ramp), atol=1e-5)
 
 
 def test_views_have_the_statistics_of_lightlys_views_of_the_same_images():

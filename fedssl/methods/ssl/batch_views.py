@@ -6,16 +6,19 @@ bottleneck. Here the loader only delivers the images (``uint8``, resized and cen
 the input size) and every view is made by tensor operations on the device the batch lands on:
 
 * random resized crop (area ``min_scale``-1, aspect 3/4-4/3), horizontal flip and rotation,
-  composed into one affine map per image and sampled bilinearly (``affine_grid`` /
-  ``grid_sample``; a rotation's corners are black, as torchvision's);
-* elastic distortion with probability ``elastic_prob`` (Simard et al. 2003: a random
-  displacement field smoothed by ``elastic_sigma`` px and scaled by ``elastic_alpha`` px; off by
-  default, and only here: lightly has none);
-* colour jitter with probability ``cj_prob``: brightness, contrast, saturation (0.8 x
-  ``cj_strength``) and hue (0.2 x ``cj_strength``) in a random order per image, as torchvision's
-  ``ColorJitter`` (saturation and hue leave one channel unchanged);
-* random grayscale, Gaussian blur (sigma 0.1-2, the probability scaled per view), solarization
-  (pixels >= 0.5 inverted), then the normalisation.
+  composed into **one** affine map per image and sampled bilinearly once (``affine_grid`` /
+  ``grid_sample``; a rotation's corners are black, as torchvision's). This is fedssl's own
+  (:func:`crop_flip_rotate`, pinned to torchvision's ``resized_crop`` / ``rotate`` by tests):
+  kornia's ``RandomResizedCrop`` and ``RandomRotation`` would resample the 28 px image twice;
+* then kornia's augmentations (``kornia.augmentation``, per-image parameters on the batch's
+  device), one pipeline per group and view: elastic distortion with probability
+  ``elastic_prob`` (``RandomElasticTransform``; Simard et al. 2003: a random field smoothed by
+  ``elastic_sigma`` px and scaled by ``elastic_alpha`` px; off by default, and only here:
+  lightly has none), colour jitter with probability ``cj_prob`` (``ColorJitter`` with
+  torchvision's factors: brightness, contrast, saturation 0.8 x ``cj_strength``, hue 0.2 x
+  ``cj_strength``; saturation and hue are left out on one-channel images, where torchvision's
+  leave them unchanged), random grayscale, Gaussian blur (sigma 0.1-2 px, the probability scaled
+  per view), solarization (pixels >= 0.5 inverted) and the normalisation.
 
 The settings are the keywords of :func:`fedssl.methods.pretrain.augmentation`, one set per
 **group** (a client: a centralized batch mixes clients with different views), and each method
@@ -23,7 +26,8 @@ says per view how its blur and solarization differ (``SSLMethod.BATCH_VIEWS``: B
 blurs less and solarizes). Differences from lightly's views: the crop is taken from the image
 resized to the input size (lightly crops the original image first; the same for 28-32 px
 datasets), crops and rotations are sampled bilinearly (torchvision rotates with the nearest
-pixel) at continuous positions, and blur is an exact Gaussian (PIL's is a box approximation).
+pixel) at continuous positions, blur is an exact Gaussian (PIL's is a box approximation), and
+kornia draws the colour jitter's order once per batch (torchvision once per image).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["BatchViews", "crop_flip_rotate"]
 
@@ -49,9 +55,9 @@ _GROUP_KEYS = (
     "elastic_alpha",
     "elastic_sigma",
 )
+_GEOMETRY_KEYS = ("min_scale", "hf_prob", "rr_prob", "rr_degrees")
 _DEFAULTS = {"min_scale": 0.08, "elastic_alpha": 34.0, "elastic_sigma": 4.0}
 _SIGMAS = (0.1, 2.0)  # lightly's default blur standard deviations (pixels)
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
 
 class BatchViews:
@@ -88,18 +94,63 @@ class BatchViews:
             {"blur": float(v.get("blur", 1.0)), "solarize": float(v.get("solarize", 0.0))}
             for v in per_view
         ]
-        self._on: dict[torch.device, tuple] = {}  # the settings as tensors, per device
+        self._geometry: dict[torch.device, dict[str, torch.Tensor]] = {}  # per device
+        self._pipes: dict[tuple[int, torch.device], list[list[nn.Module]]] = {}
 
-    def _tensors(
-        self, dev: torch.device
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Per-group settings, mean and std on ``dev``, made once (not on every batch)."""
-        if dev not in self._on:
-            table = {k: torch.tensor(v, device=dev) for k, v in self.settings.items()}
-            mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
-            self._on[dev] = (table, mean, std)
-        return self._on[dev]
+    def _settings_on(self, dev: torch.device) -> dict[str, torch.Tensor]:
+        """The groups' geometry settings as tensors on ``dev``, made once (not every batch)."""
+        if dev not in self._geometry:
+            self._geometry[dev] = {
+                k: torch.tensor(self.settings[k], device=dev) for k in _GEOMETRY_KEYS
+            }
+        return self._geometry[dev]
+
+    def pipelines(self, channels: int, dev: torch.device) -> list[list[nn.Module]]:
+        """kornia's augmentations after the geometry: ``[group][view]``, made once per channel
+        count and device."""
+        key = (channels, dev)
+        if key not in self._pipes:
+            self._pipes[key] = [
+                [self._pipeline(g, spec, channels).to(dev) for spec in self.per_view]
+                for g in range(len(self.settings["min_scale"]))
+            ]
+        return self._pipes[key]
+
+    def _pipeline(self, g: int, spec: Mapping[str, float], channels: int) -> nn.Module:
+        s = {k: v[g] for k, v in self.settings.items()}
+        steps: list[nn.Module] = []
+        if s["elastic_prob"] > 0:
+            sigma = s["elastic_sigma"]
+            taps = 2 * max(1, math.ceil(3 * sigma)) + 1
+            alpha = 2 * s["elastic_alpha"] / self.size  # pixels -> normalised coordinates
+            steps.append(
+                K.RandomElasticTransform(
+                    (taps, taps), (sigma, sigma), (alpha, alpha), p=min(1.0, s["elastic_prob"])
+                )
+            )
+        c = s["cj_strength"]
+        if s["cj_prob"] > 0 and c > 0:
+            rgb = channels == 3  # saturation and hue leave a single channel as it is
+            steps.append(
+                K.ColorJitter(
+                    0.8 * c,
+                    0.8 * c,
+                    0.8 * c if rgb else 0.0,
+                    0.2 * c if rgb else 0.0,
+                    p=min(1.0, s["cj_prob"]),
+                )
+            )
+        if s["random_gray_scale"] > 0 and channels == 3:
+            steps.append(K.RandomGrayscale(p=min(1.0, s["random_gray_scale"])))
+        blur = min(1.0, s["gaussian_blur"] * spec["blur"])
+        if blur > 0:
+            taps = 2 * math.ceil(3 * _SIGMAS[1]) + 1
+            steps.append(K.RandomGaussianBlur((taps, taps), _SIGMAS, p=blur))
+        if spec["solarize"] > 0:
+            steps.append(K.RandomSolarize(0.0, 0.0, p=min(1.0, spec["solarize"])))
+        mean, std = self.mean * channels, self.std * channels
+        steps.append(K.Normalize(torch.tensor(mean[:channels]), torch.tensor(std[:channels])))
+        return nn.Sequential(*steps)
 
     def __call__(
         self, images: torch.Tensor, groups: torch.Tensor | None = None
@@ -111,20 +162,26 @@ class BatchViews:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
-        b, dev = x.shape[0], x.device
+        dev = x.device
         if groups is None:
-            groups = torch.zeros(b, dtype=torch.long, device=dev)
+            groups = torch.zeros(x.shape[0], dtype=torch.long, device=dev)
         groups = groups.to(dev).long()
-        table, mean, std = self._tensors(dev)
+        table = self._settings_on(dev)
         s = {k: v[groups] for k, v in table.items()}
+        pipes = self.pipelines(x.shape[1], dev)
+        present = groups.unique().tolist()
         out = []
-        for spec in self.per_view:
-            v = _elastic(_geometry(x, s), s)
-            v = _color_jitter(v, s)
-            v = _grayscale(v, s["random_gray_scale"])
-            v = _blur(v, (s["gaussian_blur"] * spec["blur"]).clamp(max=1.0))
-            v = _solarize(v, spec["solarize"])
-            out.append((v - mean) / std)
+        for view in range(len(self.per_view)):
+            v = _geometry(x, s)
+            if len(present) == 1:
+                v = pipes[present[0]][view](v)
+            else:  # each group's rows through its own pipeline
+                done = torch.empty_like(v)
+                for g in present:
+                    rows = (groups == g).nonzero().squeeze(1)
+                    done[rows] = pipes[g][view](v[rows])
+                v = done
+            out.append(v)
         return out
 
 
@@ -190,125 +247,3 @@ def crop_flip_rotate(
     qy = (grid[..., 1] - cy.view(-1, 1, 1)) / h.view(-1, 1, 1)
     inside = (qx.abs() <= 1) & (qy.abs() <= 1)
     return out * inside.unsqueeze(1).to(out.dtype)
-
-
-def _elastic(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Elastic distortion (Simard et al. 2003) with probability ``elastic_prob``: every pixel
-    moves by a random field, uniform in [-1, 1] per pixel and axis, smoothed by a Gaussian of
-    ``elastic_sigma`` pixels and scaled by ``elastic_alpha`` pixels."""
-    on = _chance(s["elastic_prob"])
-    if not on.any():
-        return x
-    b, _, hgt, wid = x.shape
-    sigma = float(s["elastic_sigma"][on].max())
-    field = _smooth(torch.rand(b, 2, hgt, wid, device=x.device) * 2 - 1, s["elastic_sigma"], sigma)
-    scale = torch.where(on, s["elastic_alpha"], torch.zeros_like(s["elastic_alpha"]))
-    field = field * scale.view(-1, 1, 1, 1)
-    # pixels to normalised coordinates: the image spans 2 units
-    shift = torch.stack([field[:, 0] * 2 / wid, field[:, 1] * 2 / hgt], -1)
-    eye = torch.eye(2, 3, device=x.device).expand(b, 2, 3)
-    grid = F.affine_grid(eye, list(x.shape), align_corners=False) + shift
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _smooth(x: torch.Tensor, sigma: torch.Tensor, widest: float) -> torch.Tensor:
-    """Each image of ``x`` blurred by its own Gaussian (``sigma``: ``(B,)`` pixels), kernels
-    ``widest`` sigmas wide at most; edges reflected (replicated on images smaller than that)."""
-    b, c, hgt, wid = x.shape
-    radius = max(1, math.ceil(3 * widest))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma.to(x.dtype)[:, None].clamp(min=1e-3) ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (b * c, taps)
-    flat = x.reshape(1, b * c, hgt, wid)
-    mode = "reflect" if min(hgt, wid) > radius else "replicate"
-    y = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), k[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=mode), k[:, None, :, None], groups=b * c)
-    return y.reshape(b, c, hgt, wid)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x.unbind(1)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * other).clamp(0, 1)
-
-
-def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue rotated by ``shift`` (fractions of a turn) per image, through HSV."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(
-        maxc == r,
-        ((g - b) / safe) % 6,
-        torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4),
-    )
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
-    hue = (hue + shift.view(-1, 1, 1)) % 1.0
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), 0)
-    # HSV -> RGB: each channel from its own offset on the hue circle
-    k = torch.stack([(5 + hue * 6) % 6, (3 + hue * 6) % 6, (1 + hue * 6) % 6], 1)
-    m = torch.minimum(k, 4 - k).clamp(0, 1)
-    return maxc.unsqueeze(1) - (maxc * sat).unsqueeze(1) * m
-
-
-def _color_jitter(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """torchvision's ``ColorJitter(0.8c, 0.8c, 0.8c, 0.2c)`` with probability ``cj_prob``, the
-    four adjustments in a random order per image."""
-    b, dev = x.shape[0], x.device
-    on = _chance(s["cj_prob"])
-    if not on.any():
-        return x
-    c = s["cj_strength"] * 0.8
-    factors = [_uniform((1 - c).clamp(min=0), 1 + c, (b,), dev) for _ in range(3)]
-    shift = _uniform(-0.2 * s["cj_strength"], 0.2 * s["cj_strength"], (b,), dev)
-    order = torch.rand(b, 4, device=dev).argsort(1)
-    rgb = x.shape[1] == 3
-    for step in range(4):
-        op = order[:, step]
-        new = x
-        for code in range(4):
-            use = on & (op == code)
-            if not use.any():
-                continue
-            if code == 0:  # brightness
-                y = _blend(x, torch.zeros_like(x), factors[0])
-            elif code == 1:  # contrast: towards the image's mean gray level
-                y = _blend(x, _gray(x).mean((1, 2, 3), keepdim=True).expand_as(x), factors[1])
-            elif code == 2 and rgb:  # saturation: towards the image's gray version
-                y = _blend(x, _gray(x).expand_as(x), factors[2])
-            elif code == 3 and rgb:
-                y = _hue(x, shift)
-            else:  # saturation and hue leave one channel as it is
-                continue
-            new = torch.where(use.view(-1, 1, 1, 1), y, new)
-        x = new
-    return x
-
-
-def _grayscale(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1 or not bool((p > 0).any()):
-        return x
-    return torch.where(_chance(p).view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-
-
-def _blur(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur with probability ``p`` per image, sigma uniform in 0.1-2 pixels."""
-    on = _chance(p)
-    if not on.any():
-        return x
-    sigma = _uniform(_SIGMAS[0], _SIGMAS[1], (x.shape[0],), x.device)
-    return torch.where(on.view(-1, 1, 1, 1), _smooth(x, sigma, _SIGMAS[1]), x)
-
-
-def _solarize(x: torch.Tensor, p: float) -> torch.Tensor:
-    if p <= 0:
-        return x
-    on = _chance(torch.full((x.shape[0],), p, device=x.device)).view(-1, 1, 1, 1)
-    return torch.where(on & (x >= 0.5), 1.0 - x, x)
