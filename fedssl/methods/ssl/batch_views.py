@@ -114,6 +114,14 @@ class BatchViews:
                 [self._pipeline(g, spec, channels).to(dev) for spec in self.per_view]
                 for g in range(len(self.settings["min_scale"]))
             ]
+            for view_pipes in self._pipes[key]:
+                for pipe in view_pipes:
+                    for step in pipe:
+                        if isinstance(step, K.RandomElasticTransform):
+                            # its field is one random number per pixel: drawn on the batch's
+                            # device, not on the CPU and copied (kornia draws the other
+                            # steps' few parameters per image on the CPU)
+                            step.set_rng_device_and_dtype(dev, torch.float32)
         return self._pipes[key]
 
     def _pipeline(self, g: int, spec: Mapping[str, float], channels: int) -> nn.Module:
