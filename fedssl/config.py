@@ -116,6 +116,11 @@ class SSLConfig:
     # ICLR 2022: online = mu * local + (1 - mu) * global, mu = min(lambda * divergence, 1)),
     # fedu (Zhuang et al. ICCV 2021: the global predictor only below a divergence threshold).
     client_update: str = "none"
+    # Backbone layers that never leave a client, each client training its own (personalised
+    # layers): ``batchnorm`` (every BatchNorm layer: FedBN, Li et al. ICLR 2021) and/or module
+    # names of the backbone, e.g. ``layer4`` (the last stage, as FedPer keeps the top layers).
+    # The kNN monitor scores each client's own backbone (shared layers + its local ones).
+    local_layers: list[str] = field(default_factory=list)
     fedema_tau: float = 0.7  # FedEMA: lambda = tau / (divergence of the first local training)
     fedema_lambda: float = 0.0  # FedEMA: a fixed lambda instead (0: calibrate from tau)
     fedu_threshold: float = 0.4  # FedU: divergence below which the global predictor is taken

@@ -24,12 +24,19 @@ from fedssl.aggregation import client as fedssl_update
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import client_task
 from fedssl.federation.records import travelling_keys
-from fedssl.methods.pretrain import backbone_knn, build_ssl, views_dataset, views_loader
+from fedssl.methods.pretrain import (
+    backbone_knn,
+    build_ssl,
+    local_layer_keys,
+    views_dataset,
+    views_loader,
+)
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod
 
 __all__ = [
     "travel_prefixes",
+    "shared_keys",
     "initial_state",
     "shared_state",
     "load_shared",
@@ -47,14 +54,23 @@ def travel_prefixes(cfg: ExperimentConfig) -> tuple[str, ...]:
     return cls.prefixes(cls.check_travel(cfg.ssl.travel))
 
 
+def shared_keys(
+    module: SSLMethod, cfg: ExperimentConfig, travel: tuple[str, ...] | None = None
+) -> list[str]:
+    """The state-dict keys that travel: the travelling parts' (``travel``: their prefixes, if
+    already known) less the backbone layers each client keeps (``ssl.local_layers``)."""
+    include = travel if travel is not None else travel_prefixes(cfg)
+    local = local_layer_keys(cfg, module)
+    return [k for k in travelling_keys(module.state_dict(), include=include) if k not in local]
+
+
 def shared_state(
-    module: torch.nn.Module, cfg: ExperimentConfig, travel: tuple[str, ...] | None = None
+    module: SSLMethod, cfg: ExperimentConfig, travel: tuple[str, ...] | None = None
 ) -> dict[str, torch.Tensor]:
     """The travelling part of a module's state dict, detached (``travel``: the prefixes, if
     already known)."""
     sd = module.state_dict()
-    include = travel if travel is not None else travel_prefixes(cfg)
-    return {k: sd[k].detach() for k in travelling_keys(sd, include=include)}
+    return {k: sd[k].detach() for k in shared_keys(module, cfg, travel)}
 
 
 def load_shared(
@@ -74,8 +90,7 @@ def load_shared(
         f"received weights do not fit the configured {cfg.ssl.method} on "
         f"backbone {cfg.model.backbone!r}"
     )
-    include = travel if travel is not None else travel_prefixes(cfg)
-    wanted = set(travelling_keys(module.state_dict(), include=include))
+    wanted = set(shared_keys(module, cfg, travel))
     extra = sorted(set(state) - wanted)
     if extra:
         raise ValueError(f"{what}: unexpected {extra[:3]}")
@@ -121,7 +136,8 @@ def _save_client_state(
 
     sd = module.state_dict()
     keep_online = cfg.ssl.client_update != "none"  # the update needs the last local online net
-    tensors = {k: v for k, v in sd.items() if keep_online or not k.startswith(travel)}
+    shared = set(shared_keys(module, cfg, travel))
+    tensors = {k: v for k, v in sd.items() if keep_online or k not in shared}
     tensors.update({EXTRA + k: v for k, v in module.local_extra().items()})
     if not tensors and not meta:
         return  # nothing to keep (e.g. simclr without a client-side update)
@@ -175,6 +191,7 @@ def local_train(
     """
     torch.set_num_threads(max(1, cfg.train.threads))
     travel = travel_prefixes(cfg)
+    torch.manual_seed(cfg.seed)  # what does not travel starts as every client's initial state
     module = build_ssl(cfg, lr=round_lr(cfg, server_round))
     load_shared(module, state, cfg, travel)
     t = cfg.train
@@ -189,7 +206,7 @@ def local_train(
         module.start_local_parts()
         update = {}
     else:
-        local = {k: v for k, v in saved.items() if not k.startswith((EXTRA, *travel))}
+        local = {k: v for k, v in saved.items() if not k.startswith(EXTRA) and k not in state}
         module.load_state_dict(local, strict=False)
         module.load_local_extra(
             {k[len(EXTRA) :]: v for k, v in saved.items() if k.startswith(EXTRA)}
@@ -236,10 +253,18 @@ def local_train(
 def local_evaluate(
     cfg: ExperimentConfig, partition_id: int, state: dict[str, torch.Tensor]
 ) -> dict[str, float]:
-    """kNN accuracy of the received (merged) backbone on this client's data."""
+    """kNN accuracy of the received (merged) backbone on this client's data; with
+    ``ssl.local_layers``, of the client's own backbone: the merged layers and its local ones
+    (from its state; as initialised before its first round)."""
     torch.set_num_threads(max(1, cfg.train.threads))
+    torch.manual_seed(cfg.seed)  # local layers before any training: the initial state's
     module = build_ssl(cfg)
     load_shared(module, state, cfg)
+    local = local_layer_keys(cfg, module)
+    if local:
+        saved, _ = _load_client_state(cfg, partition_id)
+        if saved is not None:
+            module.load_state_dict({k: saved[k] for k in local if k in saved}, strict=False)
     t0 = time.perf_counter()
     acc = backbone_knn(cfg, partition_id, module)
     task = client_task(cfg.data, partition_id)

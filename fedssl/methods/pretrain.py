@@ -38,6 +38,7 @@ __all__ = [
     "check_ssl",
     "views_transform",
     "batch_views",
+    "local_layer_keys",
     "views_dataset",
     "views_loader",
     "monitor_sets",
@@ -209,6 +210,48 @@ def augmentation(cfg: ExperimentConfig, partition_id: int | None = None) -> dict
     }
 
 
+def local_layer_keys(cfg: ExperimentConfig, module: SSLMethod) -> frozenset[str]:
+    """State-dict keys of ``module`` (``backbone.`` ...) in the backbone layers each client
+    keeps (``ssl.local_layers``): ``batchnorm`` names every BatchNorm layer of the backbone, any
+    other entry a module of the backbone and everything under it.
+
+    Raises:
+        ValueError: an entry that names no module of the backbone, or entries that cover all of
+            it (nothing of the backbone would be shared).
+    """
+    names = cfg.ssl.local_layers
+    if not names:
+        return frozenset()
+    modules = dict(module.backbone.named_modules())
+    prefixes = []
+    for name in names:
+        if name == "batchnorm":
+            found = [
+                n
+                for n, m in modules.items()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            ]
+            if not found:
+                raise ValueError(f"ssl.local_layers: {cfg.model.backbone} has no BatchNorm layer")
+            prefixes += [f"backbone.{n}." for n in found]
+        elif name in modules and name:
+            prefixes.append(f"backbone.{name}.")
+        else:
+            top = [n for n in modules if n and "." not in n]
+            raise ValueError(
+                f"ssl.local_layers: {cfg.model.backbone} has no module {name!r} (use "
+                f"'batchnorm' or a module name, e.g. one of {', '.join(top)})"
+            )
+    keys = frozenset(k for k in module.state_dict() if k.startswith(tuple(prefixes)))
+    backbone = {k for k in module.state_dict() if k.startswith("backbone.")}
+    if backbone <= keys:
+        raise ValueError(
+            f"ssl.local_layers {names} keep the whole backbone on the clients: nothing would be "
+            "shared"
+        )
+    return keys
+
+
 def check_ssl(cfg: ExperimentConfig) -> None:
     """Every check of the ``ssl`` section that needs no data: the method's settings and
     travelling parts, and each client's views (what a launcher runs before anything starts).
@@ -216,13 +259,15 @@ def check_ssl(cfg: ExperimentConfig) -> None:
     Raises:
         ValueError: from :func:`method_settings` or :func:`view_settings`; a negative
             ``ssl.knn_bn_images``; ``ssl.views: batched`` for a method whose views cannot be
-            batched.
+            batched; ``ssl.local_layers`` that name no layer of the backbone or all of it.
     """
     method_settings(cfg)
     for pid in [None, *range(len(cfg.data.clients))]:
         view_settings(cfg, pid)
     _check_bn_images(cfg)
     batch_views(cfg)
+    if cfg.ssl.local_layers:
+        local_layer_keys(cfg, build_ssl(cfg))
 
 
 def _check_bn_images(cfg: ExperimentConfig) -> int:
@@ -404,6 +449,8 @@ def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
         "image_size": m.image_size,
         "round": rnd,
         "run": cfg.name,
+        # the layers each client kept (ssl.local_layers): not in the merged backbone's file
+        **({"local_layers": ",".join(cfg.ssl.local_layers)} if cfg.ssl.local_layers else {}),
     }
 
 

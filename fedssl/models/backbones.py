@@ -196,6 +196,12 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise ValueError(f"{p} does not fit {meta['backbone']!r}: {err}") from err
+    if missing and meta.get("local_layers"):
+        raise ValueError(
+            f"{p} is the shared part of a backbone whose layers {meta['local_layers']} stayed "
+            "on each client (ssl.local_layers): it is not a whole backbone, and stage two on a "
+            "client's own layers is not supported yet"
+        )
     if missing or unexpected:
         raise ValueError(
             f"{p} does not fit {meta['backbone']!r}: missing {missing[:3]}, "

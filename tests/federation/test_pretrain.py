@@ -291,3 +291,45 @@ def test_fedu_takes_the_global_predictor_only_below_the_threshold(
     sd, k = module.state_dict(), "prediction_head.layers.0.weight"
     assert torch.equal(sd[k], (received if takes_global else saved)[k])
     assert torch.equal(sd["backbone.conv1.0.weight"], received["backbone.conv1.0.weight"])
+
+
+def test_local_layers_stay_on_each_client_and_the_monitor_scores_its_own_backbone(cfg, monkeypatch):
+    """``ssl.local_layers``: the named backbone layers never reach the server, each client
+    trains and keeps its own, and the kNN monitor scores the merged layers with the client's
+    own; the exported (shared) backbone says what it lacks."""
+    import json
+
+    from fedssl.methods.pretrain import check_ssl, local_layer_keys
+
+    cfg.ssl.local_layers, cfg.federation.rounds = ["layer4"], 2
+    simulate(cfg)
+    rd = RunDir(cfg.run_dir())
+    module = pretraining.build_ssl(cfg)
+    local = local_layer_keys(cfg, module)
+    assert local and all(k.startswith("backbone.layer4.") for k in local)
+    received = set(json.loads((rd.path / "received-keys.json").read_text())["keys"])
+    backbone = {k for k in module.state_dict() if k.startswith("backbone.")}
+    assert not received & local and backbone - local <= received
+    own = [load_file(str(pretraining.client_state_file(cfg, pid))) for pid in (0, 1)]
+    assert all(local <= set(s) for s in own)
+    assert not all(torch.equal(own[0][k], own[1][k]) for k in local)  # each trained its own
+    merged = load_file(str(rd.path / rd.state()["checkpoint"]))
+    scored = []
+    monkeypatch.setattr(
+        pretraining, "backbone_knn", lambda c, pid, m: scored.append(m.state_dict()) or 0.5
+    )
+    pretraining.local_evaluate(cfg, 0, merged)
+    assert all(torch.equal(scored[0][k], own[0][k]) for k in local)
+    assert all(torch.equal(scored[0][k], merged[k]) for k in merged)
+    with pytest.raises(ValueError, match="stayed on each client"):
+        load_backbone(rd.path / "backbone.safetensors")
+    cfg.ssl.local_layers = ["batchnorm"]  # FedBN: every BatchNorm layer, no convolution
+    norms = local_layer_keys(cfg, module)
+    assert {"backbone.bn1.weight", "backbone.bn1.running_var"} <= norms
+    assert not any(k.endswith("conv1.weight") or k.endswith("conv2.weight") for k in norms)
+    cfg.ssl.local_layers = ["layer9"]
+    with pytest.raises(ValueError, match="has no module 'layer9'"):
+        check_ssl(cfg)
+    cfg.ssl.local_layers = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    with pytest.raises(ValueError, match="keep the whole backbone"):
+        check_ssl(cfg)
