@@ -29,7 +29,7 @@ def check_client(cfg: ExperimentConfig, client: str) -> tuple:
     pid = stage_two.client_index(cfg, client)
     task = client_task(cfg.data, pid)
     path = stage_two.resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
-    module, meta = stage_two.build_classifier(cfg, task.num_classes, path)
+    module, meta = stage_two.build_classifier(cfg, task.num_classes, path, task.name, pid)
     stage_two.check_backbone_fits(task.name, meta, stage_two.image_side(task))
     return module, meta
 

@@ -158,7 +158,12 @@ def client_index(cfg: ExperimentConfig, client: str | int) -> int:
     return 0
 
 
-def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module, dict]:
+def _backbone(
+    cfg: ExperimentConfig,
+    path: Path | None,
+    dataset: str | None = None,
+    partition: int | None = None,
+) -> tuple[torch.nn.Module, dict]:
     m = cfg.model
     if cfg.finetune.backbone.lower() == "pixels":
         if cfg.finetune.mode != "linear":
@@ -186,7 +191,7 @@ def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module
         }
         net = build_backbone(m.backbone, in_chans=meta["in_chans"], small_input=m.small_input)
         return net, meta
-    net, meta = load_backbone(path)
+    net, meta = load_backbone(path, client=dataset, partition=partition)
     meta = {
         **meta,
         "in_chans": int(meta.get("in_chans", 3)),
@@ -197,18 +202,24 @@ def _backbone(cfg: ExperimentConfig, path: Path | None) -> tuple[torch.nn.Module
 
 
 def build_classifier(
-    cfg: ExperimentConfig, num_classes: int, path: Path | None
+    cfg: ExperimentConfig,
+    num_classes: int,
+    path: Path | None,
+    dataset: str | None = None,
+    partition: int | None = None,
 ) -> tuple[BackboneClassifier, dict]:
     """Backbone (from ``path``, random when None, the raw pixels when ``finetune.backbone`` is
     ``pixels``) + a fresh linear head; returns the module and the backbone's metadata
-    (``backbone``, ``in_chans``, ``image_size``, ``source``).
+    (``backbone``, ``in_chans``, ``image_size``, ``source``). ``dataset`` / ``partition``: the
+    client the head is for (its dataset, its position in ``data.clients``), which completes a
+    backbone whose clients kept some layers (``ssl.local_layers``) with its own.
 
     A random-init backbone (the CL baseline) always learns at the head's rate: a slower rate
     (``finetune.backbone_lr_scale``) is for protecting pretrained weights, which it has none of.
     So ``launch/finetune.py --backbone none --mode full`` and ``launch/compare.py``'s CL are
     one and the same baseline."""
     f = cfg.finetune
-    net, meta = _backbone(cfg, path)
+    net, meta = _backbone(cfg, path, dataset, partition)
     torch.manual_seed(cfg.seed + 1)
     module = BackboneClassifier(
         net,
@@ -412,7 +423,11 @@ def finetune(
     path = resolve_backbone(f.backbone, cfg.out_dir)
     pid = client_index(cfg, client)
     task = client_task(cfg.data, pid)
-    module, meta = built if built is not None else build_classifier(cfg, task.num_classes, path)
+    module, meta = (
+        built
+        if built is not None
+        else build_classifier(cfg, task.num_classes, path, task.name, pid)
+    )
     check_backbone_fits(task.name, meta, image_side(task))
     if path is not None and meta["backbone"] != cfg.model.backbone:
         print(

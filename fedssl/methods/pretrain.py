@@ -450,7 +450,14 @@ def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
         "round": rnd,
         "run": cfg.name,
         # the layers each client kept (ssl.local_layers): not in the merged backbone's file
-        **({"local_layers": ",".join(cfg.ssl.local_layers)} if cfg.ssl.local_layers else {}),
+        **(
+            {
+                "local_layers": ",".join(cfg.ssl.local_layers),
+                "local_clients": ",".join(cfg.data.clients),
+            }
+            if cfg.ssl.local_layers
+            else {}
+        ),
     }
 
 

@@ -169,12 +169,20 @@ def export_backbone(
     return write_safetensors(path, tensors, meta)
 
 
-def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
+def load_backbone(
+    path: str | Path, client: str | None = None, partition: int | None = None
+) -> tuple[nn.Module, dict[str, str]]:
     """Rebuild a backbone written by :func:`export_backbone`; returns ``(module, metadata)``.
 
+    A stage one whose clients kept some layers (``ssl.local_layers``) exports only the shared
+    layers: ``client`` (a dataset name of that run; ``partition``: its position among the run's
+    clients, needed where the dataset is more than one client) completes them with that
+    client's own, from its state file beside the backbone (``clients/client<pid>.safetensors``).
+
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file's metadata lacks the architecture, or the weights do not fit it.
+        FileNotFoundError: no such file, or no state file of ``client`` beside it.
+        ValueError: the file's metadata lacks the architecture, the weights do not fit it, or
+            layers stayed on the clients and ``client`` is not one of them.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -192,19 +200,53 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
         small_input=meta.get("small_input", "False") == "True",
     )
     state = load_file(str(p))
+    if meta.get("local_layers"):
+        missing = set(net.state_dict()) - set(state)
+        state.update(_clients_own_layers(p, meta, client, partition, missing))
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise ValueError(f"{p} does not fit {meta['backbone']!r}: {err}") from err
-    if missing and meta.get("local_layers"):
-        raise ValueError(
-            f"{p} is the shared part of a backbone whose layers {meta['local_layers']} stayed "
-            "on each client (ssl.local_layers): it is not a whole backbone, and stage two on a "
-            "client's own layers is not supported yet"
-        )
     if missing or unexpected:
         raise ValueError(
             f"{p} does not fit {meta['backbone']!r}: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
     return net, meta
+
+
+def _clients_own_layers(
+    path: Path,
+    meta: dict[str, str],
+    client: str | None,
+    partition: int | None,
+    missing: set[str],
+) -> dict[str, torch.Tensor]:
+    """The layers ``client`` kept in a stage one with ``ssl.local_layers`` (from its state
+    file beside the shared backbone ``path``), named as in the backbone."""
+    from safetensors.torch import load_file
+
+    clients = meta.get("local_clients", "").split(",")
+    what = (
+        f"{path} is the shared part of a backbone whose layers {meta['local_layers']} stayed "
+        f"on each client (ssl.local_layers)"
+    )
+    if client is None or client not in clients:
+        raise ValueError(
+            f"{what}: a head needs one client's own layers; name one of that run's clients "
+            f"({', '.join(clients)})"
+        )
+    if partition is None:
+        if clients.count(client) > 1:
+            raise ValueError(
+                f"{what}: {client!r} is more than one of its clients ({clients}); name the "
+                "client by its position"
+            )
+        partition = clients.index(client)
+    elif not (0 <= partition < len(clients) and clients[partition] == client):
+        raise ValueError(f"{what}: its client {partition} is not {client!r} ({clients})")
+    own = path.parent / "clients" / f"client{partition}.safetensors"
+    if not own.is_file():
+        raise FileNotFoundError(f"{what}: {client}'s own layers are not here ({own} is missing)")
+    saved = load_file(str(own))
+    return {k: saved["backbone." + k] for k in missing if "backbone." + k in saved}

@@ -321,8 +321,26 @@ def test_local_layers_stay_on_each_client_and_the_monitor_scores_its_own_backbon
     pretraining.local_evaluate(cfg, 0, merged)
     assert all(torch.equal(scored[0][k], own[0][k]) for k in local)
     assert all(torch.equal(scored[0][k], merged[k]) for k in merged)
-    with pytest.raises(ValueError, match="stayed on each client"):
-        load_backbone(rd.path / "backbone.safetensors")
+    # stage two: the shared file alone is no backbone; a client's head gets its own layers
+    exported = rd.path / "backbone.safetensors"
+    with pytest.raises(ValueError, match="stayed on each client.*name one of"):
+        load_backbone(exported)
+    with pytest.raises(ValueError, match="more than one of its clients"):
+        load_backbone(exported, "fashion_mnist")  # both clients hold it: say which
+    with pytest.raises(ValueError, match="name one of that run's clients"):
+        load_backbone(exported, "mnist")  # not one of its clients
+    with pytest.raises(ValueError, match="its client 2 is not 'fashion_mnist'"):
+        load_backbone(exported, "fashion_mnist", 2)
+    from fedssl.experiments.finetune import check_client
+    from fedssl.methods.finetune import finetune_config
+
+    ft, _ = finetune_config(
+        "configs/finetune/default.yaml", [f"finetune.backbone={rd.path}", f"out_dir={rd.path}"]
+    )
+    head, _ = check_client(ft, "1")
+    net = head.backbone.state_dict()
+    assert all(torch.equal(net[k[len("backbone.") :]], own[1][k]) for k in local)
+    assert all(torch.equal(net[k[len("backbone.") :]], merged[k]) for k in merged if k in backbone)
     cfg.ssl.local_layers = ["batchnorm"]  # FedBN: every BatchNorm layer, no convolution
     norms = local_layer_keys(cfg, module)
     assert {"backbone.bn1.weight", "backbone.bn1.running_var"} <= norms
