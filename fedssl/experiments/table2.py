@@ -193,6 +193,23 @@ def stage_one(args) -> tuple[Path, float | None]:
     return run, time.perf_counter() - t
 
 
+def check_backbones(run: Path) -> None:
+    """Every client's FL+SSL backbone loads from ``run`` (the merged one, or with
+    ``ssl.local_layers`` the client's own layers added), before any head trains.
+
+    Raises:
+        ConfigError: a client's backbone does not load (what
+            :func:`fedssl.models.backbones.load_backbone` says).
+    """
+    from fedssl.models.backbones import load_backbone
+
+    for pid, name in enumerate(load_config(run / "config.yaml").data.clients):
+        try:
+            load_backbone(run / "backbone.safetensors", name, pid)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"stage one {run}: client {pid} ({name}): {err}") from err
+
+
 def central_ssl(run: Path) -> tuple[Path, float | None]:
     """The centralized-SSL reference backbone (same data, epochs and schedule as ``run``)."""
     from fedssl.methods.pretrain import pretrain_centralized
@@ -418,6 +435,8 @@ def run(args: Options, command: str) -> Path:
     """
     t0 = time.perf_counter()
     fed, fed_s = stage_one(args)
+    if any(m.startswith("FL+SSL") for m in args.methods):
+        check_backbones(fed)
     central, central_s = (None, None)
     if "central SSL (linear)" in args.methods:
         central, central_s = central_ssl(fed)
