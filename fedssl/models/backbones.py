@@ -200,8 +200,8 @@ def load_backbone(
         small_input=meta.get("small_input", "False") == "True",
     )
     state = load_file(str(p))
-    if meta.get("local_layers"):
-        missing = set(net.state_dict()) - set(state)
+    missing = set(net.state_dict()) - set(state)
+    if missing and meta.get("local_layers"):  # (a centralized reference's file is whole)
         state.update(_clients_own_layers(p, meta, client, partition, missing))
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
