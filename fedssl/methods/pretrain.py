@@ -242,9 +242,9 @@ def local_layer_keys(cfg: ExperimentConfig, module: SSLMethod) -> frozenset[str]
                 f"ssl.local_layers: {cfg.model.backbone} has no module {name!r} (use "
                 f"'batchnorm' or a module name, e.g. one of {', '.join(top)})"
             )
-    keys = frozenset(k for k in module.state_dict() if k.startswith(tuple(prefixes)))
-    backbone = {k for k in module.state_dict() if k.startswith("backbone.")}
-    if backbone <= keys:
+    sd_keys = module.state_dict().keys()
+    keys = frozenset(k for k in sd_keys if k.startswith(tuple(prefixes)))
+    if all(k in keys for k in sd_keys if k.startswith("backbone.")):
         raise ValueError(
             f"ssl.local_layers {names} keep the whole backbone on the clients: nothing would be "
             "shared"
@@ -442,23 +442,18 @@ def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
 def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
     """Metadata stored with an exported backbone: enough to rebuild it from the file alone."""
     m = cfg.model
-    return {
+    meta = {
         "backbone": m.backbone,
         "in_chans": model_in_chans(cfg),
         "small_input": m.small_input,
         "image_size": m.image_size,
         "round": rnd,
         "run": cfg.name,
-        # the layers each client kept (ssl.local_layers): not in the merged backbone's file
-        **(
-            {
-                "local_layers": ",".join(cfg.ssl.local_layers),
-                "local_clients": ",".join(cfg.data.clients),
-            }
-            if cfg.ssl.local_layers
-            else {}
-        ),
     }
+    if cfg.ssl.local_layers:  # the layers each client kept: not in the merged backbone's file
+        meta["local_layers"] = ",".join(cfg.ssl.local_layers)
+        meta["local_clients"] = ",".join(cfg.data.clients)
+    return meta
 
 
 def pretrain_centralized(

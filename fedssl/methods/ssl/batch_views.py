@@ -84,6 +84,7 @@ class BatchViews:
             if g["input_size"] != first["input_size"] or g["normalize"] != first["normalize"]:
                 raise ValueError("every group's views must have the same size and normalisation")
         self.size = int(first["input_size"])
+        self.groups = len(groups)
         norm = first.get("normalize") or {"mean": [0.0], "std": [1.0]}
         self.mean, self.std = list(norm["mean"]), list(norm["std"])
         self.settings = {
@@ -111,31 +112,27 @@ class BatchViews:
         key = (channels, dev)
         if key not in self._pipes:
             self._pipes[key] = [
-                [self._pipeline(g, spec, channels).to(dev) for spec in self.per_view]
-                for g in range(len(self.settings["min_scale"]))
+                [self._pipeline(g, spec, channels, dev) for spec in self.per_view]
+                for g in range(self.groups)
             ]
-            for view_pipes in self._pipes[key]:
-                for pipe in view_pipes:
-                    for step in pipe:
-                        if isinstance(step, K.RandomElasticTransform):
-                            # its field is one random number per pixel: drawn on the batch's
-                            # device, not on the CPU and copied (kornia draws the other
-                            # steps' few parameters per image on the CPU)
-                            step.set_rng_device_and_dtype(dev, torch.float32)
         return self._pipes[key]
 
-    def _pipeline(self, g: int, spec: Mapping[str, float], channels: int) -> nn.Module:
+    def _pipeline(
+        self, g: int, spec: Mapping[str, float], channels: int, dev: torch.device
+    ) -> nn.Module:
         s = {k: v[g] for k, v in self.settings.items()}
         steps: list[nn.Module] = []
         if s["elastic_prob"] > 0:
             sigma = s["elastic_sigma"]
             taps = 2 * max(1, math.ceil(3 * sigma)) + 1
             alpha = 2 * s["elastic_alpha"] / self.size  # pixels -> normalised coordinates
-            steps.append(
-                K.RandomElasticTransform(
-                    (taps, taps), (sigma, sigma), (alpha, alpha), p=min(1.0, s["elastic_prob"])
-                )
+            elastic = K.RandomElasticTransform(
+                (taps, taps), (sigma, sigma), (alpha, alpha), p=min(1.0, s["elastic_prob"])
             )
+            # its field is one random number per pixel: drawn on the batch's device, not on
+            # the CPU and copied (kornia draws the other steps' few parameters on the CPU)
+            elastic.set_rng_device_and_dtype(dev, torch.float32)
+            steps.append(elastic)
         c = s["cj_strength"]
         if s["cj_prob"] > 0 and c > 0:
             rgb = channels == 3  # saturation and hue leave a single channel as it is
@@ -158,7 +155,7 @@ class BatchViews:
             steps.append(K.RandomSolarize(0.0, 0.0, p=min(1.0, spec["solarize"])))
         mean, std = self.mean * channels, self.std * channels
         steps.append(K.Normalize(torch.tensor(mean[:channels]), torch.tensor(std[:channels])))
-        return nn.Sequential(*steps)
+        return nn.Sequential(*steps).to(dev)
 
     def __call__(
         self, images: torch.Tensor, groups: torch.Tensor | None = None
