@@ -91,3 +91,25 @@ def test_experiment_merge_is_a_deprecated_name_for_supervised(tmp_path):
     assert get_task(cfg).name == "supervised"
     with pytest.raises(ConfigError, match="choose one of supervised, pretrain, finetune"):
         load_config(old, ["experiment=merged"])
+
+
+def test_personal_recipe_is_the_default_with_its_documented_overrides():
+    """configs/pretrain/personal.yaml is the run docs/pretrain.md measured: the default plus
+    the overrides its command line names, nothing else (so the file and the page cannot drift
+    apart, nor the file from the default it says it builds on)."""
+    from fedssl.config import to_dict
+
+    personal = load_config("configs/pretrain/personal.yaml")
+    measured = load_config(
+        "configs/pretrain/default.yaml",
+        [
+            "name=pretrain-personal",
+            "federation.rounds=100",
+            "ssl.views=batched",
+            "ssl.client_views.mnist.elastic_prob=0.5",
+            "ssl.local_layers=[layer4]",
+            "ssl.travel=[backbone]",
+        ],
+    )
+    assert to_dict(personal) == to_dict(measured)
+    assert personal.ssl.local_layers == ["layer4"]

@@ -98,5 +98,12 @@ def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verb
     print("\n".join(summary(cfg)))
     print(f"[fedssl] done in {time.perf_counter() - t0:.0f}s")
     print(f"[fedssl] backbone:   {rd / 'backbone.safetensors'} (config: {rd / 'config.yaml'})")
+    if cfg.ssl.local_layers:  # the file is the shared part; a head needs its client's layers
+        first = (cfg.data.clients or [0])[0]
+        print(
+            f"[fedssl] each client kept its own {', '.join(cfg.ssl.local_layers)}: "
+            f"{rd / 'clients'}/client<i>.safetensors; stage two takes them with the client, "
+            f"e.g. python launch/finetune.py --backbone {rd} --client {first}"
+        )
     print(f"[fedssl] metrics:    {rd / 'metrics.csv'}  plot: {rd / 'accuracy.png'}")
     print(f"[fedssl] checkpoints: {rd / 'checkpoints'} (resume: --resume {rd})")
