@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedssl.methods.knn import knn_accuracy
+from fedssl.methods.knn import class_accuracy, knn_accuracy, knn_predictions
 
 
 def _clusters(n_per: int, seed: int):
@@ -25,6 +25,20 @@ def test_knn_separates_clusters_and_is_chance_on_shuffled_labels():
     assert knn_accuracy(bank, by, q, qy, 4, k=10_000, batch_size=7) == knn_accuracy(
         bank, by, q, qy, 4, k=len(bank)
     )
+
+
+def test_class_accuracy_splits_the_queries_by_their_class():
+    pred = torch.tensor([0, 0, 1, 2, 2, 2])
+    labels = torch.tensor([0, 1, 1, 2, 2, 0])
+    acc = class_accuracy(pred, labels, 4)
+    assert acc[:3] == pytest.approx([0.5, 0.5, 1.0]) and acc[3] != acc[3]  # no query: nan
+    # the monitor's predictions score as knn_accuracy; a cluster relabelled is wrong alone
+    bank, by = _clusters(50, 0)
+    q, qy = _clusters(25, 1)
+    relabelled = torch.where(by == 3, torch.tensor(2), by)
+    pred = knn_predictions(bank, relabelled, q, 4, k=20)
+    assert class_accuracy(pred, qy, 4) == pytest.approx([1.0, 1.0, 1.0, 0.0])
+    assert knn_accuracy(bank, relabelled, q, qy, 4, k=20) == pytest.approx(0.75)
 
 
 def test_knn_errors():

@@ -13,6 +13,7 @@ shared, statistics local), which is how a site would use the shared backbone.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import torch
@@ -23,7 +24,13 @@ from torch.utils.data import DataLoader
 
 from fedssl.runtime import Runtime, predict
 
-__all__ = ["extract_features", "knn_accuracy", "with_own_statistics"]
+__all__ = [
+    "class_accuracy",
+    "extract_features",
+    "knn_accuracy",
+    "knn_predictions",
+    "with_own_statistics",
+]
 
 
 def extract_features(
@@ -64,6 +71,42 @@ def with_own_statistics(
     return net
 
 
+def knn_predictions(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Weighted-kNN class of every query ``(M,)``: ``queries`` classified by their neighbours in
+    ``bank`` (lightly's ``knn_predict``, in batches of ``batch_size`` queries).
+
+    Args:
+        bank, queries: L2-normalised features ``(N, D)`` / ``(M, D)``.
+        bank_labels: int labels of the bank.
+        num_classes: classes of the task.
+        k: neighbours (capped at the bank size).
+        t: temperature of the similarity weights.
+
+    Raises:
+        ValueError: an empty bank or query set, or mismatched feature widths.
+    """
+    if len(bank) == 0 or len(queries) == 0:
+        raise ValueError("knn: the bank and the queries must not be empty")
+    if bank.shape[1] != queries.shape[1]:
+        raise ValueError(f"knn: bank features are {bank.shape[1]} wide, queries {queries.shape[1]}")
+    k = min(k, len(bank))
+    bank_t = bank.t().contiguous()
+    return torch.cat(
+        [
+            knn_predict(queries[i : i + batch_size], bank_t, bank_labels, num_classes, k, t)[:, 0]
+            for i in range(0, len(queries), batch_size)
+        ]
+    )
+
+
 def knn_accuracy(
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
@@ -74,28 +117,16 @@ def knn_accuracy(
     t: float = 0.1,
     batch_size: int = 1024,
 ) -> float:
-    """Top-1 accuracy of weighted kNN: ``queries`` classified by their neighbours in ``bank``.
+    """Top-1 accuracy of weighted kNN (:func:`knn_predictions`; same arguments, plus the
+    queries' labels)."""
+    pred = knn_predictions(bank, bank_labels, queries, num_classes, k, t, batch_size)
+    return int((pred == query_labels).sum()) / len(queries)
 
-    Args:
-        bank, queries: L2-normalised features ``(N, D)`` / ``(M, D)``.
-        bank_labels, query_labels: int labels.
-        num_classes: classes of the task.
-        k: neighbours (capped at the bank size).
-        t: temperature of the similarity weights.
 
-    Raises:
-        ValueError: an empty bank or query set, or mismatched feature widths.
-    """
-    if len(bank) == 0 or len(queries) == 0:
-        raise ValueError("knn_accuracy: the bank and the queries must not be empty")
-    if bank.shape[1] != queries.shape[1]:
-        raise ValueError(
-            f"knn_accuracy: bank features are {bank.shape[1]} wide, queries {queries.shape[1]}"
-        )
-    k = min(k, len(bank))
-    bank_t = bank.t().contiguous()
-    correct = 0
-    for i in range(0, len(queries), batch_size):
-        pred = knn_predict(queries[i : i + batch_size], bank_t, bank_labels, num_classes, k, t)
-        correct += int((pred[:, 0] == query_labels[i : i + batch_size]).sum())
-    return correct / len(queries)
+def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy on each class's queries (``nan`` for a class with none): where a
+    representation wins or loses against another on the same queries."""
+    return [
+        float((pred[labels == c] == c).float().mean()) if bool((labels == c).any()) else math.nan
+        for c in range(num_classes)
+    ]

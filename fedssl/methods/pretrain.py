@@ -21,7 +21,7 @@ from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
-from fedssl.methods.knn import extract_features, knn_accuracy, with_own_statistics
+from fedssl.methods.knn import extract_features, knn_predictions, with_own_statistics
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod, recipe
 from fedssl.methods.ssl.batch_views import BatchViews
@@ -44,7 +44,9 @@ __all__ = [
     "monitor_sets",
     "statistics_images",
     "backbone_knn",
+    "backbone_predictions",
     "pixels_knn",
+    "pixels_predictions",
     "backbone_meta",
     "pretrain_centralized",
 ]
@@ -391,9 +393,12 @@ def statistics_images(
     return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
 
 
-def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
-    """kNN accuracy of ``module``'s backbone on this client: labeled part = bank, test = queries,
-    with the client's own BatchNorm statistics (``ssl.knn_bn: client``, the default:
+def backbone_predictions(
+    cfg: ExperimentConfig, partition_id: int, module: SSLMethod
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The kNN monitor on this client, query by query: ``(predicted classes, labels, number of
+    classes)`` of ``module``'s backbone, labeled part = bank, test = queries, with the client's
+    own BatchNorm statistics (``ssl.knn_bn: client``, the default:
     :func:`~fedssl.methods.knn.with_own_statistics` on :func:`statistics_images`) or the
     weights' own (``merged``). ``module`` is never changed."""
     s = cfg.ssl
@@ -404,12 +409,22 @@ def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) ->
         backbone = with_own_statistics(backbone, statistics_images(cfg, partition_id, chans), rt)
     bank, bank_y = extract_features(backbone, bank_batches, rt)
     queries, query_y = extract_features(backbone, query_batches, rt)
-    return knn_accuracy(bank, bank_y, queries, query_y, task.num_classes, s.knn_k, s.knn_t)
+    pred = knn_predictions(bank, bank_y, queries, task.num_classes, s.knn_k, s.knn_t)
+    return pred, query_y, task.num_classes
 
 
-def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
-    """The baseline a backbone's kNN must beat: the same kNN (bank, queries, k, temperature,
-    cosine similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
+def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
+    """kNN accuracy of ``module``'s backbone on this client (:func:`backbone_predictions`)."""
+    pred, labels, _ = backbone_predictions(cfg, partition_id, module)
+    return int((pred == labels).sum()) / len(labels)
+
+
+def pixels_predictions(
+    cfg: ExperimentConfig, partition_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The baseline a backbone's kNN must beat, query by query (as
+    :func:`backbone_predictions`): the same kNN (bank, queries, k, temperature, cosine
+    similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
     normalised pixels (so no scaling choice weakens it)."""
     s, chans = cfg.ssl, model_in_chans(cfg)
     task, _, bank_batches, query_batches = monitor_sets(cfg, partition_id, chans)
@@ -424,19 +439,25 @@ def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
 
     bank_n, bank_01, bank_y = pixels(bank_batches)
     query_n, query_01, query_y = pixels(query_batches)
-    accs = [
-        knn_accuracy(
+    preds = [
+        knn_predictions(
             F.normalize(b.flatten(1), dim=1),
             bank_y,
             F.normalize(q.flatten(1), dim=1),
-            query_y,
             task.num_classes,
             s.knn_k,
             s.knn_t,
         )
         for b, q in ((bank_n, query_n), (bank_01, query_01))
     ]
-    return max(accs)
+    best = max(preds, key=lambda p: int((p == query_y).sum()))  # the first on a tie
+    return best, query_y, task.num_classes
+
+
+def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
+    """kNN accuracy on the raw pixels (:func:`pixels_predictions`): the monitor's baseline."""
+    pred, labels, _ = pixels_predictions(cfg, partition_id)
+    return int((pred == labels).sum()) / len(labels)
 
 
 def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:

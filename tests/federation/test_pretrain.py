@@ -207,16 +207,25 @@ def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
     better of the two is the baseline (a scaling choice must not weaken it)."""
     import fedssl.methods.pretrain as mp
 
-    calls = []
+    calls, real = [], mp.knn_predictions
 
-    def fake_knn(bank, bank_y, queries, query_y, num_classes, k, t):
-        calls.append((bank, bank_y, queries, query_y, k, t))
-        return [0.61, 0.72][len(calls) - 1]
+    def fake_knn(bank, bank_y, queries, num_classes, k, t):
+        calls.append((bank, bank_y, queries, k, t))
+        pred = real(bank, bank_y, queries, num_classes, k, t)
+        return (pred + 1) % num_classes if len(calls) % 2 == wrong else pred  # all wrong
 
-    monkeypatch.setattr(mp, "knn_accuracy", fake_knn)
-    assert mp.pixels_knn(cfg, 0) == 0.72
-    (b_n, y_n, q_n, qy_n, k, t), (b_01, y_01, q_01, qy_01, _, _) = calls
-    assert torch.equal(y_n, y_01) and torch.equal(qy_n, qy_01)
+    _, _, _, query_batches = mp.monitor_sets(cfg, 0, 1)
+    labels = torch.cat([y for _, y in query_batches])
+    for wrong in (1, 0):  # the normalised pixels all wrong, then the [0, 1] ones
+        calls.clear()
+        monkeypatch.setattr(mp, "knn_predictions", fake_knn)
+        got = mp.pixels_knn(cfg, 0)
+        monkeypatch.undo()
+        (b_n, y_n, q_n, k, t), (b_01, y_01, q_01, _, _) = calls
+        kept = (b_01, q_01) if wrong == 1 else (b_n, q_n)  # the scaling left right
+        pred = real(kept[0], y_n, kept[1], 10, k, t)
+        assert got == pytest.approx(float((pred == labels).double().mean())) and got > 0.3
+    assert torch.equal(y_n, y_01)
     assert (k, t) == (cfg.ssl.knn_k, cfg.ssl.knn_t)
     assert b_n.shape == b_01.shape and b_n.shape[1] == cfg.model.image_size**2
     assert not torch.allclose(b_n, b_01)  # two different scalings
@@ -241,7 +250,9 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
     assert len(mp.statistics_images(cfg, 1, 1).dataset) == len(task.labeled) + len(task.unlabeled)
 
     seen = []
-    monkeypatch.setattr(mp, "knn_accuracy", lambda bank, *a: seen.append(bank) or 0.5)
+    monkeypatch.setattr(  # a: bank labels, queries, classes, k, t
+        mp, "knn_predictions", lambda bank, *a: seen.append(bank) or torch.zeros(len(a[1]))
+    )
     torch.manual_seed(0)
     module = mp.build_ssl(cfg)
     # the weights carry client 0's statistics (its images, brightened)
