@@ -143,9 +143,14 @@ class SSLConfig:
     elastic_prob: float = 0.0
     elastic_alpha: float = 34.0
     elastic_sigma: float = 4.0
+    # the crops' aspect ratios are drawn log-uniformly from [1 / crop_ratio, crop_ratio]
+    # (torchvision's 3/4-4/3 by default; 1: every crop keeps the image's aspect);
+    # another value needs ssl.views=batched (lightly's crops have torchvision's range)
+    crop_ratio: float = 4 / 3
     # Views of one client that differ from the settings above, by the client's dataset name:
     # e.g. {mnist: {rr_prob: 0.0}} (keys: min_scale, cj_prob, cj_strength, hf_prob, rr_prob,
-    # rr_degrees, elastic_*). Each client trains on its own views; the server never sees them.
+    # rr_degrees, elastic_*, crop_ratio). Each client trains on its own views; the server never
+    # sees them.
     client_views: dict[str, dict[str, float]] = field(default_factory=dict)
     # Where views are made: ``lightly`` (its PIL transforms, per image in the loader's workers)
     # or ``batched`` (tensor operations on the whole batch on the training device:

@@ -7,6 +7,7 @@ and the studies build on these; nothing here imports Flower.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import warnings
 from pathlib import Path
@@ -133,7 +134,7 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
 #: the ``ssl`` view settings a client may set differently (``ssl.client_views.<dataset>``)
 VIEW_KEYS = ("min_scale", "cj_prob", "cj_strength", "hf_prob", "rr_prob", "rr_degrees")
 #: view settings only batched views have (``ssl.views: batched``)
-BATCHED_VIEW_KEYS = ("elastic_prob", "elastic_alpha", "elastic_sigma")
+BATCHED_VIEW_KEYS = ("elastic_prob", "elastic_alpha", "elastic_sigma", "crop_ratio")
 
 
 def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dict[str, float]:
@@ -144,8 +145,9 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
     Raises:
         ValueError: an override for a dataset no client holds, an unknown view setting, a
             probability outside [0, 1], a crop scale outside (0, 1], ``rr_prob`` > 0 without
-            a positive ``rr_degrees``, or an elastic distortion without batched views or with a
-            negative strength or non-positive smoothing.
+            a positive ``rr_degrees``, an elastic distortion without batched views or with a
+            negative strength or non-positive smoothing, or a ``crop_ratio`` below 1 or, other
+            than torchvision's 4/3, without batched views.
     """
     s, names = cfg.ssl, list(cfg.data.clients)
     for name, over in s.client_views.items():
@@ -173,6 +175,16 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
     if v["rr_prob"] > 0 and not v["rr_degrees"] > 0:
         raise ValueError(
             f"{where}: rr_prob={v['rr_prob']} needs rr_degrees > 0 (got {v['rr_degrees']})"
+        )
+    if not v["crop_ratio"] >= 1.0:
+        raise ValueError(
+            f"{where}: crop_ratio={v['crop_ratio']} must be >= 1 (aspect ratios are drawn from "
+            "[1 / crop_ratio, crop_ratio]; 1 keeps the image's)"
+        )
+    if not math.isclose(v["crop_ratio"], 4 / 3) and s.views != "batched":
+        raise ValueError(
+            f"{where}: crop_ratio={v['crop_ratio']} needs ssl.views=batched "
+            "(lightly's crops draw aspect ratios from torchvision's 3/4-4/3)"
         )
     if v["elastic_prob"] > 0:
         if s.views != "batched":

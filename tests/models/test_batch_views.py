@@ -203,3 +203,35 @@ def test_elastic_distortion_moves_strokes_keeps_flat_areas_and_needs_batched_vie
                                      "ssl.elastic_sigma=0"]))  # fmt: skip
     cfg = load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5"])
     assert batch_views(cfg).settings["elastic_prob"] == [0.5, 0.5]  # both clients'
+
+
+def test_crop_ratio_bounds_each_clients_crop_aspect_and_needs_batched_views(
+    tiny_pretrain, tmp_path, monkeypatch
+):
+    """``crop_ratio``: aspect ratios drawn from [1 / r, r]; 1 keeps every crop square (the
+    image's aspect), per client; torchvision's 4/3 by default; lightly's crops cannot change."""
+    import fedssl.methods.ssl.batch_views as bv
+
+    seen = []
+    real = bv.crop_flip_rotate
+    monkeypatch.setattr(
+        bv, "crop_flip_rotate", lambda x, w, h, *a: seen.append(w / h) or real(x, w, h, *a)
+    )
+    torch.manual_seed(0)
+    x = _images(n=400)
+    groups = torch.arange(400) % 2  # client 0: square crops; client 1: the default range
+    free = {k: v for k, v in PLAIN.items() if k != "min_scale"}
+    BatchViews([dict(free, min_scale=0.3, crop_ratio=1.0), dict(free, min_scale=0.3)])(x, groups)
+    aspect = torch.cat(seen)
+    square, default = aspect[groups.repeat(2) == 0], aspect[groups.repeat(2) == 1]
+    assert torch.allclose(square, torch.ones_like(square), atol=1e-6)
+    assert default.min() >= 3 / 4 - 1e-6 and default.max() <= 4 / 3 + 1e-6
+    assert default.min() < 0.8 and default.max() > 1.25  # the whole range is used
+    over = [*tiny_pretrain(tmp_path, "cr"), "ssl.client_views.fashion_mnist.crop_ratio=1.0"]
+    with pytest.raises(ValueError, match="crop_ratio=1.0 needs ssl.views=batched"):
+        check_ssl(load_config(None, over))
+    with pytest.raises(ValueError, match="crop_ratio=0.5 must be >= 1"):
+        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.crop_ratio=0.5"]))
+    cfg = load_config(None, [*over, "ssl.views=batched"])
+    check_ssl(cfg)
+    assert batch_views(cfg).settings["crop_ratio"] == pytest.approx([1.0, 1.0])  # both: fashion

@@ -5,7 +5,8 @@ machine that is about a quarter of a training step, and on a GPU the CPU workers
 bottleneck. Here the loader only delivers the images (``uint8``, resized and centre-cropped to
 the input size) and every view is made by tensor operations on the device the batch lands on:
 
-* random resized crop (area ``min_scale``-1, aspect 3/4-4/3), horizontal flip and rotation,
+* random resized crop (area ``min_scale``-1, aspect 1/``crop_ratio``-``crop_ratio``, by
+  default torchvision's 3/4-4/3), horizontal flip and rotation,
   composed into **one** affine map per image and sampled bilinearly once (``affine_grid`` /
   ``grid_sample``; a rotation's corners are black, as torchvision's). This is fedssl's own
   (:func:`crop_flip_rotate`, pinned to torchvision's ``resized_crop`` / ``rotate`` by tests):
@@ -54,9 +55,10 @@ _GROUP_KEYS = (
     "elastic_prob",
     "elastic_alpha",
     "elastic_sigma",
+    "crop_ratio",
 )
-_GEOMETRY_KEYS = ("min_scale", "hf_prob", "rr_prob", "rr_degrees")
-_DEFAULTS = {"min_scale": 0.08, "elastic_alpha": 34.0, "elastic_sigma": 4.0}
+_GEOMETRY_KEYS = ("min_scale", "hf_prob", "rr_prob", "rr_degrees", "crop_ratio")
+_DEFAULTS = {"min_scale": 0.08, "elastic_alpha": 34.0, "elastic_sigma": 4.0, "crop_ratio": 4 / 3}
 _SIGMAS = (0.1, 2.0)  # lightly's default blur standard deviations (pixels)
 
 
@@ -206,7 +208,8 @@ def _geometry(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
     # the whole image when none does
     tries = 10
     area = _uniform(s["min_scale"][:, None], 1.0, (b, tries), dev)
-    log_ratio = _uniform(math.log(3 / 4), math.log(4 / 3), (b, tries), dev)
+    top = s["crop_ratio"].log()[:, None]
+    log_ratio = _uniform(-top, top, (b, tries), dev)
     w, h = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()
     fits = (w <= 1) & (h <= 1)
     pick = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros_like(fits[:, 0]).long())
