@@ -39,7 +39,7 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
 
     from fedssl.config import load_config
     from fedssl.data.client_images import client_task
-    from fedssl.methods.knn import class_accuracy
+    from fedssl.methods.knn import class_accuracy, top1
     from fedssl.methods.pretrain import backbone_predictions, build_ssl, pixels_predictions
     from fedssl.models.backbones import load_backbone
 
@@ -50,12 +50,10 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
     out = {"clients": list(cfg.data.clients), "seed": cfg.seed, "classes": []}
     for key in ("merged", "client", "pixels", "client_per_class", "pixels_per_class"):
         out[key] = []
+    local = bool(cfg.ssl.local_layers)  # then each client's own: the shared file completed
+    shared = None if local else load_backbone(run / "backbone.safetensors")
     for pid, name in enumerate(cfg.data.clients):
-        # a run whose clients kept layers: this client's own (the shared file completed)
-        local = bool(cfg.ssl.local_layers)
-        net, meta = load_backbone(
-            run / "backbone.safetensors", name if local else None, pid if local else None
-        )
+        net, meta = load_backbone(run / "backbone.safetensors", name, pid) if local else shared
         if meta.get("backbone") != cfg.model.backbone:
             raise ValueError(f"{run}: backbone {meta.get('backbone')!r} is not the config's")
         out["round"] = meta.get("round")
@@ -64,10 +62,10 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
         for mode in ("merged", "client"):
             cfg.ssl.knn_bn = mode
             pred, labels, n = backbone_predictions(cfg, pid, module)
-            out[mode].append(int((pred == labels).sum()) / len(labels))
+            out[mode].append(top1(pred, labels))
         out["client_per_class"].append(class_accuracy(pred, labels, n))
         pred, labels, n = pixels_predictions(cfg, pid)
-        out["pixels"].append(int((pred == labels).sum()) / len(labels))
+        out["pixels"].append(top1(pred, labels))
         out["pixels_per_class"].append(class_accuracy(pred, labels, n))
         out["classes"].append(list(client_task(cfg.data, pid).train.classes))
     return out

@@ -29,6 +29,7 @@ __all__ = [
     "extract_features",
     "knn_accuracy",
     "knn_predictions",
+    "top1",
     "with_own_statistics",
 ]
 
@@ -120,7 +121,12 @@ def knn_accuracy(
     """Top-1 accuracy of weighted kNN (:func:`knn_predictions`; same arguments, plus the
     queries' labels)."""
     pred = knn_predictions(bank, bank_labels, queries, num_classes, k, t, batch_size)
-    return int((pred == query_labels).sum()) / len(queries)
+    return top1(pred, query_labels)
+
+
+def top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of predicted classes that are the labels (top-1 accuracy)."""
+    return int((pred == labels).sum()) / len(labels)
 
 
 def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:

@@ -22,7 +22,7 @@ from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
-from fedssl.methods.knn import extract_features, knn_predictions, with_own_statistics
+from fedssl.methods.knn import extract_features, knn_predictions, top1, with_own_statistics
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod, recipe
 from fedssl.methods.ssl.batch_views import BatchViews
@@ -428,7 +428,7 @@ def backbone_predictions(
 def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
     """kNN accuracy of ``module``'s backbone on this client (:func:`backbone_predictions`)."""
     pred, labels, _ = backbone_predictions(cfg, partition_id, module)
-    return int((pred == labels).sum()) / len(labels)
+    return top1(pred, labels)
 
 
 def pixels_predictions(
@@ -462,14 +462,14 @@ def pixels_predictions(
         )
         for b, q in ((bank_n, query_n), (bank_01, query_01))
     ]
-    best = max(preds, key=lambda p: int((p == query_y).sum()))  # the first on a tie
+    best = max(preds, key=lambda p: top1(p, query_y))  # the first on a tie
     return best, query_y, task.num_classes
 
 
 def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
     """kNN accuracy on the raw pixels (:func:`pixels_predictions`): the monitor's baseline."""
     pred, labels, _ = pixels_predictions(cfg, partition_id)
-    return int((pred == labels).sum()) / len(labels)
+    return top1(pred, labels)
 
 
 def backbone_meta(cfg: ExperimentConfig, rnd: int) -> dict:
