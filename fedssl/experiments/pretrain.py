@@ -4,10 +4,80 @@ federated run on Flower (simulation), and the end-of-run report of the backbone'
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fedssl.config import ExperimentConfig
 
-__all__ = ["check_data", "summary", "run"]
+__all__ = ["KnnTrack", "check_data", "knn_tracks", "summary", "run"]
+
+LAST_ROUNDS = 10  # the end-of-run report's window: one round's kNN swings by about a point
+
+
+@dataclass(frozen=True)
+class KnnTrack:
+    """One client's kNN accuracy over a stage-one run's evaluated rounds, with its baselines
+    (``None`` where the run did not record them)."""
+
+    rounds: tuple[int, ...]
+    acc: tuple[float, ...]
+    pixels: float | None = None
+    init: float | None = None
+    seconds: tuple[tuple[int, float], ...] = ()  # (round, wall s) of every round, scored or not
+
+    @property
+    def final(self) -> float:
+        return self.acc[-1]
+
+    def last(self, n: int = LAST_ROUNDS) -> tuple[float, float, float, int]:
+        """Mean, lowest and highest accuracy of the last ``n`` evaluated rounds, and how many
+        there were (fewer than ``n`` in a short run)."""
+        window = self.acc[-n:]
+        return sum(window) / len(window), min(window), max(window), len(window)
+
+    def best(self) -> tuple[float, int]:
+        """The highest accuracy and its (first) round."""
+        i = max(range(len(self.acc)), key=lambda j: (self.acc[j], -j))
+        return self.acc[i], self.rounds[i]
+
+    def first_at_least(self, level: float) -> int | None:
+        """The first evaluated round whose accuracy is at or above ``level``."""
+        return next((r for r, a in zip(self.rounds, self.acc, strict=True) if a >= level), None)
+
+    def at(self, rnd: int) -> float | None:
+        """The accuracy after round ``rnd`` (``None``: not evaluated then)."""
+        return dict(zip(self.rounds, self.acc, strict=True)).get(rnd)
+
+    def minutes(self, until: int | None = None) -> float:
+        """Wall minutes of rounds 1..``until`` (all), from the metrics' ``round_s``."""
+        return sum(s for r, s in self.seconds if until is None or r <= until) / 60
+
+
+def knn_tracks(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[int, KnnTrack]:
+    """Each client's :class:`KnnTrack` from a run's metrics rows (``RunDir.metrics()``):
+    rounds without a kNN score (``federation.eval_every``) are skipped; a client never scored
+    is left out."""
+    rows = sorted(rows, key=lambda r: r["round"])
+    seconds = tuple((r["round"], float(r.get("round_s") or 0.0)) for r in rows)
+    out = {}
+    for pid in range(clients):
+        c = f"c{pid}"
+        scored = [r for r in rows if r.get(f"knn_acc_{c}") is not None]
+        if not scored:
+            continue
+
+        def once(key: str) -> float | None:
+            return next((r[key] for r in rows if r.get(key) is not None), None)
+
+        out[pid] = KnnTrack(
+            rounds=tuple(r["round"] for r in scored),
+            acc=tuple(float(r[f"knn_acc_{c}"]) for r in scored),
+            pixels=once(f"knn_pixels_{c}"),
+            init=once(f"knn_init_{c}"),
+            seconds=seconds,
+        )
+    return out
 
 
 def check_data(cfg: ExperimentConfig) -> list[str]:
@@ -29,41 +99,33 @@ def check_data(cfg: ExperimentConfig) -> list[str]:
 
 def summary(cfg: ExperimentConfig) -> list[str]:
     """The backbone's final kNN accuracy per client against its baselines, from the run's
-    metrics: raw pixels first (the baseline that can beat it), then random init."""
+    metrics: raw pixels first (the baseline that can beat it), then random init; then the mean
+    and range of the last :data:`LAST_ROUNDS` evaluated rounds, a steadier figure than one
+    round's (which moves by about a point from round to round)."""
     from fedssl.runs import RunDir
 
-    rows = RunDir(cfg.run_dir()).metrics()
-
-    def first(prefix: str) -> dict[str, float]:
-        return {
-            k[len(prefix) :]: v
-            for r in rows
-            for k, v in r.items()
-            if k.startswith(prefix) and v is not None
-        }
-
-    pixels, init = first("knn_pixels_"), first("knn_init_")
-    evals = [r for r in rows if r.get("knn_acc_mean") is not None]
-    if not evals:
+    tracks = knn_tracks(RunDir(cfg.run_dir()).metrics(), len(cfg.data.clients))
+    if not tracks:
         return ["[fedssl] no evaluated round in the metrics"]
-    last = evals[-1]
+    last_round = max(t.rounds[-1] for t in tracks.values())
     stats = ", each client's own BatchNorm statistics" if cfg.ssl.knn_bn == "client" else ""
-    out = [f"[fedssl] kNN accuracy of the backbone (round {last['round']}{stats}) against raw "
+    out = [f"[fedssl] kNN accuracy of the backbone (round {last_round}{stats}) against raw "
            "pixels (same bank, queries, k and temperature) and random init:"]  # fmt: skip
     for pid, name in enumerate(cfg.data.clients):
-        c = f"c{pid}"
-        final = last.get(f"knn_acc_{c}")
-        if final is None:
+        t = tracks.get(pid)
+        if t is None:
             continue
         parts = []
-        if pixels.get(c) is not None:
-            verdict = "above" if final > pixels[c] else "NOT above"
-            parts.append(f"raw pixels {pixels[c]:.4f}: {final - pixels[c]:+.4f}, {verdict}")
-        if init.get(c) is not None:
-            parts.append(f"random init {init[c]:.4f}")
-        out.append(
-            f"  client {pid} {name}: {final:.4f}" + (f" ({'; '.join(parts)})" if parts else "")
-        )
+        if t.pixels is not None:
+            verdict = "above" if t.final > t.pixels else "NOT above"
+            parts.append(f"raw pixels {t.pixels:.4f}: {t.final - t.pixels:+.4f}, {verdict}")
+        if t.init is not None:
+            parts.append(f"random init {t.init:.4f}")
+        line = f"  client {pid} {name}: {t.final:.4f}" + (f" ({'; '.join(parts)})" if parts else "")
+        mean, lo, hi, n = t.last()
+        if n > 1:
+            line += f"; last {n} evaluated rounds {mean:.4f} ({lo:.4f}-{hi:.4f})"
+        out.append(line)
     return out
 
 
