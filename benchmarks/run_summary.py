@@ -1,8 +1,8 @@
 """Summarise stage-one runs from their metrics: per client the kNN accuracy after the last
 round, the mean and range of the last N evaluated rounds, the best round, raw pixels and the
 first round above them, and optionally the accuracy at given rounds and the first round at or
-above a target. The "last ten rounds" and "first round above" figures of docs/pretrain.md come
-from here.
+above a target and how many rounds of the window are. The "last ten rounds" and "first round
+above" figures of docs/pretrain.md come from here.
 
     python benchmarks/run_summary.py runs/pretrain-default [more run directories]
     python benchmarks/run_summary.py RUN --at 55 100 --target fashion_mnist=0.80 mnist=0.95
@@ -91,12 +91,12 @@ def rows_for(run: Path, last: int, at: list[int], targets: dict[str, float]) -> 
         cells += ["-" if t.at(r) is None else f"{t.at(r):.3f}" for r in at]
         if targets:
             level = targets.get(name)
-            first = None if level is None else t.first_at_least(level)
-            cells.append(
-                "-"
-                if level is None
-                else (f"{first} (>= {level:g})" if first else f"never (>= {level:g})")
-            )
+            if level is None:
+                cells.append("-")
+            else:
+                first = t.first_at_least(level)
+                held = sum(a >= level for a in t.acc[-last:])
+                cells.append(f"{first or 'never'} (>= {level:g}; {held} of the last {n})")
         out.append(cells)
     return out
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ]
     head += [f"after round {r}" for r in args.at]
     if args.target:
-        head.append("first round at the target")
+        head.append("first round at the target (rounds of the window at it)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in args.runs:
         try:

@@ -88,7 +88,10 @@ def test_run_summary_table(run_summary, run, capsys):
         "-",  # no target for this client
     ]
     c1 = [c.strip() for c in lines[3].strip("|").split("|")]
-    assert c1[1] == "mnist" and c1[8] == "never" and c1[-1] == "never (>= 0.95)"
+    assert c1[1] == "mnist" and c1[8] == "never" and c1[-1] == "never (>= 0.95; 0 of the last 1)"
+    assert run_summary.main([rd, "--last", "3", "--target", "fashion_mnist=0.8"]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.endswith("| 4 (>= 0.8; 2 of the last 3) |")  # 0.81, 0.79, 0.80
 
 
 def test_run_summary_refuses_bad_input(run_summary, run, tmp_path, capsys):
