@@ -64,6 +64,7 @@ def test_end_of_run_report_adds_the_last_rounds_window(run):
     assert "0.8000 (raw pixels 0.7730: +0.0270, above; random init 0.4000)" in c0
     mean = (0.70 + 0.74 + 0.81 + 0.79 + 0.80) / 5
     assert c0.endswith(f"; last 5 evaluated rounds {mean:.4f} (0.7000-0.8100)")
+    assert c1.startswith("  client 1 mnist: 0.9000 at round 1 (raw pixels 0.9060")
     assert "last" not in c1  # one scored round: no window to speak of
 
 

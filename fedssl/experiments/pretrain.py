@@ -121,7 +121,10 @@ def summary(cfg: ExperimentConfig) -> list[str]:
             parts.append(f"raw pixels {t.pixels:.4f}: {t.final - t.pixels:+.4f}, {verdict}")
         if t.init is not None:
             parts.append(f"random init {t.init:.4f}")
-        line = f"  client {pid} {name}: {t.final:.4f}" + (f" ({'; '.join(parts)})" if parts else "")
+        when = "" if t.rounds[-1] == last_round else f" at round {t.rounds[-1]}"  # e.g. it failed
+        line = f"  client {pid} {name}: {t.final:.4f}{when}" + (
+            f" ({'; '.join(parts)})" if parts else ""
+        )
         mean, lo, hi, n = t.last()
         if n > 1:
             line += f"; last {n} evaluated rounds {mean:.4f} ({lo:.4f}-{hi:.4f})"
