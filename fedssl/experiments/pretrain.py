@@ -60,16 +60,16 @@ def knn_tracks(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[int, Knn
     is left out."""
     rows = sorted(rows, key=lambda r: r["round"])
     seconds = tuple((r["round"], float(r.get("round_s") or 0.0)) for r in rows)
+
+    def once(key: str) -> float | None:  # a baseline: the round that recorded it
+        return next((r[key] for r in rows if r.get(key) is not None), None)
+
     out = {}
     for pid in range(clients):
         c = f"c{pid}"
         scored = [r for r in rows if r.get(f"knn_acc_{c}") is not None]
         if not scored:
             continue
-
-        def once(key: str) -> float | None:
-            return next((r[key] for r in rows if r.get(key) is not None), None)
-
         out[pid] = KnnTrack(
             rounds=tuple(r["round"] for r in scored),
             acc=tuple(float(r[f"knn_acc_{c}"]) for r in scored),
