@@ -277,9 +277,14 @@ def make_server_app(cfg: ExperimentConfig | None = None, resume: bool = False) -
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(
-            grid, cfg if cfg is not None else config_from_run_config(context.run_config), resume
-        )
+        if cfg is not None:  # the simulation launcher checked it before starting
+            run_server(grid, cfg, resume)
+            return
+        from fedssl.federation.simulation import check_ssl_section
+
+        deployed = config_from_run_config(context.run_config)  # `flwr run`
+        check_ssl_section(deployed)  # its errors and warnings, before round one
+        run_server(grid, deployed, resume)
 
     return server
 

@@ -77,11 +77,14 @@ _RECIPE_FIELDS = {
 }
 
 
-def method_settings(cfg: ExperimentConfig) -> dict:
+def method_settings(cfg: ExperimentConfig, warn: bool = True) -> dict:
     """The configured method's recipe with the config's settings applied.
 
     A setting the method does not have (e.g. the default config's SimCLR ``ssl.temperature``
-    under ``--set ssl.method=byol``) is ignored with a warning naming the method's settings.
+    under ``--set ssl.method=byol``) is ignored, with a warning naming the method's settings;
+    an optimizer other than the one the method trains with (its ``TRAIN``) is warned about
+    with the settings to add. ``warn=False``: no warnings (builders: :func:`check_ssl`, which a
+    launcher runs once before anything starts, has said it already).
 
     Raises:
         ValueError: a travelling part the method does not have, or FedU without a travelling
@@ -96,14 +99,17 @@ def method_settings(cfg: ExperimentConfig) -> dict:
                 continue
             if name not in settings:
                 # e.g. the default config's SimCLR temperature under --set ssl.method=byol
-                warnings.warn(
-                    f"{section}.{name}={value} does not apply to ssl.method={cls.name} and is "
-                    f"ignored (its settings: {', '.join(settings)})",
-                    UserWarning,
-                    stacklevel=2,
-                )
+                if warn:
+                    warnings.warn(
+                        f"{section}.{name}={value} does not apply to ssl.method={cls.name} and is "
+                        f"ignored (its settings: {', '.join(settings)})",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                 continue
             settings[name] = value
+    if warn:
+        _check_train_recipe(cfg, cls)
     if int(settings.get("proj_layers", 2)) < 2:
         raise ValueError(f"model.proj_layers must be 2 or more, got {settings['proj_layers']}")
     parts = cls.check_travel(cfg.ssl.travel)
@@ -115,8 +121,28 @@ def method_settings(cfg: ExperimentConfig) -> dict:
     return settings
 
 
+def _check_train_recipe(cfg: ExperimentConfig, cls) -> None:
+    """Warn when the method names an optimizer (its ``TRAIN``) and the config trains with
+    another: VICReg, Barlow Twins and DINO diverge at SimCLR's SGD 0.06, so
+    ``--set ssl.method=vicreg`` on an SGD config would quietly train a useless backbone. A
+    config that sets the method's optimizer (any rate) is taken as deliberate."""
+    want = dict(cls.TRAIN)
+    if not want or cfg.train.optimizer == want.get("optimizer", cfg.train.optimizer):
+        return
+    fix = " ".join(f"train.{k}={v}" for k, v in want.items())
+    warnings.warn(
+        f"ssl.method={cls.name} trains with {fix.replace('train.', '')} (its recipe, "
+        f"{cls.__module__}.{cls.__name__}.TRAIN); this run uses train.optimizer="
+        f"{cfg.train.optimizer} train.lr={cfg.train.lr}, at which it may not learn. "
+        f"To use the recipe: --set {fix}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
-    """The configured SSL module (``ssl.method`` on ``model.backbone``, lightly heads/losses)."""
+    """The configured SSL module (``ssl.method`` on ``model.backbone``, lightly heads/losses).
+    Silent about settings that do not apply (:func:`check_ssl` warns, once per run)."""
     m, t = cfg.model, cfg.train
     module = method_class(cfg.ssl.method)(
         m.backbone,
@@ -125,7 +151,7 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
         optimizer=t.optimizer,
         lr=t.lr if lr is None else lr,
         weight_decay=t.weight_decay,
-        **method_settings(cfg),
+        **method_settings(cfg, warn=False),
     )
     module.view_maker = batch_views(cfg)
     return module
@@ -297,7 +323,7 @@ def views_transform(cfg: ExperimentConfig, partition_id: int | None = None):
     cls = method_class(cfg.ssl.method)
     extra = {}
     if "local_views" in inspect.signature(cls.views).parameters:
-        extra["local_views"] = method_settings(cfg)["local_views"]
+        extra["local_views"] = method_settings(cfg, warn=False)["local_views"]
     return cls.views(**augmentation(cfg, partition_id), **extra)
 
 

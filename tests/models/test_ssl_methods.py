@@ -2,6 +2,8 @@
 and names every tensor of its state as one of its parts; the config's method settings are
 checked."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,19 @@ def test_method_settings_come_from_the_recipe_and_say_what_does_not_apply():
         method_settings(_cfg("simclr", "model.proj_layers=1"))
     deep = build_ssl(_cfg("simclr", "model.proj_layers=3")).projection_head
     assert sum(isinstance(m, torch.nn.Linear) for m in deep.modules()) == 3  # SimCLR v2's head
+
+
+def test_a_method_run_with_another_optimizer_than_its_recipe_says_how_to_use_it():
+    # VICReg diverges at SimCLR's SGD 0.06: `--set ssl.method=vicreg` on an SGD config warns
+    # with the settings to add; the recipe's optimizer at any rate is taken as deliberate.
+    with pytest.warns(UserWarning, match=r"this run uses train.optimizer=sgd train.lr=0.06") as w:
+        method_settings(_cfg("vicreg", "train.optimizer=sgd", "train.lr=0.06"))
+    fix = "--set train.optimizer=adamw train.lr=0.001 train.weight_decay=0.0001"
+    assert any(str(x.message).endswith(fix) for x in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method_settings(_cfg("vicreg", "train.lr=0.003"))  # adamw at another rate: no warning
+        method_settings(_cfg("simclr", "train.optimizer=adamw"))  # no recipe optimizer: none
 
 
 def test_small_image_resnet_keeps_resolution_at_a_fraction_of_the_macs():
