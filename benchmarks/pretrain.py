@@ -55,13 +55,19 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-    from fedssl.methods.pretrain import model_in_chans, views_dataset, views_loader
+    from fedssl.methods.pretrain import (
+        method_settings,
+        model_in_chans,
+        views_dataset,
+        views_loader,
+    )
     from fedssl.models.backbones import build_backbone
 
     torch.manual_seed(seed)
     m = cfg.model
     backbone = build_backbone(m.backbone, in_chans=model_in_chans(cfg), small_input=m.small_input)
-    head = SimCLRProjectionHead(backbone.num_features, m.proj_hidden, m.proj_out)
+    widths = method_settings(cfg, warn=False)  # the config's head widths, else SimCLR's recipe
+    head = SimCLRProjectionHead(backbone.num_features, widths["proj_hidden"], widths["proj_out"])
     criterion = NTXentLoss(temperature=cfg.ssl.temperature)
     from fedssl import runtime
 
