@@ -6,6 +6,7 @@ above" figures of docs/pretrain.md come from here.
 
     python benchmarks/run_summary.py runs/pretrain-default [more run directories]
     python benchmarks/run_summary.py RUN --at 55 100 --target fashion_mnist=0.80 mnist=0.95
+    python benchmarks/run_summary.py RUN_200_ROUNDS RUN_60_ROUNDS --until 60   # at equal rounds
 
 Each run directory needs its ``config.yaml`` (the client names) and ``metrics.jsonl`` (what
 ``launch/pretrain.py`` writes after every round, so a run still going can be summarised too).
@@ -28,6 +29,14 @@ def parse_args(argv=None):
         "--at", type=int, nargs="*", default=[], help="also the accuracy after these rounds"
     )
     p.add_argument(
+        "--until",
+        type=int,
+        default=0,
+        metavar="ROUND",
+        help="read every run as if it had stopped after this round (runs of different lengths "
+        "compared at equal rounds); 0: as they are",
+    )
+    p.add_argument(
         "--target",
         nargs="*",
         default=[],
@@ -39,6 +48,10 @@ def parse_args(argv=None):
         p.error("--last must be at least 1")
     if any(r < 1 for r in args.at):
         p.error("--at takes round numbers (1 and up)")
+    if args.until < 0:
+        p.error("--until takes a round number (1 and up; 0: every round)")
+    if args.until and any(r > args.until for r in args.at):
+        p.error(f"--at {max(args.at)} is after --until {args.until}")
     targets = {}
     for item in args.target:
         name, sep, value = item.partition("=")
@@ -56,8 +69,11 @@ def parse_args(argv=None):
     return args
 
 
-def rows_for(run: Path, last: int, at: list[int], targets: dict[str, float]) -> list[list[str]]:
-    """The table's rows for one run: one per client it scored."""
+def rows_for(
+    run: Path, last: int, at: list[int], targets: dict[str, float], until: int = 0
+) -> list[list[str]]:
+    """The table's rows for one run: one per client it scored (``until`` > 0: from its rounds
+    up to that one only)."""
     from fedssl.config import load_config
     from fedssl.experiments.pretrain import knn_tracks
     from fedssl.runs import RunDir
@@ -72,7 +88,8 @@ def rows_for(run: Path, last: int, at: list[int], targets: dict[str, float]) -> 
             f"(data.clients: {', '.join(cfg.data.clients)})"
         )
     out = []
-    for pid, t in knn_tracks(RunDir(run).metrics(), len(cfg.data.clients)).items():
+    rows = [r for r in RunDir(run).metrics() if not until or r["round"] <= until]
+    for pid, t in knn_tracks(rows, len(cfg.data.clients)).items():
         name = cfg.data.clients[pid]
         mean, lo, hi, n = t.last(last)
         best, best_round = t.best()
@@ -118,9 +135,11 @@ def main(argv=None) -> int:
     if args.target:
         head.append("first round at the target (rounds of the window at it)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if args.until:
+        lines.insert(0, f"Every run read up to round {args.until}.\n")
     for run in args.runs:
         try:
-            rows = rows_for(run, args.last, args.at, args.target)
+            rows = rows_for(run, args.last, args.at, args.target, args.until)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

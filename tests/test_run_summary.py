@@ -95,6 +95,27 @@ def test_run_summary_table(run_summary, run, capsys):
     assert row.endswith("| 4 (>= 0.8; 2 of the last 3) |")  # 0.81, 0.79, 0.80
 
 
+def test_run_summary_until_reads_a_longer_run_at_equal_rounds(run_summary, run, capsys):
+    rd = str(run.run_dir())
+    assert run_summary.main([rd, "--until", "4", "--last", "2", "--at", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Every run read up to round 4."
+    c0 = [c.strip() for c in lines[4].strip("|").split("|")]
+    # rounds 1-4 only: scored 1, 2, 4; the best is still round 4, the window rounds 2 and 4
+    assert c0[2:7] == [
+        "4",
+        f"{sum(10 + r for r in range(1, 5)) / 60:.1f}",
+        "0.810",
+        "0.775 (0.740-0.810, 2)",
+        "0.810 (round 4)",
+    ]
+    assert c0[-1] == "0.740"  # --at 2
+    for bad in (["--until", "-1"], ["--until", "3", "--at", "4"]):
+        with pytest.raises(SystemExit) as e:
+            run_summary.main([rd, *bad])
+        assert e.value.code == 2
+
+
 def test_run_summary_refuses_bad_input(run_summary, run, tmp_path, capsys):
     rd = str(run.run_dir())
     with pytest.raises(SystemExit) as e:
