@@ -277,14 +277,13 @@ def make_server_app(cfg: ExperimentConfig | None = None, resume: bool = False) -
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        if cfg is not None:  # the simulation launcher checked it before starting
-            run_server(grid, cfg, resume)
-            return
-        from fedssl.federation.simulation import check_ssl_section
+        run_cfg = cfg  # given: the simulation launcher checked it before starting
+        if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
+            from fedssl.federation.simulation import check_ssl_section
 
-        deployed = config_from_run_config(context.run_config)  # `flwr run`
-        check_ssl_section(deployed)  # its errors and warnings, before round one
-        run_server(grid, deployed, resume)
+            run_cfg = config_from_run_config(context.run_config)
+            check_ssl_section(run_cfg)
+        run_server(grid, run_cfg, resume)
 
     return server
 

@@ -129,9 +129,10 @@ def _check_train_recipe(cfg: ExperimentConfig, cls) -> None:
     want = dict(cls.TRAIN)
     if not want or cfg.train.optimizer == want.get("optimizer", cfg.train.optimizer):
         return
+    recipe_text = " ".join(f"{k}={v}" for k, v in want.items())
     fix = " ".join(f"train.{k}={v}" for k, v in want.items())
     warnings.warn(
-        f"ssl.method={cls.name} trains with {fix.replace('train.', '')} (its recipe, "
+        f"ssl.method={cls.name} trains with {recipe_text} (its recipe, "
         f"{cls.__module__}.{cls.__name__}.TRAIN); this run uses train.optimizer="
         f"{cfg.train.optimizer} train.lr={cfg.train.lr}, at which it may not learn. "
         f"To use the recipe: --set {fix}",
