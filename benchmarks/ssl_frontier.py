@@ -56,7 +56,11 @@ ENTRIES = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs/pretrain/default.yaml"))
-    p.add_argument("--backbone", default="sresnet18_w16", help="backbone of the entries")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="backbone of the entries that do not name one (default: the config's model.backbone)",
+    )
     p.add_argument("--budget-s", type=float, default=180.0, help="training seconds per entry")
     p.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
     p.add_argument(
@@ -111,12 +115,13 @@ def entry_config(a, name: str, out_dir: str):
         f"out_dir={out_dir}",
         f"ssl.method={method}",
         f"ssl.client_update={update}",
-        f"model.backbone={backbone or a.backbone}",
         "train.lr_schedule=exp",
         "train.lr_decay=1.0",
         "train.threads=2",
         "tracking.wandb=disabled",
     ]
+    if backbone or a.backbone:
+        over.append(f"model.backbone={backbone or a.backbone}")
     over += [f"train.{k}={v}" for k, v in method_class(method).TRAIN.items()]
     return load_config(a.config, [*over, *a.set])
 
@@ -208,6 +213,7 @@ def _entries(a, res: dict, tmp: str) -> None:
     base = entry_config(a, a.entries[0], tmp)
     clients = list(base.data.clients)
     res["clients"] = clients
+    res["backbone"] = a.backbone or base.model.backbone
     res["knn_bn"] = base.ssl.knn_bn
     res["pixels"] = [pixels_knn(base, p) for p in range(len(clients))]
     print(f"[frontier] raw pixels: {res['pixels']}")

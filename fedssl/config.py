@@ -31,6 +31,7 @@ __all__ = [
     "RuntimeConfig",
     "ExperimentConfig",
     "load_config",
+    "read_config",
     "round_lr",
     "from_dict",
     "to_dict",
@@ -542,6 +543,50 @@ def _deepcopy(d):
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of a nested mapping; an empty mapping is a value (it replaces)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping a YAML config file holds, with its ``base`` resolved.
+
+    A file may start from another: ``base: personal.yaml`` (a path relative to the file's own
+    folder) takes that file's settings and sets this file's on top, key by key, as ``--set``
+    would: ``ssl: {method: vicreg}`` changes the method and keeps the base's other ``ssl``
+    settings; a list or an empty mapping replaces the base's value. Bases may have bases.
+
+    Raises:
+        ConfigError: a missing or non-mapping file, a ``base`` that is not a file name or does
+            not exist, or a chain of bases that loops.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    loaded = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    if "base" not in loaded:
+        return loaded
+    base = loaded.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{p}: base must name a YAML config file, got {base!r}")
+    bp = p.parent / base
+    chain = (*_chain, p.resolve())
+    if bp.resolve() in chain:
+        names = " -> ".join(str(c.name) for c in (*chain, bp))
+        raise ConfigError(f"{p}: its bases loop ({names})")
+    if not bp.is_file():
+        raise ConfigError(f"{p}: its base {base!r} does not exist (looked for {bp})")
+    return apply_overrides(read_config(bp, chain), _leaves(loaded))
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -550,22 +595,15 @@ def load_config(
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
     Args:
-        path: YAML file; its keys mirror the dataclass fields.
+        path: YAML file; its keys mirror the dataclass fields (``base: FILE`` starts from
+            another file: :func:`read_config`).
         overrides: ``["train.lr=0.1", ...]`` or ``{"train.lr": 0.1}``.
         cls: the top-level config dataclass.
 
     Raises:
         ConfigError: for a missing file, unknown key or invalid value (the message names it).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        data = loaded
+    data: dict[str, Any] = read_config(path) if path is not None else {}
     if overrides:
         data = apply_overrides(data, overrides)
     return from_dict(cls, data)

@@ -113,3 +113,66 @@ def test_personal_recipe_is_the_default_with_its_documented_overrides():
     )
     assert to_dict(personal) == to_dict(measured)
     assert personal.ssl.local_layers == ["layer4"]
+
+
+def test_a_base_file_is_set_on_top_of_key_by_key(tmp_path):
+    """``base: FILE`` (relative to the file's folder, not the working directory) takes that file
+    and sets this one's values on top as --set would: siblings of a changed key stay, a list or
+    an empty mapping replaces, bases may have bases."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text(
+        "name: root\ntrain:\n  lr: 0.1\n  batch_size: 32\n"
+        "ssl:\n  local_layers: [layer3, layer4]\n"
+        "  client_views:\n    mnist:\n      elastic_prob: 0.5\n"
+    )
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nname: mid\ntrain:\n  lr: 0.2\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text(
+        "base: mid.yaml\nname: leaf\nssl:\n  local_layers: [layer4]\n  client_views: {}\n"
+    )
+    mid = load_config(tmp_path / "sub" / "mid.yaml")
+    assert (mid.name, mid.train.lr, mid.train.batch_size) == ("mid", 0.2, 32)
+    assert mid.ssl.client_views == {"mnist": {"elastic_prob": 0.5}}
+    leaf = load_config(tmp_path / "sub" / "leaf.yaml", ["train.batch_size=8"])
+    assert (leaf.name, leaf.train.lr, leaf.train.batch_size) == ("leaf", 0.2, 8)
+    assert leaf.ssl.local_layers == ["layer4"] and leaf.ssl.client_views == {}
+    # what a run saves is the resolved config: it loads alone, without its bases
+    save_config(leaf, tmp_path / "run.yaml")
+    (tmp_path / "root.yaml").unlink()
+    assert load_config(tmp_path / "run.yaml") == leaf
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base: nowhere.yaml\n", "its base 'nowhere.yaml' does not exist"),
+        ("base: [a.yaml]\n", "base must name a YAML config file"),
+        ("base: c.yaml\n", r"its bases loop \(c.yaml -> c.yaml\)"),
+        ("base: d.yaml\n", r"its bases loop \(c.yaml -> d.yaml -> c.yaml\)"),
+    ],
+)
+def test_a_bad_base_is_refused_by_name(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_personal_vicreg_is_the_personal_recipe_with_vicregs_own_training():
+    """configs/pretrain/personal-vicreg.yaml is the run docs/results/multitask.md measured:
+    personal.yaml plus the method and VICReg's recipe optimizer, for 160 rounds."""
+    from fedssl.config import to_dict
+
+    vicreg = load_config("configs/pretrain/personal-vicreg.yaml")
+    measured = load_config(
+        "configs/pretrain/personal.yaml",
+        [
+            "name=pretrain-personal-vicreg",
+            "federation.rounds=160",
+            "ssl.method=vicreg",
+            "train.optimizer=adamw",
+            "train.lr=0.001",
+            "train.weight_decay=0.0001",
+        ],
+    )
+    assert to_dict(vicreg) == to_dict(measured)
+    assert vicreg.ssl.local_layers == ["layer4"] and vicreg.ssl.views == "batched"

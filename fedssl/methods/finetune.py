@@ -108,9 +108,7 @@ def finetune_config(
     ``finetune.backbone: none`` they come from the newest stage-one run when there is one, else
     from ``configs/pretrain/default.yaml``. ``overrides`` apply last (``data.*`` too).
     """
-    import yaml
-
-    from fedssl.config import apply_overrides, from_dict, load_config, to_dict
+    from fedssl.config import apply_overrides, from_dict, load_config, read_config, to_dict
 
     ov = list(overrides or [])
     cfg = load_config(path, ov)
@@ -121,7 +119,7 @@ def finetune_config(
         run_cfg = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "default.yaml"
     if run_cfg.is_file():
         run = load_config(run_cfg)
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_config(path)
         data.update({"data": to_dict(run.data), "model": to_dict(run.model), "seed": run.seed})
         cfg = from_dict(ExperimentConfig, apply_overrides(data, ov))
     cfg.experiment = "finetune"

@@ -148,7 +148,7 @@ def test_dino_head_batch_norm_keeps_the_prototypes_apart(head_batch_norm):
         assert used == 1
 
 
-@pytest.mark.parametrize("config", ["default.yaml", "personal.yaml"])
+@pytest.mark.parametrize("config", ["default.yaml", "personal.yaml", "personal-vicreg.yaml"])
 def test_the_shipped_configs_leave_each_methods_head_widths_to_its_recipe(config):
     # Until 2026-12-01 the configs set SimCLR's 512 / 128, so `--set ssl.method=vicreg` (and the
     # SSL frontier) ran VICReg with a 128-wide expander instead of its 1024 / 1024.
@@ -158,5 +158,5 @@ def test_the_shipped_configs_leave_each_methods_head_widths_to_its_recipe(config
         want = recipe(method_class(method))
         assert (got["proj_hidden"], got["proj_out"]) == (want["proj_hidden"], want["proj_out"])
     # SimCLR's own recipe is what the configs set before: its runs do not change
-    simclr = method_settings(load_config(path), warn=False)
+    simclr = method_settings(load_config(path, ["ssl.method=simclr"]), warn=False)
     assert (simclr["proj_hidden"], simclr["proj_out"]) == (512, 128)
