@@ -120,8 +120,9 @@ def entry_config(a, name: str, out_dir: str):
         "train.threads=2",
         "tracking.wandb=disabled",
     ]
-    if backbone or a.backbone:
-        over.append(f"model.backbone={backbone or a.backbone}")
+    backbone = backbone or a.backbone  # None: the config's
+    if backbone:
+        over.append(f"model.backbone={backbone}")
     over += [f"train.{k}={v}" for k, v in method_class(method).TRAIN.items()]
     return load_config(a.config, [*over, *a.set])
 
@@ -196,7 +197,7 @@ def crossing(rows: list[dict], client: int, line: float) -> float | None:
 
 def run(a) -> dict:
     res = harness.stamp("ssl_frontier.py", a.argv)
-    res.update({"budget_s": a.budget_s, "backbone": a.backbone, "entries": {}})
+    res.update({"budget_s": a.budget_s, "entries": {}})  # "backbone": once the config is read
     if a.max_rounds:
         res["max_rounds"] = a.max_rounds
     with tempfile.TemporaryDirectory(prefix="ssl-frontier-") as tmp:  # runs' client state
