@@ -127,6 +127,14 @@ def entry_config(a, name: str, out_dir: str):
     return load_config(a.config, [*over, *a.set])
 
 
+def default_backbone(a) -> str:
+    """The backbone of the entries that do not name their own: ``--backbone``, else the config's
+    (with ``--set``), whichever entry comes first."""
+    from fedssl.config import load_config
+
+    return a.backbone or load_config(a.config, list(a.set)).model.backbone
+
+
 def federated(cfg, budget_s: float, max_rounds: int = 0) -> list[dict]:
     """Rounds until ``budget_s`` training seconds (or ``max_rounds`` rounds, when > 0): each row
     the round, seconds so far, loss and kNN per client."""
@@ -214,7 +222,7 @@ def _entries(a, res: dict, tmp: str) -> None:
     base = entry_config(a, a.entries[0], tmp)
     clients = list(base.data.clients)
     res["clients"] = clients
-    res["backbone"] = a.backbone or base.model.backbone
+    res["backbone"] = default_backbone(a)
     res["knn_bn"] = base.ssl.knn_bn
     res["pixels"] = [pixels_knn(base, p) for p in range(len(clients))]
     print(f"[frontier] raw pixels: {res['pixels']}")

@@ -97,21 +97,40 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
 def test_max_rounds_ends_each_entry_at_equal_rounds(frontier, tiny_pretrain, tmp_path):
     """On a loaded machine a budget buys fewer rounds; --max-rounds compares entries at equal
     rounds instead (the rounds are seeded, so the numbers do not depend on the load)."""
+    # no --backbone: the entries take the config's (here test_resnet, set by the overrides)
     tiny = [
         o
         for o in tiny_pretrain(str(tmp_path / "runs"), "x")
-        if not o.startswith(("name=", "out_dir=", "model.backbone="))
+        if not o.startswith(("name=", "out_dir="))
     ]
     out = tmp_path / "f.md"
     argv = ["--budget-s", "1e6", "--max-rounds", "2", "--entries", "simclr", "--central", "1"]
-    argv += ["--backbone", "test_resnet", "--baseline-epochs", "1", "--out", str(out)]
+    argv += ["--baseline-epochs", "1", "--out", str(out)]
     assert frontier.main([*argv, "--set", *tiny]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     e = res["entries"]["simclr"]
     assert [r["round"] for r in e["rows"]] == [1, 2] and res["max_rounds"] == 2
+    assert e["backbone"] == res["backbone"] == "test_resnet"
     # centralized gets the federated entry's training time, not the (huge) budget
     assert e["central"][-1]["s"] < e["rows"][-1]["s"] + 60
     assert "for 2 rounds (or" in out.read_text()
+
+
+def test_default_backbone_is_the_configs_whichever_entry_comes_first(frontier, tmp_path):
+    """The page records the backbone of the entries that do not name one: ``--backbone``, else
+    the config's (with ``--set``) — not the backbone of the first entry, which may fix its own
+    (``simclr-resnet18``)."""
+    out = ["--out", str(tmp_path / "p.md")]
+    a = frontier.parse_args(["--entries", "simclr-resnet18", "simclr", *out])
+    from fedssl.config import load_config
+
+    assert frontier.default_backbone(a) == load_config(a.config).model.backbone != "resnet18"
+    assert frontier.entry_config(a, "simclr-resnet18", str(tmp_path)).model.backbone == "resnet18"
+    a = frontier.parse_args(["--entries", "simclr-resnet18", *out, "--set", "model.backbone=x"])
+    assert frontier.default_backbone(a) == "x"
+    a = frontier.parse_args(["--backbone", "sresnet18_w16", *out])
+    assert frontier.default_backbone(a) == "sresnet18_w16"
+    assert frontier.entry_config(a, "simclr", str(tmp_path)).model.backbone == "sresnet18_w16"
 
 
 def test_the_machine_line_names_the_cpu_model(frontier, tmp_path):
