@@ -120,10 +120,10 @@ def test_default_backbone_is_the_configs_whichever_entry_comes_first(frontier, t
     """The page records the backbone of the entries that do not name one: ``--backbone``, else
     the config's (with ``--set``) — not the backbone of the first entry, which may fix its own
     (``simclr-resnet18``)."""
-    out = ["--out", str(tmp_path / "p.md")]
-    a = frontier.parse_args(["--entries", "simclr-resnet18", "simclr", *out])
     from fedssl.config import load_config
 
+    out = ["--out", str(tmp_path / "p.md")]
+    a = frontier.parse_args(["--entries", "simclr-resnet18", "simclr", *out])
     assert frontier.default_backbone(a) == load_config(a.config).model.backbone != "resnet18"
     assert frontier.entry_config(a, "simclr-resnet18", str(tmp_path)).model.backbone == "resnet18"
     a = frontier.parse_args(["--entries", "simclr-resnet18", *out, "--set", "model.backbone=x"])
