@@ -132,7 +132,7 @@ def default_backbone(a) -> str:
     (with ``--set``), whichever entry comes first."""
     from fedssl.config import load_config
 
-    return a.backbone or load_config(a.config, list(a.set)).model.backbone
+    return a.backbone or load_config(a.config, a.set).model.backbone
 
 
 def federated(cfg, budget_s: float, max_rounds: int = 0) -> list[dict]:
