@@ -67,11 +67,18 @@ class DataConfig:
     roots: dict[str, str] = field(default_factory=dict)  # per-dataset folder, e.g. intel_scene
     labeled_fraction: float = 0.25  # each client's labeled part (stratified); the rest unlabeled
     max_per_client: int = 0  # cap on a client's training images (0: all), sampled stratified
+    # Each client's images decoded once per process into uint8 tensors (fedssl.data.cache):
+    # auto (on the GPU when they fit cache_gpu_share of its free memory, else host memory),
+    # device, host, or off (PIL and a DataLoader per batch). Stage one's batched views and the
+    # kNN monitor read them.
+    cache: str = "auto"
+    cache_gpu_share: float = 0.5  # auto: the most of the GPU's free memory the images may take
 
     _choices = {
         "partition": ("iid", "label_split", "dominant_label", "dirichlet"),
         "local_val": ("test", "holdout"),
         "name": ("fashion_mnist", "mnist"),
+        "cache": ("auto", "device", "host", "off"),
     }
 
 
@@ -153,10 +160,11 @@ class SSLConfig:
     # rr_degrees, elastic_*, crop_ratio). Each client trains on its own views; the server never
     # sees them.
     client_views: dict[str, dict[str, float]] = field(default_factory=dict)
-    # Where views are made: ``lightly`` (its PIL transforms, per image in the loader's workers)
-    # or ``batched`` (tensor operations on the whole batch on the training device:
-    # fedssl.methods.ssl.batch_views; no CPU bottleneck in front of a GPU)
-    views: str = "lightly"
+    # Where views are made: ``batched`` (tensor operations on the whole batch on the training
+    # device: fedssl.methods.ssl.batch_views; no CPU bottleneck in front of a GPU), ``lightly``
+    # (its PIL transforms, per image in the loader's workers), or ``auto``: batched wherever the
+    # method's views can be batched (every method but DINO's multi-crop), else lightly
+    views: str = "auto"
     knn_k: int = 200
     knn_t: float = 0.1
     knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
@@ -172,7 +180,7 @@ class SSLConfig:
         "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
         "client_update": ("none", "fedema", "fedu"),
         "knn_bn": ("client", "merged"),
-        "views": ("lightly", "batched"),
+        "views": ("auto", "batched", "lightly"),
     }
 
 
@@ -475,6 +483,9 @@ def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
                 raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
             kwargs[key] = from_dict(tp, value, prefix=f"{dotted}.")
         else:
+            allowed = getattr(cls, "_choices", {}).get(key, ())
+            if isinstance(value, bool) and "off" in allowed and "on" not in allowed:
+                value = "off" if not value else value  # YAML 1.1 reads a bare off as false
             kwargs[key] = _coerce(value, tp, dotted)
     obj = cls(**kwargs)
     choices = getattr(cls, "_choices", {})

@@ -176,3 +176,16 @@ def test_personal_vicreg_is_the_personal_recipe_with_vicregs_own_training():
     )
     assert to_dict(vicreg) == to_dict(measured)
     assert vicreg.ssl.local_layers == ["layer4"] and vicreg.ssl.views == "batched"
+
+
+def test_a_bare_off_is_the_choice_off_where_a_setting_offers_it(tmp_path):
+    """YAML 1.1 reads ``off`` as false: ``--set data.cache=off`` (and a file's ``cache: off``)
+    still means the choice ``off``; where a setting has no such choice, false stays an error."""
+    assert load_config(None, ["data.cache=off"]).data.cache == "off"
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  cache: off\n")
+    assert load_config(p).data.cache == "off"
+    with pytest.raises(ConfigError, match="data.cache: expected a string, got True"):
+        load_config(None, ["data.cache=on"])
+    with pytest.raises(ConfigError, match="ssl.views: expected a string, got False"):
+        load_config(None, ["ssl.views=off"])

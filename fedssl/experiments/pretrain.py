@@ -10,7 +10,7 @@ from typing import Any
 
 from fedssl.config import ExperimentConfig
 
-__all__ = ["KnnTrack", "check_data", "knn_tracks", "summary", "run"]
+__all__ = ["KnnTrack", "check_data", "knn_tracks", "time_breakdown", "time_line", "summary", "run"]
 
 LAST_ROUNDS = 10  # the end-of-run report's window: one round's kNN swings by about a point
 
@@ -78,6 +78,60 @@ def knn_tracks(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[int, Knn
             seconds=seconds,
         )
     return out
+
+
+def time_breakdown(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[str, float]:
+    """Where a run's rounds spent their time, in mean seconds per round over rounds 2 on (round
+    one decodes the cache and scores the baselines; all rounds when there is only one):
+    ``round`` (wall), ``steps`` (the slowest client's training steps, views included),
+    ``data`` and ``other`` (that client's time outside its steps: images and batches; module,
+    state, Trainer), ``eval`` (the slowest client's kNN monitor, averaged over every round,
+    scored or not), ``engine`` (Flower / Ray: messages, process scheduling) and ``server``
+    (merge, checkpoints, plots); ``rounds``: how many rounds the means are over. Empty when
+    the rows carry no breakdown."""
+    rows = [r for r in rows if r.get("round", 0) >= 1 and r.get("round_s") is not None]
+    later = [r for r in rows if r["round"] >= 2] or rows
+    if not later or all(r.get("engine_s") is None for r in later):
+        return {}
+
+    def slowest(r, col):
+        vals = [r.get(f"{col}_c{c}") for c in range(clients)]
+        vals = [float(v) for v in vals if v is not None]
+        return max(vals) if vals else 0.0
+
+    def mean(fn):
+        return sum(fn(r) for r in later) / len(later)
+
+    def part(col):  # the client whose train message took longest
+        def get(r):
+            works = [(float(r.get(f"work_s_c{c}") or 0), c) for c in range(clients)]
+            c = max(works)[1]
+            return float(r.get(f"{col}_c{c}") or 0.0)
+
+        return get
+
+    return {
+        "round": mean(lambda r: float(r["round_s"])),
+        "steps": mean(part("train_s")),
+        "data": mean(part("data_s")),
+        "other": mean(part("other_s")),
+        "eval": mean(lambda r: slowest(r, "eval_s")),
+        "engine": mean(lambda r: float(r.get("engine_s") or 0.0)),
+        "server": mean(lambda r: float(r.get("server_s") or 0.0)),
+        "rounds": float(len(later)),
+        "from": float(later[0]["round"]),
+    }
+
+
+def time_line(b: Mapping[str, float]) -> str:
+    """One line of :func:`time_breakdown`: seconds per round and shares of the round."""
+    if not b:
+        return "[fedssl] time per round: no breakdown in the metrics"
+    r = b["round"] or 1.0
+    parts = [f"{k} {b[k]:.2f}s ({100 * b[k] / r:.0f}%)" for k in
+             ("steps", "data", "other", "eval", "engine", "server")]  # fmt: skip
+    return (f"[fedssl] time per round (mean of {b['rounds']:.0f} from round {b['from']:.0f}): "
+            f"{b['round']:.2f}s = " + ", ".join(parts))  # fmt: skip
 
 
 def check_data(cfg: ExperimentConfig) -> list[str]:
@@ -161,6 +215,9 @@ def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verb
     simulate(cfg, resume=resume, verbose=verbose)
     rd = cfg.run_dir()
     print("\n".join(summary(cfg)))
+    from fedssl.runs import RunDir
+
+    print(time_line(time_breakdown(RunDir(rd).metrics(), len(cfg.data.clients))))
     print(f"[fedssl] done in {time.perf_counter() - t0:.0f}s")
     print(f"[fedssl] backbone:   {rd / 'backbone.safetensors'} (config: {rd / 'config.yaml'})")
     if cfg.ssl.local_layers:  # the file is the shared part; a head needs its client's layers

@@ -24,13 +24,7 @@ from fedssl.aggregation import client as fedssl_update
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_images import client_task
 from fedssl.federation.records import travelling_keys
-from fedssl.methods.pretrain import (
-    backbone_knn,
-    build_ssl,
-    local_layer_keys,
-    views_dataset,
-    views_loader,
-)
+from fedssl.methods.pretrain import backbone_knn, build_ssl, local_layer_keys, training_batches
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod
 
@@ -186,19 +180,27 @@ def local_train(
     weights (after the client-side update, if any) and the client's own local parts.
 
     Metrics: ``num-examples`` (unlabeled images: the FedAvg weight), ``partition-id``,
-    ``train_loss`` (mean loss of the round), ``train_s``, ``images_per_s``, ``steps``; with a
-    client-side update also ``divergence`` and ``mu`` (FedEMA) or ``global_predictor`` (FedU).
+    ``train_loss`` (mean loss of the round), ``train_s`` (the training steps, views included),
+    ``images_per_s``, ``steps``, the round's time outside the steps: ``data_s`` (the images and
+    their batches; the first use in a process decodes them into the cache) and ``other_s``
+    (module, state, Trainer, client state file), ``work_s`` (all of it); with a client-side
+    update also ``divergence`` and ``mu`` (FedEMA) or ``global_predictor`` (FedU).
     """
+    start = time.perf_counter()
     torch.set_num_threads(max(1, cfg.train.threads))
     travel = travel_prefixes(cfg)
     torch.manual_seed(cfg.seed)  # what does not travel starts as every client's initial state
     module = build_ssl(cfg, lr=round_lr(cfg, server_round))
     load_shared(module, state, cfg, travel)
     t = cfg.train
-    ds = views_dataset(cfg, partition_id)
-    if len(ds) < t.batch_size:
+    seed = runtime.round_seed(cfg.seed, server_round, partition_id)
+    rt = runtime.resolve(cfg)
+    t_data = time.perf_counter()
+    batches, n_images = training_batches(cfg, partition_id, seed, rt)
+    data_s = time.perf_counter() - t_data
+    if n_images < t.batch_size:
         raise ValueError(
-            f"client {partition_id} has {len(ds)} unlabeled images, fewer than one batch "
+            f"client {partition_id} has {n_images} unlabeled images, fewer than one batch "
             f"({t.batch_size}); lower train.batch_size"
         )
     saved, meta = _load_client_state(cfg, partition_id)
@@ -216,14 +218,11 @@ def local_train(
             if cfg.ssl.client_update != "none"
             else {}
         )
-    seed = runtime.round_seed(cfg.seed, server_round, partition_id)
     runtime.seed_everything(seed)
-    rt = runtime.resolve(cfg)
-    loader = views_loader(cfg, ds, seed, rt)
     trainer = runtime.trainer(rt, **cfg.train.fit_limits())
     t0 = time.perf_counter()
     with runtime.layout(module, rt):
-        trainer.fit(module, loader)
+        trainer.fit(module, batches)
     train_s = time.perf_counter() - t0
     steps = int(trainer.global_step)
     loss = trainer.callback_metrics.get("train_loss")
@@ -238,13 +237,17 @@ def local_train(
             )
         keep["fedema_lambda"] = lam
     _save_client_state(cfg, partition_id, module, server_round, keep, travel)
+    work_s = time.perf_counter() - start
     metrics = {
-        "num-examples": len(ds),
+        "num-examples": n_images,
         "partition-id": int(partition_id),
         "train_loss": float(loss) if loss is not None else float("nan"),
         "train_s": train_s,
         "steps": steps,
         "images_per_s": steps * t.batch_size / train_s if train_s > 0 else 0.0,
+        "data_s": data_s,
+        "other_s": max(0.0, work_s - data_s - train_s),
+        "work_s": work_s,
         **update,
     }
     return new, metrics
@@ -255,7 +258,8 @@ def local_evaluate(
 ) -> dict[str, float]:
     """kNN accuracy of the received (merged) backbone on this client's data; with
     ``ssl.local_layers``, of the client's own backbone: the merged layers and its local ones
-    (from its state; as initialised before its first round)."""
+    (from its state; as initialised before its first round). ``eval_s``: the whole call."""
+    t0 = time.perf_counter()
     torch.set_num_threads(max(1, cfg.train.threads))
     torch.manual_seed(cfg.seed)  # local layers before any training: the initial state's
     module = build_ssl(cfg)
@@ -265,7 +269,6 @@ def local_evaluate(
         saved, _ = _load_client_state(cfg, partition_id)
         if saved is not None:
             module.load_state_dict({k: saved[k] for k in local if k in saved}, strict=False)
-    t0 = time.perf_counter()
     acc = backbone_knn(cfg, partition_id, module)
     task = client_task(cfg.data, partition_id)
     return {

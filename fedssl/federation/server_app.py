@@ -70,6 +70,7 @@ def _row(
         if vals:
             row[f"{col}_mean"] = sum(vals) / len(vals)
     info = strategy.round_info.get(rnd, {})
+    row.update(_phases(rnd, strategy, info, round_s))
     row.update(
         {
             "round_s": round_s,
@@ -83,6 +84,29 @@ def _row(
         }
     )
     return row
+
+
+def _phases(rnd: int, strategy: MergeStrategy, info: dict, round_s: float) -> dict[str, Any]:
+    """Where a round's wall time went, beside the clients' own columns (``work_s_c<i>``: a
+    train message's work, split into ``data_s``, ``train_s`` and ``other_s``; ``eval_s_c<i>``:
+    an evaluate message's): ``eval_phase_s`` (evaluate messages out to the last reply),
+    ``engine_s`` (the engine's and messaging's share of both phases: each phase less its slowest
+    client's work) and ``server_s`` (merge, checkpoints, plots, server-side evaluation: the
+    round less its two phases)."""
+    train_phase, eval_phase = info.get("train_phase_s"), info.get("eval_phase_s", 0.0)
+    if train_phase is None:
+        return {"eval_phase_s": eval_phase or None, "engine_s": None, "server_s": None}
+    work = [float(m["work_s"]) for m in strategy.client_metrics.get(rnd, []) if "work_s" in m]
+    evals = [float(m["eval_s"]) for m in strategy.eval_metrics.get(rnd, []) if "eval_s" in m]
+    engine = None
+    if work:
+        engine = max(0.0, train_phase - max(work))
+        engine += max(0.0, eval_phase - max(evals)) if evals else eval_phase
+    return {
+        "eval_phase_s": eval_phase,
+        "engine_s": engine,
+        "server_s": max(0.0, round_s - train_phase - eval_phase),
+    }
 
 
 def _plot(rd: RunDir, cfg: ExperimentConfig, title: str, task: Task) -> None:

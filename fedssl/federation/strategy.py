@@ -207,6 +207,7 @@ class MergeStrategy(FedAvg):
         rnd = server_round + self.round_offset
         if not self.is_eval_round(rnd):
             return []
+        self._t_eval = time.perf_counter()
         return super().configure_evaluate(rnd, arrays, config, grid)
 
     def aggregate_evaluate(
@@ -215,6 +216,8 @@ class MergeStrategy(FedAvg):
         """Keep each client's evaluation metrics; return their weighted mean (Flower's)."""
         rnd = server_round + self.round_offset
         replies = list(replies)
+        if replies and getattr(self, "_t_eval", None) is not None:
+            self.round_info.setdefault(rnd, {})["eval_phase_s"] = time.perf_counter() - self._t_eval
         valid, errors = self._check_and_log_replies(replies, is_train=False)
         for m in errors:
             log.warning(

@@ -20,9 +20,11 @@ from torch.utils.data import Dataset as TorchDataset
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
-from fedssl.data.client_images import ImageDataset, client_task, subsample, task_in_chans
+from fedssl.data.cache import Batches, cached_images
+from fedssl.data.client_images import ImageDataset, client_task, task_in_chans
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
 from fedssl.methods.knn import extract_features, knn_predictions, top1, with_own_statistics
+from fedssl.methods.monitor import Normalized, monitor_images, monitor_indices
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod, recipe
 from fedssl.methods.ssl.batch_views import BatchViews
@@ -32,6 +34,7 @@ __all__ = [
     "model_in_chans",
     "method_settings",
     "build_ssl",
+    "views_mode",
     "VIEW_KEYS",
     "BATCHED_VIEW_KEYS",
     "view_settings",
@@ -42,6 +45,7 @@ __all__ = [
     "local_layer_keys",
     "views_dataset",
     "views_loader",
+    "training_batches",
     "monitor_sets",
     "statistics_images",
     "backbone_knn",
@@ -158,6 +162,15 @@ def build_ssl(cfg: ExperimentConfig, lr: float | None = None) -> SSLMethod:
     return module
 
 
+def views_mode(cfg: ExperimentConfig) -> str:
+    """Where the configured method's views are made: ``batched`` or ``lightly``
+    (``ssl.views: auto`` is batched wherever the method's views can be batched)."""
+    v = cfg.ssl.views
+    if v != "auto":
+        return v
+    return "batched" if method_class(cfg.ssl.method).BATCH_VIEWS is not None else "lightly"
+
+
 #: the ``ssl`` view settings a client may set differently (``ssl.client_views.<dataset>``)
 VIEW_KEYS = ("min_scale", "cj_prob", "cj_strength", "hf_prob", "rr_prob", "rr_degrees")
 #: view settings only batched views have (``ssl.views: batched``)
@@ -208,13 +221,14 @@ def view_settings(cfg: ExperimentConfig, partition_id: int | None = None) -> dic
             f"{where}: crop_ratio={v['crop_ratio']} must be >= 1 (aspect ratios are drawn from "
             "[1 / crop_ratio, crop_ratio]; 1 keeps the image's)"
         )
-    if not math.isclose(v["crop_ratio"], 4 / 3) and s.views != "batched":
+    batched = views_mode(cfg) == "batched"
+    if not math.isclose(v["crop_ratio"], 4 / 3) and not batched:
         raise ValueError(
             f"{where}: crop_ratio={v['crop_ratio']} needs ssl.views=batched "
             "(lightly's crops draw aspect ratios from torchvision's 3/4-4/3)"
         )
     if v["elastic_prob"] > 0:
-        if s.views != "batched":
+        if not batched:
             raise ValueError(
                 f"{where}: elastic_prob={v['elastic_prob']} needs ssl.views=batched "
                 "(lightly's transforms have no elastic distortion)"
@@ -336,10 +350,10 @@ def batch_views(cfg: ExperimentConfig) -> BatchViews | None:
     Raises:
         ValueError: the method's views cannot be batched (DINO's crops of two sizes).
     """
-    if cfg.ssl.views == "lightly":
+    if views_mode(cfg) == "lightly":
         return None
     cls = method_class(cfg.ssl.method)
-    if cls.BATCH_VIEWS is None:
+    if cls.BATCH_VIEWS is None:  # asked for explicitly (auto falls back to lightly)
         raise ValueError(
             f"ssl.views=batched: {cls.name}'s views cannot be batched yet (crops of two sizes); "
             "use ssl.views=lightly"
@@ -371,7 +385,7 @@ def views_dataset(cfg: ExperimentConfig, partition_id: int) -> TorchDataset:
     the images resized and centre-cropped to ``model.image_size``."""
     task = client_task(cfg.data, partition_id)
     mode = pil_mode(model_in_chans(cfg))
-    if cfg.ssl.views == "lightly":
+    if views_mode(cfg) == "lightly":
         transform = views_transform(cfg, partition_id)
         return ImageDataset(task.train, task.unlabeled, transform, mode=mode)
     import torchvision.transforms as T
@@ -391,17 +405,50 @@ def views_loader(
     return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
 
 
+def training_batches(
+    cfg: ExperimentConfig, partition_id: int, seed: int, rt: runtime.Runtime | None = None
+) -> tuple[object, int]:
+    """What client ``partition_id`` trains on in one round, and how many images that is:
+    with batched views and the image cache (``data.cache`` not ``off``), shuffled
+    ``(uint8 images, partition_id)`` batches drawn on index tensors from the cached unlabeled
+    images (decoded once per process, on the training device when they fit); otherwise the
+    loader of :func:`views_dataset`. The last partial batch is dropped either way."""
+    rt = rt or runtime.resolve(cfg)
+    if views_mode(cfg) == "batched" and cfg.data.cache != "off":
+        task = client_task(cfg.data, partition_id)
+        images = cached_images(
+            task.train,
+            task.unlabeled,
+            cfg.model.image_size,
+            model_in_chans(cfg),
+            device=rt.device,
+            mode=cfg.data.cache,
+            share=cfg.data.cache_gpu_share,
+        )
+        b = Batches(images, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed,
+                    group=partition_id)  # fmt: skip
+        return b, len(images)
+    ds = views_dataset(cfg, partition_id)
+    return views_loader(cfg, ds, seed, rt), len(ds)
+
+
+def _indices(cfg: ExperimentConfig, partition_id: int):
+    s = cfg.ssl
+    task = client_task(cfg.data, partition_id)
+    idx = monitor_indices(
+        task, partition_id, cfg.data.seed, s.knn_bank, s.knn_queries, _check_bn_images(cfg)
+    )
+    return task, idx
+
+
 def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
     """The kNN monitor's sets: ``(task, runtime, bank, queries)``, the bank being the client's
     labeled part (at most ``ssl.knn_bank`` images) and the queries its test split (at most
-    ``ssl.knn_queries``), each a loader of evaluation-transformed ``(images, labels)`` batches.
-    Every baseline the monitor is compared with is scored on these same queries."""
-    task = client_task(cfg.data, partition_id)
-    s = cfg.ssl
+    ``ssl.knn_queries``), each a loader of evaluation-transformed ``(images, labels)`` batches
+    (:func:`~fedssl.methods.monitor.monitor_indices`). Every baseline the monitor is compared
+    with is scored on these same queries."""
+    task, (bank_idx, query_idx, _) = _indices(cfg, partition_id)
     tf = eval_transform(cfg.model.image_size, in_chans)
-    seed = cfg.data.seed * 1000 + partition_id
-    bank_idx = task.labeled[subsample(task.train.labels[task.labeled], s.knn_bank, seed)]
-    query_idx = subsample(task.test.labels, s.knn_queries, seed)
     mode = pil_mode(in_chans)
     rt = runtime.resolve(cfg)
 
@@ -422,14 +469,26 @@ def statistics_images(
     Raises:
         ValueError: a negative ``ssl.knn_bn_images``.
     """
-    task = client_task(cfg.data, partition_id)
-    own = np.concatenate([task.unlabeled, task.labeled])
-    n = _check_bn_images(cfg)
-    rng = np.random.default_rng(cfg.data.seed * 1000 + partition_id)
-    idx = np.sort(rng.permutation(own)[:n] if n > 0 else own)
+    task, (_, _, idx) = _indices(cfg, partition_id)
     tf = eval_transform(image_size or cfg.model.image_size, in_chans)
     ds = ImageDataset(task.train, idx, tf, pil_mode(in_chans))
     return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
+
+
+def _monitor_batches(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+    """``(task, runtime, bank, queries, statistics)`` batches of the monitor: from the image
+    cache (``data.cache`` not ``off``: decoded once per process) or per-image loaders."""
+    rt = runtime.resolve(cfg)
+    if cfg.data.cache == "off":
+        task, rt, bank, queries = monitor_sets(cfg, partition_id, in_chans)
+        return task, rt, bank, queries, lambda: statistics_images(cfg, partition_id, in_chans)
+    task, idx = _indices(cfg, partition_id)
+    d = cfg.data
+    sets = monitor_images(task, idx, cfg.model.image_size, in_chans, device=rt.device,
+                          cache=d.cache, share=d.cache_gpu_share)  # fmt: skip
+    n = cfg.train.eval_batch_size
+    bank, queries = Normalized(sets.bank, n), Normalized(sets.queries, n)
+    return task, rt, bank, queries, lambda: Normalized(sets.statistics, n)
 
 
 def backbone_predictions(
@@ -442,10 +501,10 @@ def backbone_predictions(
     weights' own (``merged``). ``module`` is never changed."""
     s = cfg.ssl
     chans = module.backbone_in_chans
-    task, rt, bank_batches, query_batches = monitor_sets(cfg, partition_id, chans)
+    task, rt, bank_batches, query_batches, statistics = _monitor_batches(cfg, partition_id, chans)
     backbone = module.backbone
     if s.knn_bn == "client":
-        backbone = with_own_statistics(backbone, statistics_images(cfg, partition_id, chans), rt)
+        backbone = with_own_statistics(backbone, statistics(), rt)
     bank, bank_y = extract_features(backbone, bank_batches, rt)
     queries, query_y = extract_features(backbone, query_batches, rt)
     pred = knn_predictions(bank, bank_y, queries, task.num_classes, s.knn_k, s.knn_t)
@@ -466,15 +525,15 @@ def pixels_predictions(
     similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
     normalised pixels (so no scaling choice weakens it)."""
     s, chans = cfg.ssl, model_in_chans(cfg)
-    task, _, bank_batches, query_batches = monitor_sets(cfg, partition_id, chans)
+    task, _, bank_batches, query_batches, _ = _monitor_batches(cfg, partition_id, chans)
     norm = normalize(chans)
     mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
 
     def pixels(batches):
         x, y = zip(*batches, strict=True)
-        x = torch.cat(x)
-        return x, x * std + mean, torch.cat(y)  # normalised, [0, 1], labels
+        x, y = torch.cat(x).float().cpu(), torch.cat(y).cpu()
+        return x, x * std + mean, y  # normalised, [0, 1], labels
 
     bank_n, bank_01, bank_y = pixels(bank_batches)
     query_n, query_01, query_y = pixels(query_batches)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from fedssl.config import load_config
 from fedssl.data.client_images import client_task
-from fedssl.experiments.pretrain import summary
+from fedssl.experiments.pretrain import summary, time_breakdown, time_line
 from fedssl.federation import pretraining
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
@@ -138,6 +138,16 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
     with safe_open(str(state_file), framework="pt") as f:
         meta2 = f.metadata()
     assert meta2["round"] == "2" and float(meta2["fedema_lambda"]) == lam  # calibrated once
+    for r in rows:  # each round's breakdown adds up to its wall time
+        for c in (0, 1):
+            parts = r[f"data_s_c{c}"] + r[f"train_s_c{c}"] + r[f"other_s_c{c}"]
+            assert parts == pytest.approx(r[f"work_s_c{c}"], rel=1e-6)
+            assert 0 < r[f"train_s_c{c}"] < r[f"work_s_c{c}"] and r[f"eval_s_c{c}"] > 0
+        b = time_breakdown([r], 2)
+        parts = sum(b[k] for k in ("steps", "data", "other", "eval", "engine", "server"))
+        assert parts == pytest.approx(r["round_s"], rel=0.02)
+        assert 0 <= b["engine"] < r["round_s"] and b["steps"] > 0
+    assert "time per round" in time_line(time_breakdown(rows, 2))
 
 
 def test_paper_config_runs_one_step_on_fixture_data(tiny_flowers, tiny_intel, tmp_path):
@@ -182,6 +192,29 @@ def test_a_round_gives_the_same_weights_whatever_ran_before_it(tiny_pretrain, tm
     assert all(torch.equal(first[k], again[k]) for k in first)
     other, _ = pretraining.local_train(cfg, 1, start, 3)  # another round: other draws
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_round_on_the_image_cache_trains_as_the_loader_path(tiny_pretrain, tmp_path):
+    """Batched views from the cache (``data.cache: auto``) and from per-image loaders
+    (``off``) draw the same batches and views with the same seed: the same loss and weights."""
+    from fedssl.data import cache
+
+    got = {}
+    for mode in ("off", "auto", "host"):
+        cache.clear()
+        cfg = load_config(
+            "configs/pretrain/default.yaml",
+            [*tiny_pretrain(tmp_path, f"c-{mode}"), "ssl.views=batched", f"data.cache={mode}",
+             "train.local_steps=4", "train.batch_size=64"],
+        )  # fmt: skip
+        start = pretraining.initial_state(cfg)
+        got[mode] = pretraining.local_train(cfg, 1, start, 2)
+    (w_off, m_off), (w_auto, m_auto), (w_host, _) = got["off"], got["auto"], got["host"]
+    assert m_auto["steps"] == m_off["steps"] == 4
+    assert m_auto["num-examples"] == m_off["num-examples"]
+    assert m_auto["train_loss"] == pytest.approx(m_off["train_loss"], rel=1e-5)
+    assert all(torch.allclose(w_auto[k], w_off[k], atol=1e-5) for k in w_off)
+    assert all(torch.equal(w_auto[k], w_host[k]) for k in w_off)  # one memory on a CPU
 
 
 @pytest.mark.slow

@@ -151,7 +151,12 @@ def test_the_config_picks_the_views_and_refuses_what_cannot_be_batched(tiny_pret
     assert module.view_maker.per_view == [{"blur": 1.0, "solarize": 0.0}] * 2
     byol = build_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.method=byol"]))
     assert byol.view_maker.per_view[1] == {"blur": 0.1, "solarize": 0.2}  # BYOL's second view
-    assert build_ssl(load_config("configs/pretrain/default.yaml", over)).view_maker is None
+    # auto (the default): batched wherever the method's views can be, lightly's for DINO
+    assert isinstance(build_ssl(load_config("configs/pretrain/default.yaml", over)).view_maker,
+                      BatchViews)  # fmt: skip
+    lightly = load_config("configs/pretrain/default.yaml", [*over, "ssl.views=lightly"])
+    assert build_ssl(lightly).view_maker is None
+    assert build_ssl(load_config(None, [*over, "ssl.method=dino"])).view_maker is None
     with pytest.raises(ValueError, match="dino's views cannot be batched"):
         check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.method=dino"]))
     with pytest.raises(ValueError, match="ssl.views"):
@@ -171,7 +176,8 @@ def test_a_round_with_batched_views_trains_and_repeats_bit_for_bit(tiny_pretrain
     again, _ = pretraining.local_train(cfg, 1, start, 2)
     assert all(torch.equal(first[k], again[k]) for k in first)
     lightly = load_config(
-        "configs/pretrain/default.yaml", [*tiny_pretrain(tmp_path, "lv"), "train.local_steps=2"]
+        "configs/pretrain/default.yaml",
+        [*tiny_pretrain(tmp_path, "lv"), "ssl.views=lightly", "train.local_steps=2"],
     )
     other, _ = pretraining.local_train(lightly, 1, start, 2)
     assert not all(torch.equal(first[k], other[k]) for k in first)
@@ -197,7 +203,7 @@ def test_elastic_distortion_moves_strokes_keeps_flat_areas_and_needs_batched_vie
     assert torch.allclose(flat[..., 8:-8, 8:-8], torch.ones(8, 1, 12, 12), atol=1e-5)
     over = tiny_pretrain(tmp_path, "el")
     with pytest.raises(ValueError, match="elastic_prob=0.5 needs ssl.views=batched"):
-        check_ssl(load_config(None, [*over, "ssl.elastic_prob=0.5"]))
+        check_ssl(load_config(None, [*over, "ssl.views=lightly", "ssl.elastic_prob=0.5"]))
     with pytest.raises(ValueError, match="elastic_sigma > 0"):
         check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5",
                                      "ssl.elastic_sigma=0"]))  # fmt: skip
@@ -229,7 +235,7 @@ def test_crop_ratio_bounds_each_clients_crop_aspect_and_needs_batched_views(
     assert default.min() < 0.8 and default.max() > 1.25  # the whole range is used
     over = [*tiny_pretrain(tmp_path, "cr"), "ssl.client_views.fashion_mnist.crop_ratio=1.0"]
     with pytest.raises(ValueError, match="crop_ratio=1.0 needs ssl.views=batched"):
-        check_ssl(load_config(None, over))
+        check_ssl(load_config(None, [*over, "ssl.views=lightly"]))
     with pytest.raises(ValueError, match="crop_ratio=0.5 must be >= 1"):
         check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.crop_ratio=0.5"]))
     cfg = load_config(None, [*over, "ssl.views=batched"])
