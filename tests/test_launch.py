@@ -1,7 +1,12 @@
 """launch/merge.py and launch/pretrain.py: bad input gets a clear error and exit code 2, before
 anything runs."""
 
+import os
+from pathlib import Path
+
 import pytest
+
+from fedssl.runs import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +179,34 @@ def test_pretrain_overwrite_moves_the_earlier_run_aside(pretrain, tmp_path, monk
     assert pretrain.main(argv) == 0 and started
     (kept,) = runs.glob("pretrain-default.replaced-*")
     assert (kept / "state.json").read_text() == '{"round": 8}'
+
+
+def test_an_engine_that_cannot_start_exits_1_in_seconds_naming_the_cause(tiny_pretrain, tmp_path):
+    """Ray cannot start (its temporary folder cannot be made): the launcher used to print
+    "Simulation Runtime crashed" and then hang (its server thread waited for replies for
+    federation.timeout_s). Now: exit 1 within seconds, the cause in one line, and the run
+    directory holds no round and continues with --resume once the engine starts."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "RAY_TMPDIR": str(blocker / "ray"), "WANDB_MODE": "disabled"}
+    argv = [sys.executable, str(root / "launch" / "pretrain.py"), "--set",
+            *tiny_pretrain(tmp_path / "runs", "engine")]  # fmt: skip
+    t = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, cwd=root)
+    took = time.perf_counter() - t
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert took < 90  # start-up and Ray's failure; before: killed at 150 s
+    assert last.startswith("error: Flower's simulation engine (Ray) failed: NotADirectoryError")
+    run = tmp_path / "runs" / "engine"
+    assert str(run) in last and not (run / "checkpoints").exists()
+    del env["RAY_TMPDIR"]
+    proc = subprocess.run([*argv[:2], "--resume", str(run)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["round"] for r in RunDir(run).metrics()] == [1]

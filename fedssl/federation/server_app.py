@@ -10,6 +10,7 @@ config object instead.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
 from fedssl.federation.kinds import Task, get_task
 from fedssl.federation.records import from_record, to_record
-from fedssl.federation.strategy import FederationFailed, MergeStrategy, build_strategy
+from fedssl.federation.strategy import (
+    EngineFailed,
+    FederationFailed,
+    MergeStrategy,
+    build_strategy,
+)
 from fedssl.plots import plot_curves
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
-__all__ = ["app", "make_server_app", "run_server", "config_from_run_config"]
+__all__ = ["app", "make_server_app", "watch_grid", "run_server", "config_from_run_config"]
 
 log = logging.getLogger(__name__)
 VELOCITY_FILE = "server_momentum.safetensors"  # FedAvgM's momentum buffer, for --resume
@@ -210,6 +216,11 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     rd = RunDir(cfg.run_dir())
     start_round = 0
     velocity = moments = None
+    if resume and rd.state().get("checkpoint") is None and not rd.metrics():
+        # stopped before its first round ended (e.g. the engine could not start): nothing to
+        # continue, so it starts at round one in the same directory
+        print(f"[fedssl] {rd.path} holds no completed round: starting at round 1", flush=True)
+        resume = False
     if resume:
         start_round, state = rd.load_checkpoint()
         velocity = rd.load_tensors(VELOCITY_FILE)
@@ -269,10 +280,10 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         clock["t"] = now
         _keep_round(rd, cfg, task, strategy, tracker, rnd, sd, row)
         _stop_if_failing(rd, cfg, strategy, rnd)
+        print(_progress(cfg, task, row), flush=True)  # every round; scores on scored rounds
         if not strategy.is_eval_round(rnd):
             return None
         _plot(rd, cfg, f"{cfg.name}: {f.method}", task)
-        print(_progress(cfg, task, row), flush=True)
         head = row.get(task.headline)
         return MetricRecord({task.headline: head}) if head is not None else None
 
@@ -295,19 +306,48 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     return rd
 
 
-def make_server_app(cfg: ExperimentConfig | None = None, resume: bool = False) -> ServerApp:
-    """A ServerApp running ``cfg`` (or the run config's, when None)."""
+def watch_grid(grid: Grid, engine_down: threading.Event) -> Grid:
+    """Make ``grid`` raise :class:`EngineFailed` once ``engine_down`` is set: its waits for
+    nodes and replies poll ``get_node_ids`` and ``pull_messages``, so a server waiting on an
+    engine that has died stops within one poll instead of at ``federation.timeout_s``."""
+    for name in ("get_node_ids", "push_messages", "pull_messages"):
+        real = getattr(grid, name)
+
+        def watched(*args, _real=real, **kwargs):
+            if engine_down.is_set():
+                raise EngineFailed("the engine stopped; the server stops waiting for replies")
+            return _real(*args, **kwargs)
+
+        setattr(grid, name, watched)  # the instance's: the grid's own loops call these
+    return grid
+
+
+def make_server_app(
+    cfg: ExperimentConfig | None = None,
+    resume: bool = False,
+    engine_down: threading.Event | None = None,
+    finished: threading.Event | None = None,
+) -> ServerApp:
+    """A ServerApp running ``cfg`` (or the run config's, when None). With ``engine_down``,
+    the server stops (:class:`EngineFailed`) once it is set (:func:`watch_grid`);
+    ``finished`` is set when the server's main returns or raises."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg = cfg  # given: the simulation launcher checked it before starting
-        if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
-            from fedssl.federation.simulation import check_ssl_section
+        try:
+            if engine_down is not None:
+                watch_grid(grid, engine_down)
+            run_cfg = cfg  # given: the simulation launcher checked it before starting
+            if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
+                from fedssl.federation.simulation import check_ssl_section
 
-            run_cfg = config_from_run_config(context.run_config)
-            check_ssl_section(run_cfg)
-        run_server(grid, run_cfg, resume)
+                run_cfg = config_from_run_config(context.run_config)
+                check_ssl_section(run_cfg)
+            run_server(grid, run_cfg, resume)
+        finally:
+            if finished is not None:
+                finished.set()
 
     return server
 

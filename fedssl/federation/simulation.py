@@ -10,19 +10,23 @@ under ``flwr run .`` (``tests/federation/test_flwr_run.py``), so the day Flower 
 
 Everything that can be refused is checked by :func:`preflight` before Ray starts: the runtime
 (device, precision, workers), Ray's client resources against this machine, the backbone name.
+An engine that cannot start or dies raises :class:`~fedssl.federation.strategy.EngineFailed`
+within seconds, its cause in one line, and the server thread stops with it (never a hang).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import traceback
 import warnings
 from contextlib import contextmanager
 
 from fedssl import runtime
 from fedssl.config import ConfigError, ExperimentConfig
 
-__all__ = ["simulate", "preflight", "num_clients", "check_model"]
+__all__ = ["simulate", "preflight", "num_clients", "check_model", "engine_cause"]
 
 
 def num_clients(cfg: ExperimentConfig) -> int:
@@ -117,6 +121,8 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
         ConfigError: from :func:`preflight`, before Ray starts.
         fedssl.federation.strategy.FederationFailed: no usable reply for
             ``federation.max_failed_rounds`` consecutive rounds.
+        fedssl.federation.strategy.EngineFailed: the engine could not start or stopped (the
+            message names the cause).
     """
     backend_config = preflight(cfg)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -126,14 +132,48 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
 
     from fedssl.federation.client_app import app as client_app
     from fedssl.federation.server_app import make_server_app
+    from fedssl.federation.strategy import EngineFailed
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    engine_down, server_done = threading.Event(), threading.Event()
+    server_app = make_server_app(cfg, resume, engine_down=engine_down, finished=server_done)
     with _deprecations_handled():
-        run_simulation(
-            server_app=make_server_app(cfg, resume),
-            client_app=client_app,
-            num_supernodes=num_clients(cfg),
-            backend_config=backend_config,
-            verbose_logging=verbose,
-        )
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients(cfg),
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
+        except Exception as err:
+            cause = engine_cause(err)
+            if cause is None:
+                raise  # the server's own (FederationFailed, a bad reply, ...)
+            engine_down.set()  # the server thread's next poll of the grid raises
+            server_done.wait(timeout=30)
+            raise EngineFailed(
+                f"Flower's simulation engine (Ray) failed: {cause}. The run directory "
+                f"{cfg.run_dir()} keeps every finished round (--resume continues it)"
+            ) from err
+
+
+def engine_cause(err: BaseException) -> str | None:
+    """``"<type>: <message>"`` of the first error behind ``err`` when ``err`` came from Flower's
+    simulation runtime (the engine: Ray's backend, its actors), else None."""
+    chain, seen = [], set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    from_engine = any(
+        "flwr/server/superlink/fleet/vce" in f.filename.replace(os.sep, "/")
+        for x in chain
+        for f in traceback.extract_tb(x.__traceback__)[-1:]
+    )
+    if not from_engine:
+        return None
+    root = chain[-1]
+    return f"{type(root).__name__}: {' '.join(str(root).split())}"

@@ -23,6 +23,7 @@ from fedssl.federation.records import from_record, num_bytes, to_record
 __all__ = [
     "MergeStrategy",
     "FederationFailed",
+    "EngineFailed",
     "merge_contents",
     "build_strategy",
     "SERVER_OPTIMIZERS",
@@ -68,6 +69,11 @@ def merge_contents(
 
 class FederationFailed(RuntimeError):
     """Too many consecutive rounds ended without enough usable client replies to merge."""
+
+
+class EngineFailed(FederationFailed):
+    """The engine that carries the messages (Flower's simulation runtime, Ray) could not start
+    or stopped; the message names the cause in one line."""
 
 
 def _non_finite_key(content: RecordDict) -> str | None:
