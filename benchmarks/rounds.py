@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "pretrain" / "default.yaml"
 PAGE = ROOT / "docs" / "results" / "rounds.md"
 BACKBONES = ("sresnet10_w16", "sresnet10_w4")
-#: the targets of issue 34: round <= this many times the pure compute
+#: the targets per backbone: a default round <= this many times its pure compute
 TARGETS = {"sresnet10_w16": 1.2, "sresnet10_w4": 1.3}
 WAYS = {
     "before": ["ssl.views=lightly", "data.cache=off", "federation.eval_every=1"],

@@ -102,13 +102,11 @@ def time_breakdown(rows: Sequence[Mapping[str, Any]], clients: int) -> dict[str,
     def mean(fn):
         return sum(fn(r) for r in later) / len(later)
 
-    def part(col):  # the client whose train message took longest
-        def get(r):
-            works = [(float(r.get(f"work_s_c{c}") or 0), c) for c in range(clients)]
-            c = max(works)[1]
-            return float(r.get(f"{col}_c{c}") or 0.0)
+    def part(col):  # of the client whose train message took longest
+        def busiest(r):
+            return max(range(clients), key=lambda c: float(r.get(f"work_s_c{c}") or 0.0))
 
-        return get
+        return lambda r: float(r.get(f"{col}_c{busiest(r)}") or 0.0)
 
     return {
         "round": mean(lambda r: float(r["round_s"])),
