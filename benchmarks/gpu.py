@@ -1,4 +1,4 @@
-"""GPU check of the paper's stage one (issue 15): run it first thing on a GPU machine.
+"""GPU check of the paper's stage one: run it first thing on a GPU machine.
 
     python benchmarks/gpu.py                        # one CUDA GPU, about 5 minutes
     python benchmarks/gpu.py --device cpu --tiny    # dry run of every step on the CPU (tests)
@@ -18,7 +18,9 @@ Side by side in one process, it measures:
    client at their usual sizes): round time against the slowest client's training time, and
    from these the estimated wall time of the paper's 100 rounds on the real data sizes.
 
-It writes ``docs/results/gpu.md`` (``--out``) with the device, versions and this command.
+It writes ``docs/results/gpu.md`` (``--out``) with the device, versions and this command, after
+each section as soon as it is measured: a later failure keeps the earlier sections, names the
+section that failed and exits 1.
 Without CUDA (and without ``--device cpu``) it says so and exits 0.
 """
 
@@ -409,7 +411,7 @@ def _f(x, fmt=".1f") -> str:
 def render(res: dict) -> str:
     s = res["settings"]
     lines = [
-        "# GPU check: the paper's stage one on one GPU (issue 15)",
+        "# GPU check: the paper's stage one on one GPU",
         "",
         f"Command: `{res['command']}` ({res['date']}). Device: **{res['device']}**. "
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items())
@@ -419,6 +421,8 @@ def render(res: dict) -> str:
     if res.get("dry_run"):
         lines += ["**Dry run on the CPU with a tiny model: these figures say nothing about GPUs.**",
                   ""]  # fmt: skip
+    if "steps" not in res:
+        return _ending(lines, res)
     lines += [
         f"## Training step: SimCLR {s['backbone']}, {s['image_size']} px, batch {s['batch']}",
         "",
@@ -441,6 +445,8 @@ def render(res: dict) -> str:
             f"| {r['ratio']:.3f} | {r['speedup_vs_fp32']:.2f}x | {_f(r['fedssl_peak_gib'])} | "
             f"{_f(r['plain_peak_gib'])} |"
         )
+    if "pipeline" not in res:
+        return _ending(lines, res)
     best = res["steps"][-1]["fedssl_images_per_s"]
     lines += ["", "## Input pipeline (JPEG decode + SimCLR views)", "",
               "`lightly`: lightly's PIL views in the loader's workers; `batched` "
@@ -452,6 +458,8 @@ def render(res: dict) -> str:
         ok = "yes" if p["images_per_s"] >= best else "**no**"
         lines.append(f"| {p['client']} | {p.get('views', 'lightly')} | {p['images']} | "
                      f"{p['workers']} | {p['images_per_s']:.0f} | {best:.0f} | {ok} |")  # fmt: skip
+    if "federated" not in res:
+        return _ending(lines, res)
     fed = res["federated"]
     lines += ["", "## Federated rounds: two clients sharing the GPU (0.5 each)", "",
               f"`paper.yaml`'s model and runtime, generated JPEG data in the Flowers102 / Intel "
@@ -468,6 +476,8 @@ def render(res: dict) -> str:
             + " / ".join(f"{x:.0f}" for x in r["images_per_s"])
             + f" | {r['ratio']:.2f}x |"
         )
+    if "estimate" not in res:
+        return _ending(lines, res)
     est = res["estimate"]
     lines += ["", "## Estimated wall time of paper.yaml (100 rounds, real data sizes)", "",
               f"Unlabeled images per client {est['real_unlabeled']}: training "
@@ -476,6 +486,17 @@ def render(res: dict) -> str:
               f"{est['eval_round_s']:.1f} s every 5th round: **{est['minutes_100_rounds']:.1f} "
               "min** (aim: under 30 min on one H200-class GPU). An extrapolation from the "
               "generated data's warm round, not a measured run.", ""]  # fmt: skip
+    return _ending(lines, res)
+
+
+def _ending(lines: list[str], res: dict) -> str:
+    """The page so far, and which section failed or is still to come."""
+    if res.get("failed"):
+        f = res["failed"]
+        lines += ["", f"**Section `{f['section']}` failed: {f['error']}.** The sections above "
+                  "were measured before it; the ones after it were not run.", ""]  # fmt: skip
+    elif "estimate" not in res:
+        lines += ["", "*Measuring: the sections below this line are still to come.*", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -503,20 +524,42 @@ def main(argv=None) -> int:
         "settings": s,
     }
     torch.set_num_threads(max(1, s["threads"]))
-    res["steps"] = training_steps(s, device)
-    free(device)
     n_test = max(10, s["images"] // 5)
-    roots = {
-        "flower102": make_flowers(work / "flowers", s["images"], n_test, s["flower_px"]),
-        "intel_scene": make_intel(work / "intel", s["images"], n_test, s["intel_px"]),
-    }
-    print(f"[gpu] generated {2 * (s['images'] + n_test)} JPEGs under {work}", flush=True)
-    cfg = paper_config(s, work, device, roots, rounds=3)
-    res["pipeline"] = input_pipeline(cfg, device)
-    res["federated"] = federated_rounds(cfg)
-    res["estimate"] = estimate_paper_run(res["federated"], cfg, s["images"], n_test)
-    res["wall_s"] = time.perf_counter() - t_all
-    out = harness.write_results(args.out, res, render)
+    state: dict = {}
+
+    def pipeline():
+        roots = {
+            "flower102": make_flowers(work / "flowers", s["images"], n_test, s["flower_px"]),
+            "intel_scene": make_intel(work / "intel", s["images"], n_test, s["intel_px"]),
+        }
+        print(f"[gpu] generated {2 * (s['images'] + n_test)} JPEGs under {work}", flush=True)
+        state["cfg"] = paper_config(s, work, device, roots, rounds=3)
+        return input_pipeline(state["cfg"], device)
+
+    sections = [  # each written as soon as it is measured
+        ("steps", lambda: training_steps(s, device)),
+        ("pipeline", pipeline),
+        ("federated", lambda: federated_rounds(state["cfg"])),
+        ("estimate", lambda: estimate_paper_run(res["federated"], state["cfg"], s["images"],
+                                                n_test)),
+    ]  # fmt: skip
+    out = Path(args.out)
+    for name, measure in sections:
+        try:
+            res[name] = measure()
+        except Exception as err:  # keep what was measured, say what failed
+            res["failed"] = {"section": name, "error": f"{type(err).__name__}: {err}"}
+            res["wall_s"] = time.perf_counter() - t_all
+            harness.write_results(out, res, render)
+            print(f"[gpu] section {name!r} failed ({res['failed']['error']}); {out} keeps "
+                  "the sections before it", file=sys.stderr)  # fmt: skip
+            return 1
+        free(device)
+        res["wall_s"] = time.perf_counter() - t_all
+        harness.write_results(out, {**res, "load_at_end": None}, render)
+        print(f"[gpu] {name}: written to {out}", flush=True)
+    res.pop("load_at_end", None)
+    harness.write_results(out, res, render)
     print(f"[gpu] wrote {out} in {res['wall_s']:.0f}s")
     return 0
 

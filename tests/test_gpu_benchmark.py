@@ -47,3 +47,24 @@ def test_cpu_dry_run_runs_every_step_and_writes_the_page(gpu_bench, tmp_path, mo
     assert rounds[-1]["knn_acc_mean"] is not None and rounds[0]["knn_acc_mean"] is None
     assert res["estimate"]["minutes_100_rounds"] > 0
     assert res["estimate"]["real_unlabeled"] == [1530, 10525]
+
+
+def test_a_failing_section_keeps_the_sections_measured_before_it(gpu_bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def engine_down(cfg):
+        raise RuntimeError("the engine did not start")
+
+    monkeypatch.setattr(gpu_bench, "federated_rounds", engine_down)
+    out = tmp_path / "gpu.md"
+    argv = ["--device", "cpu", "--tiny", "--out", str(out), "--work-dir", str(tmp_path / "w")]
+    assert gpu_bench.main(argv) == 1
+    res = json.loads(out.with_suffix(".json").read_text())
+    page = out.read_text()
+    error = "RuntimeError: the engine did not start"
+    assert res["failed"] == {"section": "federated", "error": error}
+    assert len(res["steps"]) == 3 and len(res["pipeline"]) == 4  # measured before it: kept
+    assert "federated" not in res and "estimate" not in res
+    assert "## Training step" in page and "## Input pipeline" in page
+    assert f"Section `federated` failed: {error}" in page
+    assert "## Federated rounds" not in page

@@ -132,6 +132,47 @@ def time_line(b: Mapping[str, float]) -> str:
             f"{b['round']:.2f}s = " + ", ".join(parts))  # fmt: skip
 
 
+def data_path_line(cfg: ExperimentConfig, rt=None) -> str:
+    """Where stage one's views are made and where each client's images are kept, in one line
+    (what ``ssl.views`` and ``data.cache`` resolve to on this machine)."""
+    from fedssl import runtime
+    from fedssl.methods.pretrain import views_mode
+
+    views, mode = views_mode(cfg), cfg.data.cache
+    src = f"ssl.views={cfg.ssl.views}" if cfg.ssl.views != views else "ssl.views"
+    line = f"[fedssl] data path: {views} views ({src})"
+    if views != "batched" or mode == "off":
+        why = "data.cache=off" if mode == "off" else "lightly's views need PIL images"
+        return line + f"; images loaded per batch by a DataLoader ({why})"
+    rt = rt or runtime.resolve(cfg)
+    if rt.device.type != "cuda" or mode == "host":
+        where = "host memory" + (" (the training device is the CPU)" if mode == "auto" else "")
+        if rt.device.type == "cuda":
+            where = "pinned host memory (data.cache=host)"
+    elif mode == "device":
+        where = f"{rt.device} (data.cache=device)"
+    else:
+        share = cfg.data.cache_gpu_share
+        where = (
+            f"{rt.device} where a client's images fit data.cache_gpu_share={share:g} of its "
+            "free memory, else pinned host memory"
+        )
+    return line + f"; each client's images decoded once per process, kept in {where}"
+
+
+def cache_line(rows: list[Mapping], clients: int) -> str:
+    """Where the last round's images were: each client's cache size and place (``cache_mib``,
+    ``cache_on_device``); empty without the cache."""
+    parts = []
+    for c in range(clients):
+        row = next((r for r in reversed(rows) if r.get(f"cache_mib_c{c}") is not None), None)
+        if row is None:
+            continue
+        where = "on the GPU" if float(row[f"cache_on_device_c{c}"] or 0) else "in host memory"
+        parts.append(f"client {c} {float(row[f'cache_mib_c{c}']):.1f} MiB {where}")
+    return "[fedssl] image cache: " + ", ".join(parts) if parts else ""
+
+
 def check_data(cfg: ExperimentConfig) -> list[str]:
     """Load every client's split up front (the simulation runs all clients on this machine), so
     missing data fails here with the dataset's own how-to-get-it message. Returns summary lines.
@@ -209,13 +250,17 @@ def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verb
     )
     print("\n".join(data_lines), flush=True)
     print(runtime_line(cfg, comment=False), flush=True)
+    print(data_path_line(cfg), flush=True)
     t0 = time.perf_counter()
     simulate(cfg, resume=resume, verbose=verbose)
     rd = cfg.run_dir()
     print("\n".join(summary(cfg)))
     from fedssl.runs import RunDir
 
-    print(time_line(time_breakdown(RunDir(rd).metrics(), len(cfg.data.clients))))
+    rows, n = RunDir(rd).metrics(), len(cfg.data.clients)
+    print(time_line(time_breakdown(rows, n)))
+    if line := cache_line(rows, n):
+        print(line)
     print(f"[fedssl] done in {time.perf_counter() - t0:.0f}s")
     print(f"[fedssl] backbone:   {rd / 'backbone.safetensors'} (config: {rd / 'config.yaml'})")
     if cfg.ssl.local_layers:  # the file is the shared part; a head needs its client's layers

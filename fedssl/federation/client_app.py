@@ -7,6 +7,10 @@ YAML), so ``flwr run`` and the launch scripts behave the same; ``experiment`` pi
 config: ``partition-id`` (set by the simulation engine, or ``--node-config "partition-id=N"`` on a
 SuperNode) and optionally ``data-root`` (where this node keeps its data).
 
+On a SuperNode, ``worker`` in the node config (the path of a site worker's socket,
+:mod:`fedssl.federation.site_worker`) has this process relay each message to that long-lived
+process instead of importing torch and building the client's data itself; the answer is the same.
+
 Fault injection, for testing a federation's resilience: ``FEDSSL_INJECT_FAULT`` set to
 ``<partition-id>:raise[:<round>]`` makes that client's training raise (in every round, or only in
 ``<round>``), and ``<partition-id>:hang:<seconds>[:<round>]`` makes it sleep that long first
@@ -23,37 +27,38 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedssl.config import ConfigError, ExperimentConfig, from_dict
-from fedssl.federation.records import from_record, to_record
 
-__all__ = ["app", "CONFIG_KEY", "config_from_message", "partition_id"]
+__all__ = ["app", "CONFIG_KEY", "config_from_message", "handle", "partition_id"]
 
 CONFIG_KEY = "fedssl.config"
 
 app = ClientApp()
 
 
-def config_from_message(msg: Message) -> ExperimentConfig:
-    """The experiment config sent by the server with a train message."""
-    cfg_record = msg.content.config_records.get("config")
+def config_from_message(msg: Message | RecordDict) -> ExperimentConfig:
+    """The experiment config sent by the server with a train message (or its content)."""
+    content = msg.content if isinstance(msg, Message) else msg
+    cfg_record = content.config_records.get("config")
     if cfg_record is None or CONFIG_KEY not in cfg_record:
         raise ConfigError(f"train message carries no {CONFIG_KEY!r}; is the ServerApp fedssl's?")
     return from_dict(ExperimentConfig, yaml.safe_load(str(cfg_record[CONFIG_KEY])))
 
 
-def partition_id(context: Context) -> int:
-    """This node's ``partition-id`` from its node config."""
-    if "partition-id" not in context.node_config:
+def partition_id(context: Context | dict) -> int:
+    """This node's ``partition-id`` from its node config (or the node config itself)."""
+    node_config = context.node_config if isinstance(context, Context) else context
+    if "partition-id" not in node_config:
         raise ConfigError(
             "node config has no 'partition-id'; start the SuperNode with "
             '--node-config "partition-id=N"'
         )
-    return int(context.node_config["partition-id"])
+    return int(node_config["partition-id"])
 
 
-def _config(msg: Message, context: Context) -> ExperimentConfig:
-    cfg = config_from_message(msg)
-    if "data-root" in context.node_config:
-        cfg.data.root = str(context.node_config["data-root"])
+def _config(content: RecordDict, node_config: dict) -> ExperimentConfig:
+    cfg = config_from_message(content)
+    if "data-root" in node_config:
+        cfg.data.root = str(node_config["data-root"])
     return cfg
 
 
@@ -88,32 +93,49 @@ def inject_fault(pid: int, server_round: int, spec: str | None = None) -> None:
             raise RuntimeError(f"injected failure (FEDSSL_INJECT_FAULT) in round {server_round}")
 
 
+def handle(kind: str, content: RecordDict, node_config: dict, store: RecordDict) -> RecordDict:
+    """The reply's content to a ``train`` or ``evaluate`` message's ``content``, computed in
+    this process; ``store`` is the node's persistent state (updated in place)."""
+    from fedssl.federation.kinds import get_task
+    from fedssl.federation.records import from_record, to_record
+
+    cfg = _config(content, node_config)
+    pid = partition_id(node_config)
+    arrays = from_record(content["arrays"])
+    if kind == "train":
+        server_round = int(content["config"]["server-round"])
+        inject_fault(pid, server_round)
+        state, metrics = get_task(cfg).train(cfg, pid, arrays, server_round, store=store)
+        return RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
+    if kind == "evaluate":
+        metrics = get_task(cfg).evaluate(cfg, pid, arrays, store=store)
+        return RecordDict({"metrics": MetricRecord(metrics)})
+    raise ValueError(f"unknown message kind {kind!r}")
+
+
+def _reply(kind: str, msg: Message, context: Context) -> Message:
+    worker = context.node_config.get("worker")
+    if not worker:
+        return Message(
+            content=handle(kind, msg.content, context.node_config, context.state), reply_to=msg
+        )
+    from fedssl.federation.site_worker import ask
+
+    content, state = ask(str(worker), kind, msg.content, dict(context.node_config), context.state)
+    for k in [k for k in context.state if k not in state]:
+        del context.state[k]
+    for k, v in state.items():
+        context.state[k] = v
+    return Message(content=content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; replies with new weights and metrics."""
-    cfg = _config(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
-    inject_fault(partition_id(context), server_round)
-    from fedssl.federation.kinds import get_task
-
-    state, metrics = get_task(cfg).train(
-        cfg,
-        partition_id(context),
-        from_record(msg.content["arrays"]),
-        server_round,
-        store=context.state,
-    )
-    content = RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    return _reply("train", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received (merged) weights on this node's own data; replies with metrics only."""
-    cfg = _config(msg, context)
-    from fedssl.federation.kinds import get_task
-
-    metrics = get_task(cfg).evaluate(
-        cfg, partition_id(context), from_record(msg.content["arrays"]), store=context.state
-    )
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return _reply("evaluate", msg, context)

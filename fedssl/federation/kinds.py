@@ -135,6 +135,8 @@ class PretrainTask(Task):
         "other_s",
         "work_s",
         "images_per_s",
+        "cache_mib",
+        "cache_on_device",
         "received_fingerprint",
         "knn_pixels",
         "knn_init",

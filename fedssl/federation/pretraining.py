@@ -22,6 +22,7 @@ import torch
 from fedssl import runtime
 from fedssl.aggregation import client as fedssl_update
 from fedssl.config import ExperimentConfig, round_lr
+from fedssl.data.cache import ImageTensors
 from fedssl.data.client_images import client_task
 from fedssl.federation.records import travelling_keys
 from fedssl.methods.pretrain import backbone_knn, build_ssl, local_layer_keys, training_batches
@@ -183,7 +184,8 @@ def local_train(
     ``train_loss`` (mean loss of the round), ``train_s`` (the training steps, views included),
     ``images_per_s``, ``steps``, the round's time outside the steps: ``data_s`` (the images and
     their batches; the first use in a process decodes them into the cache) and ``other_s``
-    (module, state, Trainer, client state file), ``work_s`` (all of it); with a client-side
+    (module, state, Trainer, client state file), ``work_s`` (all of it), ``cache_mib`` and
+    ``cache_on_device`` (:func:`cache_metrics`); with a client-side
     update also ``divergence`` and ``mu`` (FedEMA) or ``global_predictor`` (FedU).
     """
     start = time.perf_counter()
@@ -248,9 +250,22 @@ def local_train(
         "data_s": data_s,
         "other_s": max(0.0, work_s - data_s - train_s),
         "work_s": work_s,
+        **cache_metrics(batches),
         **update,
     }
     return new, metrics
+
+
+def cache_metrics(batches) -> dict[str, float]:
+    """Where the round's images came from: ``cache_mib`` (the cached images' size) and
+    ``cache_on_device`` (1: on the training GPU, 0: host memory); nothing without the cache."""
+    images = getattr(batches, "images", None)
+    if not isinstance(images, ImageTensors):
+        return {}
+    return {
+        "cache_mib": images.nbytes / 2**20,
+        "cache_on_device": float(images.where.startswith("device")),
+    }
 
 
 def local_evaluate(

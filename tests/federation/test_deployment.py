@@ -1,12 +1,15 @@
 """Stage one under Flower's deployment engine: a real SuperLink and two SuperNodes on 127.0.0.1
 (insecure mode), the project submitted with `flwr run`, one round of SimCLR with a tiny backbone.
-Each SuperNode names its partition and its own data folder in its node config."""
+Each SuperNode names its partition and its own data folder in its node config; site 1's
+ClientApp relays its messages to a site worker (launch/site_worker.py), site 0's computes them
+itself, so both paths run."""
 
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,9 +67,18 @@ def test_superlink_two_supernodes_flwr_run(tiny_fashion, tiny_pretrain, tmp_path
             )
         )  # fmt: skip
         wait_for("Uvicorn running", link_log, 60)
+        sock = Path(tempfile.mkdtemp(prefix="fw")) / "site1.sock"  # short: a socket's path limit
+        worker_log = tmp_path / "worker1.log"
+        procs.append(
+            start([sys.executable, str(ROOT / "launch" / "site_worker.py"), "--socket", str(sock)],
+                  worker_log, env)
+        )  # fmt: skip
+        wait_for("site worker on", worker_log, 60)
         for pid in (0, 1):
             log = tmp_path / f"supernode{pid}.log"
             node_config = f"partition-id={pid} data-root='{tiny_fashion}'"
+            if pid == 1:
+                node_config += f" worker='{sock}'"
             procs.append(
                 start(
                     [str(BIN / "flower-supernode"), "--insecure",
@@ -97,6 +109,13 @@ def test_superlink_two_supernodes_flwr_run(tiny_fashion, tiny_pretrain, tmp_path
         assert [r["round"] for r in rows] == [1], log[-3000:]
         assert rows[0]["clients"] == 2 and rows[0]["failures"] == 0
         assert 0.0 <= rows[0]["knn_acc_c0"] <= 1.0 and 0.0 <= rows[0]["knn_acc_c1"] <= 1.0
+        # the per-round time breakdown comes through the deployment engine too, from both paths
+        for col in ("train_s_c0", "train_s_c1", "data_s_c1", "other_s_c1", "engine_s", "server_s"):
+            assert float(rows[0][col]) >= 0.0, col
+        assert float(rows[0]["train_s_c1"]) > 0.0
+        # site 1's work was done by its worker: the relay answered train (and kNN) messages
+        wlog = worker_log.read_text()
+        assert "train round 1, partition 1" in wlog and "ok" in wlog, wlog[-2000:]
         _, meta = load_backbone(rd.path / "backbone.safetensors")
         assert meta["backbone"] == "test_resnet"
     finally:

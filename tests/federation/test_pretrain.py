@@ -1,6 +1,8 @@
 """Stage one end to end in Flower's simulation engine on tiny data: SimCLR rounds, the kNN
 monitor reported by every client, the exported backbone, what travels, and resume."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,13 @@ from safetensors.torch import load_file
 
 from fedssl.config import load_config
 from fedssl.data.client_images import client_task
-from fedssl.experiments.pretrain import summary, time_breakdown, time_line
+from fedssl.experiments.pretrain import (
+    cache_line,
+    data_path_line,
+    summary,
+    time_breakdown,
+    time_line,
+)
 from fedssl.federation import pretraining
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
@@ -215,6 +223,38 @@ def test_a_round_on_the_image_cache_trains_as_the_loader_path(tiny_pretrain, tmp
     assert m_auto["train_loss"] == pytest.approx(m_off["train_loss"], rel=1e-5)
     assert all(torch.allclose(w_auto[k], w_off[k], atol=1e-5) for k in w_off)
     assert all(torch.equal(w_auto[k], w_host[k]) for k in w_off)  # one memory on a CPU
+    # the metrics say where the images were: host memory on a CPU, 1 x 28 x 28 bytes each
+    assert "cache_mib" not in m_off
+    assert m_auto["cache_on_device"] == 0.0
+    assert m_auto["cache_mib"] == pytest.approx(m_auto["num-examples"] * 28 * 28 / 2**20)
+    rows = [{"round": 2, "cache_mib_c1": m_auto["cache_mib"], "cache_on_device_c1": 0.0}]
+    assert cache_line(rows, 2) == (
+        f"[fedssl] image cache: client 1 {m_auto['cache_mib']:.1f} MiB in host memory"
+    )
+    assert cache_line([{"round": 2, "train_s_c0": 1.0}], 2) == ""  # no cache, no line
+
+
+def test_the_data_path_line_says_where_views_are_made_and_images_kept(tiny_pretrain, tmp_path):
+    def line(*sets):
+        return data_path_line(load_config(ROOT_CONFIG, [*tiny_pretrain(tmp_path, "d"), *sets]))
+
+    assert line() == (  # the default on a CPU: auto resolves to batched views, host memory
+        "[fedssl] data path: batched views (ssl.views=auto); each client's images decoded "
+        "once per process, kept in host memory (the training device is the CPU)"
+    )
+    assert "loaded per batch by a DataLoader (lightly's views need PIL images)" in line(
+        "ssl.views=lightly"
+    )
+    assert line("ssl.method=dino").startswith("[fedssl] data path: lightly views (ssl.views=auto)")
+    assert line("data.cache=off").endswith("(data.cache=off)")
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))  # what auto says on a GPU machine
+    cfg = load_config(ROOT_CONFIG, tiny_pretrain(tmp_path, "g"))
+    assert data_path_line(cfg, gpu).endswith(
+        "kept in cuda:0 where a client's images fit data.cache_gpu_share=0.5 of its free "
+        "memory, else pinned host memory"
+    )
+    cfg.data.cache = "host"
+    assert data_path_line(cfg, gpu).endswith("pinned host memory (data.cache=host)")
 
 
 @pytest.mark.slow
