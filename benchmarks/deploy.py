@@ -23,7 +23,9 @@ breakdown), and each deployed way's round against the simulated one. It writes
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     p.add_argument("--out", default=str(PAGE), help="results page (default: %(default)s)")
+    p.add_argument("--render", metavar="JSON", help="only write the page from this JSON")
     a = p.parse_args(argv)
     if a.rounds < 2:
         p.error("--rounds must be at least 2 (the means start at round 2)")
@@ -182,6 +185,8 @@ def deployed(a, out: Path, workers: bool) -> tuple[Path, str]:
             time.sleep(0.5)
     finally:
         _stop(procs)
+        if not os.environ.get("FEDSSL_KEEP_DEPLOY"):
+            shutil.rmtree(d, ignore_errors=True)
     how = "SuperLink (TLS, SuperNode authentication) + 2 SuperNodes"
     if workers:
         how += " with `python launch/site_worker.py --socket S` each (node config `worker='S'`)"
@@ -234,7 +239,8 @@ def render(res: dict) -> str:
         "",
         f"`{res['command']}` ({res['date']}; {res['machine']}; load {res['load_at_start']} at "
         f"the start, {res.get('load_at_end')} at the end). The default stage-one config with "
-        f"`{' '.join(res['overrides'])}`, {res['rounds']} rounds each way, one way after the "
+        f"{'`' + ' '.join(res['overrides']) + '`' if res['overrides'] else 'no overrides'}, "
+        f"{res['rounds']} rounds each way, one way after the "
         "other; seconds per round are means from round 2. Target: a deployed round at most "
         f"{TARGET}x the simulated one.",
         "",
@@ -260,7 +266,10 @@ def render(res: dict) -> str:
         "data); *server*: merge, checkpoint, plot. A SuperNode starts a fresh `flwr-clientapp` "
         "process for every message (Flower 1.42, either isolation mode); with a site worker "
         "that process only relays the message to fedssl's long-lived process at the site "
-        '(docs/how-to-deploy.md, "A worker per site").',
+        '(docs/how-to-deploy.md, "A worker per site"). What a round with workers still pays '
+        "beyond the simulated one is Flower's own: the SuperNode waits a fixed 3 s between its "
+        "polls for messages and starts a process per message; that page has the timeline of "
+        "one message.",
         "",
         "How each way ran:",
         "",
@@ -271,6 +280,10 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.render:  # the page again from its JSON (e.g. after a change to the text)
+        res = json.loads(Path(a.render).read_text())
+        print(f"[deploy] wrote {harness.write_results(a.out, res, render, a.render)}")
+        return 0
     os.environ.setdefault("WANDB_MODE", "disabled")
     res = measure(a)
     page = harness.write_results(a.out, res, render)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -71,7 +72,7 @@ def stamp(script: str, argv: list[str] | None = None) -> dict:
     """The head of every results JSON: the command that measured it, date, machine, load."""
     given = argv if argv is not None else sys.argv[1:]
     return {
-        "command": " ".join([f"python benchmarks/{script}", *given]),
+        "command": f"python benchmarks/{script} {shlex.join(given)}".rstrip(),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "load_at_start": load(),

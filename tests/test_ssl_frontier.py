@@ -1,6 +1,7 @@
 """benchmarks/ssl_frontier.py: crossing times, a tiny run end to end, notes kept on rerender."""
 
 import json
+import shlex
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
         assert [r["round"] for r in e["rows"]] == [1] and e["backbone"] == "test_resnet"
     assert res["entries"]["byol+fedema"]["client_update"] == "fedema"
     assert sum("central" in e for e in res["entries"].values()) == 1
-    assert len(res["pixels"]) == 2 and res["command"].endswith(" ".join(argv))
+    assert len(res["pixels"]) == 2 and res["command"].endswith(shlex.join(argv))
     page = out.read_text()
     assert "(frontier.png)" in page and out.with_suffix(".png").is_file()
     assert "| simclr | test_resnet |" in page and "| byol+fedema | test_resnet |" in page

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
@@ -294,7 +294,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         config = ConfigRecord({CONFIG_KEY: yaml.safe_dump(to_dict(cfg))})
         strategy.start(
             grid=grid,
-            initial_arrays=to_record(state),
+            initial_arrays=to_record(state, packed=strategy.packs_records),
             num_rounds=remaining,
             timeout=f.timeout_s,
             train_config=config,
@@ -322,6 +322,36 @@ def watch_grid(grid: Grid, engine_down: threading.Event) -> Grid:
     return grid
 
 
+#: seconds between the server's polls for replies under the deployment engine
+REPLY_POLL_S = 0.2
+
+
+def poll_replies(grid: Grid, interval: float = REPLY_POLL_S) -> Grid:
+    """Have ``grid`` look for replies every ``interval`` seconds. Flower's deployment grid
+    waits a fixed 3 s between its polls of the SuperLink, so a reply waited 1.5 s on average
+    after it arrived, twice a round; the simulation's grid (which has a ``pull_interval`` of
+    its own) is left as it is. Same contract as ``Grid.send_and_receive``: push, then pull
+    until every message has its reply or ``timeout`` passed."""
+    if hasattr(grid, "pull_interval"):
+        return grid
+
+    def send_and_receive(messages, *, timeout: float | None = None):
+        waiting = set(grid.push_messages(messages))
+        end = time.time() + (timeout or 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.time() < end:
+            got = list(grid.pull_messages(waiting))
+            replies.extend(got)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not waiting:
+                break
+            time.sleep(interval)
+        return replies
+
+    grid.send_and_receive = send_and_receive  # the instance's: the strategy calls it
+    return grid
+
+
 def make_server_app(
     cfg: ExperimentConfig | None = None,
     resume: bool = False,
@@ -338,6 +368,7 @@ def make_server_app(
         try:
             if engine_down is not None:
                 watch_grid(grid, engine_down)
+            poll_replies(grid)
             run_cfg = cfg  # given: the simulation launcher checked it before starting
             if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
                 from fedssl.federation.simulation import check_ssl_section

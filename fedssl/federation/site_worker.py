@@ -151,7 +151,8 @@ def _describe(request, seconds: float, reply: tuple) -> str:
     except Exception:  # a malformed request still gets a log line
         kind, rnd, who = "?", "?", "?"
     status = "ok" if reply[0] == "ok" else reply[1]
-    return f"[fedssl] site worker: {kind} round {rnd}, {who}: {seconds:.2f}s {status}"
+    stamp = time.strftime("%H:%M:%S")
+    return f"[fedssl] {stamp} site worker: {kind} round {rnd}, {who}: {seconds:.2f}s {status}"
 
 
 def serve(socket_path: str | Path, max_messages: int | None = None) -> int:

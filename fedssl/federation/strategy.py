@@ -119,6 +119,9 @@ class MergeStrategy(FedAvg):
             ``min_available_nodes`` ...
     """
 
+    #: the merged weights go out packed (one array: :func:`fedssl.federation.records.to_record`)
+    packs_records = True
+
     def __init__(self, **kwargs):
         merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
         kwargs.setdefault("fraction_evaluate", 0.0)
@@ -337,7 +340,7 @@ class MergeStrategy(FedAvg):
             merged = self.server_step(merged)
         # what the clients sent, for the run directory (received-keys.json)
         self.received_keys = sorted(
-            set().union(*(next(iter(c.array_records.values())).keys() for c in contents))
+            set().union(*(from_record(next(iter(c.array_records.values()))) for c in contents))
         )
         self.failed_streak = 0
         merge_s = time.perf_counter() - t
@@ -351,7 +354,8 @@ class MergeStrategy(FedAvg):
                 "bytes_up": len(contents) * num_bytes(merged),
             }
         )
-        return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        merged_record = to_record(merged, packed=self.packs_records)
+        return merged_record, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
 
 def _flower_optimizers() -> dict[str, type]:
@@ -403,7 +407,10 @@ def build_strategy(
 
     class FlowerOptMerge(base, MergeStrategy):
         """Flower's server optimizer over fedssl's merge (MRO: FedOpt -> MergeStrategy ->
-        FedAvg), keeping fedssl's bookkeeping and dtypes."""
+        FedAvg), keeping fedssl's bookkeeping and dtypes. Its records are one array per tensor:
+        Flower's update computes on them."""
+
+        packs_records = False
 
         def aggregate_train(self, server_round, replies):
             current = dict(self.current_arrays or {})
@@ -416,7 +423,7 @@ def build_strategy(
                 k: v.to(torch.from_numpy(current[k]).dtype) if k in current else v
                 for k, v in state.items()
             }
-            return to_record(typed), metrics
+            return to_record(typed, packed=False), metrics
 
         def moments(self) -> dict[str, torch.Tensor]:
             """The optimizer state to save for --resume."""

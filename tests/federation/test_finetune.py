@@ -13,6 +13,7 @@ from fedssl.data.client_images import client_task
 from fedssl.experiments import table2
 from fedssl.federation import finetuning as fed_ft
 from fedssl.federation import pretraining
+from fedssl.federation.records import from_record
 from fedssl.federation.simulation import simulate
 from fedssl.federation.strategy import MergeStrategy
 from fedssl.methods import finetune as stage_two
@@ -154,7 +155,9 @@ def test_federated_finetuning_never_sends_a_head(stage_one, monkeypatch):
         replies = list(replies)
         for m in replies:
             if m.has_content():
-                received.append({k for rec in m.content.array_records.values() for k in rec})
+                received.append(
+                    {k for rec in m.content.array_records.values() for k in from_record(rec)}
+                )
         return original(self, server_round, replies)
 
     monkeypatch.setattr(MergeStrategy, "aggregate_train", spy)

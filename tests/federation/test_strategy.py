@@ -82,6 +82,45 @@ def test_records_round_trip_zero_copy():
     assert num_bytes(sd) == 48 + 40 + 8 + 4
 
 
+def test_a_state_dict_travels_as_one_packed_array_in_its_order_and_reads_back_without_copy():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from fedssl.federation.records import PACKED, from_record, to_record
+
+    w = torch.randn(4, 3)
+    sd = {
+        "z.last": torch.arange(5, dtype=torch.int64),
+        "a.w": w,
+        "a.tied": w,  # shares memory with a.w (tied weights)
+        "b.mask": torch.tensor([True, False, True]),
+        "c.bf": torch.randn(2, 2).to(torch.bfloat16),
+        "d.empty": torch.empty(0, 7),
+        "e.n": torch.tensor(3.5, dtype=torch.float64),
+    }
+    rec = to_record(sd)
+    assert list(rec) == [PACKED]  # one array: one transfer per message, not seven
+    out = from_record(rec)
+    assert list(out) == list(sd)  # the sender's order, not the packer's
+    for k in sd:
+        assert out[k].dtype == sd[k].dtype and out[k].shape == sd[k].shape, k
+        assert torch.equal(out[k], sd[k]), k
+    packed = rec[PACKED].data
+    # zero-copy: the tensors read straight from the message's bytes
+    buf_lo = np.frombuffer(packed, np.uint8).ctypes.data
+    assert buf_lo <= out["z.last"].data_ptr() < buf_lo + len(packed)
+    # Flower's own one-array-per-tensor records still read
+    plain = ArrayRecord({"w": Array(np.ones((2, 2), np.float32))})
+    assert torch.equal(from_record(plain)["w"], torch.ones(2, 2))
+    # a malformed or mixed packed record is refused with a clear error
+    bad = ArrayRecord({PACKED: Array(np.frombuffer(b"\xff" * 16, dtype=np.uint8))})
+    with pytest.raises(ValueError, match="malformed packed record"):
+        from_record(bad)
+    mixed = ArrayRecord({PACKED: rec[PACKED], "x": Array(np.ones(1, np.float32))})
+    with pytest.raises(ValueError, match="alone"):
+        from_record(mixed)
+
+
 def test_server_momentum_is_fedavgm():
     """v = beta * v + (merged - global); new global = global + lr * v (hand-computed)."""
     s = MergeStrategy(server_momentum=0.5, server_lr=2.0)
@@ -131,3 +170,37 @@ def test_merge_does_not_depend_on_which_client_answered_first():
         for p in itertools.permutations(range(3))
     }
     assert len(merged) == 1
+
+
+def test_the_deployment_grid_is_polled_for_replies_every_fifth_of_a_second(monkeypatch):
+    """Flower's HTTP grid sleeps 3 s between polls; poll_replies keeps its contract (push,
+    then pull until every message has a reply or the timeout passed) at REPLY_POLL_S."""
+    from types import SimpleNamespace
+
+    from fedssl.federation import server_app
+    from fedssl.federation.server_app import REPLY_POLL_S, poll_replies
+
+    class HttpLikeGrid:  # no pull_interval, like flwr's deployment grid
+        def __init__(self):
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            return [f"id{i}" for i, _ in enumerate(messages)]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            due = {1: ["id0"], 3: ["id1"]}.get(self.pulls, [])
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in due]
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(server_app.time, "sleep", sleeps.append)
+    grid = poll_replies(HttpLikeGrid())
+    replies = grid.send_and_receive(["m0", "m1"], timeout=None)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["id0", "id1"]
+    assert grid.pulls == 3 and sleeps == [REPLY_POLL_S, REPLY_POLL_S] and REPLY_POLL_S <= 0.25
+
+    class SimGrid(HttpLikeGrid):
+        pull_interval = 0.1  # the simulation's grid keeps its own loop
+
+    sim = SimGrid()
+    assert "send_and_receive" not in vars(poll_replies(sim))
