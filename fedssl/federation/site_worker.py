@@ -174,7 +174,8 @@ def serve(socket_path: str | Path, max_messages: int | None = None) -> int:
     finally:
         os.umask(old_umask)
     t0 = time.perf_counter()
-    import fedssl.federation.client_app  # noqa: F401  (and with it, on the first message, torch)
+    # torch, Lightning and the training path, once: before the first message, not during it
+    import fedssl.federation.client_app  # noqa: F401
     import fedssl.federation.kinds  # noqa: F401
 
     print(
