@@ -1,7 +1,8 @@
 """Stage one under Flower's deployment engine: a real SuperLink and two SuperNodes on 127.0.0.1
 (insecure mode), the project submitted with `flwr run`, one round of SimCLR with a tiny backbone.
 Each SuperNode names its partition and its own data folder in its node config; site 1's
-ClientApp relays its messages to a site worker (launch/site_worker.py), site 0's computes them
+ClientApp relays its messages to a site worker (launch/site_worker.py) and its SuperNode runs
+with short polls (launch/supernode.py), site 0's is Flower's own and computes its messages
 itself, so both paths run."""
 
 import os
@@ -79,9 +80,13 @@ def test_superlink_two_supernodes_flwr_run(tiny_fashion, tiny_pretrain, tmp_path
             node_config = f"partition-id={pid} data-root='{tiny_fashion}'"
             if pid == 1:
                 node_config += f" worker='{sock}'"
+            # site 0: Flower's own SuperNode; site 1: the same through launch/supernode.py
+            supernode = [str(BIN / "flower-supernode")]
+            if pid == 1:
+                supernode = [sys.executable, str(ROOT / "launch" / "supernode.py"), "--"]
             procs.append(
                 start(
-                    [str(BIN / "flower-supernode"), "--insecure",
+                    [*supernode, "--insecure",
                      "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
                      "--node-config", node_config],
                     log,
@@ -116,6 +121,8 @@ def test_superlink_two_supernodes_flwr_run(tiny_fashion, tiny_pretrain, tmp_path
         # site 1's work was done by its worker: the relay answered train (and kNN) messages
         wlog = worker_log.read_text()
         assert "train round 1, partition 1" in wlog and "ok" in wlog, wlog[-2000:]
+        slog = (tmp_path / "supernode1.log").read_text(errors="replace")
+        assert "SuperNode polls capped at 0.1 s" in slog, slog[-2000:]
         _, meta = load_backbone(rd.path / "backbone.safetensors")
         assert meta["backbone"] == "test_resnet"
     finally:
