@@ -43,6 +43,15 @@ def load_launch():
     return _load_launch
 
 
+def pytest_configure(config):
+    """Decoded images go to a folder of this test run, not the user's cache
+    (fedssl.data.disk_cache; launchers the tests start inherit it)."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("FEDSSL_DECODED_CACHE", tempfile.mkdtemp(prefix="fedssl-decoded-"))
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write ``array`` (uint8) as an idx file, gzipped when the name ends in .gz."""
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)

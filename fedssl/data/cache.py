@@ -17,7 +17,8 @@ batched views take them — and kept where training reads it:
 Shuffling and batching then happen on index tensors (:func:`batches`): no per-image Python in
 the training loop. The cache lives as long as the process — a Ray actor of the simulation
 engine, or a long-lived ClientApp — and is keyed by the dataset, the indices and the side, so
-a changed config never reads stale images.
+a changed config never reads stale images. Images decoded from files (JPEGs) are also kept on
+disk for the next process (:mod:`fedssl.data.disk_cache`, keyed by the files' sizes and times).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from fedssl.config import ConfigError
+from fedssl.data import disk_cache
 
 __all__ = [
     "CACHE_MODES",
@@ -193,7 +195,7 @@ def cached_images(
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    t = decode(data, indices, side, chans)
+    t = _decode_through_disk(data, indices, side, chans)
     where, why = placement(mode, t.nbytes, device, share)
     if where == "device":
         t = ImageTensors(t.images.to(device), t.labels.to(device), f"device: {why}")
@@ -204,6 +206,28 @@ def cached_images(
     _CACHE[key] = t
     while len(_CACHE) > _MAX_ENTRIES:
         _CACHE.popitem(last=False)
+    return t
+
+
+def _decode_through_disk(data, indices: np.ndarray, side: int, chans: int) -> ImageTensors:
+    """:func:`decode`, through :mod:`fedssl.data.disk_cache` for images decoded from files (an
+    earlier process's decoded set of the same files, indices, side and channels is read back
+    instead); in-memory arrays are sliced, which is faster than reading them from disk."""
+    paths = getattr(data, "paths", None)
+    if paths is None:
+        return decode(data, indices, side, chans)
+    idx = np.asarray(indices, dtype=np.int64)
+    labels = np.asarray(data.labels)[idx].astype(np.int64)
+    chosen = [paths[int(j)] for j in idx]
+    key = (
+        f"{getattr(data, 'name', '')}\0{disk_cache.file_identity(chosen)}\0"
+        f"{hashlib.sha1(labels.tobytes()).hexdigest()}\0{int(side)}\0{int(chans)}"
+    )
+    hit = disk_cache.load(key, len(idx))
+    if hit is not None and np.array_equal(hit[1], labels):
+        return ImageTensors(torch.from_numpy(hit[0]), torch.from_numpy(labels))
+    t = decode(data, indices, side, chans)
+    disk_cache.store(key, t.images.numpy(), labels)
     return t
 
 

@@ -17,6 +17,7 @@ folder comes from ``root`` (``data.roots.<name>`` in configs), ``$FEDSSL_DATA`` 
 Flowers102 is downloaded by torchvision when online and no folder was given.
 
 A dataset that cannot be found raises :class:`DatasetNotFoundError` saying how to get it.
+Gzipped idx files are decompressed once per machine (:mod:`fedssl.data.disk_cache`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from fedssl.data import disk_cache
 
 __all__ = [
     "ArrayDataset",
@@ -200,8 +203,8 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
 
 def _load_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lab_stem = _IDX_FILES[split]
-    images = read_idx(_idx_path(folder, img_stem))
-    labels = read_idx(_idx_path(folder, lab_stem)).astype(np.int64)
+    images = disk_cache.idx_array(_idx_path(folder, img_stem), read_idx)
+    labels = disk_cache.idx_array(_idx_path(folder, lab_stem), read_idx).astype(np.int64)
     return images, labels
 
 
