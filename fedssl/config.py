@@ -73,6 +73,9 @@ class DataConfig:
     # kNN monitor read them.
     cache: str = "auto"
     cache_gpu_share: float = 0.5  # auto: the most of the GPU's free memory the images may take
+    # Side of the cached training images of datasets decoded from files (JPEGs), as a multiple
+    # of model.image_size (>= 1): batched views crop from the larger image (1.15: 258 px at 224).
+    cache_side: float = 1.0
 
     _choices = {
         "partition": ("iid", "label_split", "dominant_label", "dirichlet"),

@@ -241,3 +241,51 @@ def test_crop_ratio_bounds_each_clients_crop_aspect_and_needs_batched_views(
     cfg = load_config(None, [*over, "ssl.views=batched"])
     check_ssl(cfg)
     assert batch_views(cfg).settings["crop_ratio"] == pytest.approx([1.0, 1.0])  # both: fashion
+
+
+def test_a_larger_cached_image_is_cropped_straight_to_the_input_size():
+    import torch.nn.functional as F
+
+    x = torch.rand(3, 3, 56, 56)
+    one, zero = torch.ones(3), torch.zeros(3)
+    whole = crop_flip_rotate(x, one, one, zero, zero, one, zero, size=28)
+    assert whole.shape == (3, 3, 28, 28)
+    assert torch.allclose(whole, F.interpolate(x, size=(28, 28), mode="bilinear"), atol=1e-5)
+    # the centre half of the 56 px image, at 28 px: its own pixels, one for one (a crop of the
+    # image shrunk to 28 px first would be blurred by that shrinking)
+    half = crop_flip_rotate(x, one / 2, one / 2, zero, zero, one, zero, size=28)
+    assert torch.allclose(half, x[..., 14:42, 14:42], atol=1e-5)
+    rgb = dict(PLAIN, normalize={"mean": [0.5], "std": [0.5]})
+    big = _images(4, size=56, chans=3)
+    views = BatchViews([rgb])(big)
+    assert views[0].shape == (4, 3, 28, 28)
+    want = F.interpolate(big.float() / 255, size=(28, 28), mode="bilinear")
+    assert torch.allclose(views[0], (want - 0.5) / 0.5, atol=1e-5)
+
+
+def test_data_cache_side_enlarges_only_images_decoded_from_files(tiny_pretrain, tiny_flowers,
+                                                                 tmp_path):  # fmt: skip
+    from fedssl.data.cache import clear
+    from fedssl.data.datasets import build_dataset
+    from fedssl.methods.pretrain import cache_side, training_batches
+
+    over = [*tiny_pretrain(tmp_path, "side"), "data.cache_side=1.5"]
+    cfg = load_config("configs/pretrain/default.yaml", over)
+    fashion = build_dataset("fashion_mnist", "train", root=cfg.data.root)
+    flowers = build_dataset("flower102", "train", root=str(tiny_flowers))
+    assert cache_side(cfg, fashion) == 28 and cache_side(cfg, flowers) == 42
+    rgb = load_config(
+        "configs/pretrain/default.yaml",
+        [*over, "data.clients=[flower102]", f"data.roots.flower102={tiny_flowers}",
+         "model.in_chans=3", "train.batch_size=4", "data.labeled_fraction=0.5"],
+    )  # fmt: skip
+    clear()
+    batches, n = training_batches(rgb, 0, seed=0)
+    images, group = next(iter(batches))
+    assert images.shape == (4, 3, 42, 42) and images.dtype == torch.uint8
+    assert build_ssl(rgb).view_maker(images, group)[0].shape == (4, 3, 28, 28)
+    for bad in ("0.5", "5"):
+        with pytest.raises(ValueError, match="data.cache_side must be within"):
+            check_ssl(
+                load_config("configs/pretrain/default.yaml", [*over[:-1], f"data.cache_side={bad}"])
+            )

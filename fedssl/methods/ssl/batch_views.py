@@ -26,7 +26,9 @@ The settings are the keywords of :func:`fedssl.methods.pretrain.augmentation`, o
 says per view how its blur and solarization differ (``SSLMethod.BATCH_VIEWS``: BYOL's second view
 blurs less and solarizes). Differences from lightly's views: the crop is taken from the image
 resized to the input size (lightly crops the original image first; the same for 28-32 px
-datasets), crops and rotations are sampled bilinearly (torchvision rotates with the nearest
+datasets; ``data.cache_side`` > 1 keeps JPEGs larger than the input, and the crop is then
+sampled from that larger image straight to the input size), crops and rotations are sampled
+bilinearly (torchvision rotates with the nearest
 pixel) at continuous positions, blur is an exact Gaussian (PIL's is a box approximation), and
 kornia draws the colour jitter's order once per batch (torchvision once per image).
 """
@@ -167,7 +169,8 @@ class BatchViews:
                 f"BatchViews takes (B, C, H, W) images, got shape {tuple(images.shape)}"
             )
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        if x.shape[-2:] != (self.size, self.size):
+        larger = x.shape[-2] == x.shape[-1] > self.size  # crops read it at its own resolution
+        if x.shape[-2:] != (self.size, self.size) and not larger:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
         dev = x.device
         if groups is None:
@@ -179,7 +182,7 @@ class BatchViews:
         present = groups.unique().tolist()
         out = []
         for view in range(len(self.per_view)):
-            v = _geometry(x, s)
+            v = _geometry(x, s, self.size)
             if len(present) == 1:
                 v = pipes[present[0]][view](v)
             else:  # each group's rows through its own pipeline
@@ -201,8 +204,9 @@ def _uniform(lo, hi, shape, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(shape, device=device)
 
 
-def _geometry(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Random resized crop, horizontal flip, rotation: one affine map per image."""
+def _geometry(x: torch.Tensor, s: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Random resized crop, horizontal flip, rotation: one affine map per image, sampled at
+    ``size`` x ``size``."""
     b, dev = x.shape[0], x.device
     # torchvision's crop parameters: 10 tries of (area, log aspect), the first that fits;
     # the whole image when none does
@@ -221,7 +225,7 @@ def _geometry(x: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
     flip = torch.where(_chance(s["hf_prob"]), -1.0, 1.0)
     angle = _uniform(-s["rr_degrees"], s["rr_degrees"], (b,), dev) * math.pi / 180
     angle = torch.where(_chance(s["rr_prob"]), angle, torch.zeros_like(angle))
-    return crop_flip_rotate(x, w, h, cx, cy, flip, angle)
+    return crop_flip_rotate(x, w, h, cx, cy, flip, angle, size)
 
 
 def crop_flip_rotate(
@@ -232,13 +236,14 @@ def crop_flip_rotate(
     cy: torch.Tensor,
     flip: torch.Tensor,
     angle: torch.Tensor,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Each image's crop (half-extent ``w``, ``h`` and centre ``cx``, ``cy`` in normalised
     coordinates, [-1, 1] being the image), flipped left-right where ``flip`` is -1, rotated
-    counter-clockwise by ``angle`` radians (torchvision's sense) and resized to the image size;
-    all ``(B,)``. One bilinear sampling of ``x``: the output point p reads the input at
-    ``c + diag(w, h) . diag(flip, 1) . R(angle)^-1 . p``, and is black where that point lies
-    outside the crop (a rotation's corners)."""
+    counter-clockwise by ``angle`` radians (torchvision's sense) and resized to ``size`` x
+    ``size`` (default: the image's own size); all ``(B,)``. One bilinear sampling of ``x``:
+    the output point p reads the input at ``c + diag(w, h) . diag(flip, 1) . R(angle)^-1 . p``,
+    and is black where that point lies outside the crop (a rotation's corners)."""
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack(
         [
@@ -247,7 +252,8 @@ def crop_flip_rotate(
         ],
         1,
     )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
+    grid = F.affine_grid(theta, shape, align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # black where the rotated crop's corners would show the image around it, as torchvision's
     # rotation of the cropped image fills them
