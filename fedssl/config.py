@@ -1,8 +1,9 @@
 """Typed experiment configs: YAML files in ``configs/`` loaded into dataclasses, with dotted
 command-line overrides (``train.lr=0.05``), validated in one place.
 
-Unknown keys, wrong types and values outside a field's allowed set raise ``ConfigError`` naming
-the dotted key and what is allowed. The resolved config is saved beside every run
+Unknown keys, wrong types and values outside a field's domain (declared beside the field:
+:mod:`fedssl.domains`) or its choices raise ``ConfigError`` naming the dotted key, the value and
+what is allowed. The resolved config is saved beside every run
 (:func:`save_config`), so any run can be reproduced from its directory.
 """
 
@@ -15,9 +16,24 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+
+from fedssl.domains import (
+    Checked,
+    Count,
+    Fraction,
+    Momentum,
+    NonNegative,
+    Probability,
+    Range,
+    Rate,
+    Seed,
+    Size,
+    Text,
+    domain_of,
+)
 
 __all__ = [
     "ConfigError",
@@ -34,6 +50,7 @@ __all__ = [
     "read_config",
     "round_lr",
     "from_dict",
+    "check_domains",
     "to_dict",
     "apply_overrides",
     "save_config",
@@ -49,33 +66,37 @@ class DataConfig:
     """Which dataset, and how it is split over clients."""
 
     name: str = "fashion_mnist"
-    root: str | None = None  # explicit data folder; else $FEDSSL_DATA, system paths, download
+    root: Annotated[str, Text()] | None = (
+        None  # explicit data folder; else $FEDSSL_DATA, system paths, download
+    )
     partition: str = "iid"  # iid | label_split | dominant_label | dirichlet
-    num_clients: int = 2
-    train_per_client: int = 30000
-    test_per_client: int = 5000
+    num_clients: Count = 2
+    train_per_client: Count = 30000
+    test_per_client: Count = 5000
     # "test": a client's local accuracy is measured on its share of the test set (the papers);
     # "holdout": on `holdout_per_client` examples carved from its training data (test unseen).
     local_val: str = "test"
-    holdout_per_client: int = 5000
-    dominant_p: float = 0.55
-    dirichlet_alpha: float = 0.5
-    seed: int = 0
+    holdout_per_client: Count = 5000
+    dominant_p: Probability = 0.55
+    dirichlet_alpha: Rate = 0.5
+    seed: Seed = 0
     # Multi-task setting (stage one / two, paper 003): one dataset per client, e.g.
     # [fashion_mnist, mnist]; when set, `name` and `partition` are not used.
     clients: list[str] = field(default_factory=list)
     roots: dict[str, str] = field(default_factory=dict)  # per-dataset folder, e.g. intel_scene
-    labeled_fraction: float = 0.25  # each client's labeled part (stratified); the rest unlabeled
-    max_per_client: int = 0  # cap on a client's training images (0: all), sampled stratified
+    labeled_fraction: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = (
+        0.25  # each client's labeled part (stratified); the rest unlabeled
+    )
+    max_per_client: Size = 0  # cap on a client's training images (0: all), sampled stratified
     # Each client's images decoded once per process into uint8 tensors (fedssl.data.cache):
     # auto (on the GPU when they fit cache_gpu_share of its free memory, else host memory),
     # device, host, or off (PIL and a DataLoader per batch). Stage one's batched views and the
     # kNN monitor read them.
     cache: str = "auto"
-    cache_gpu_share: float = 0.5  # auto: the most of the GPU's free memory the images may take
+    cache_gpu_share: Fraction = 0.5  # auto: the most of the GPU's free memory the images may take
     # Side of the cached training images of datasets decoded from files (JPEGs), as a multiple
     # of model.image_size (>= 1): batched views crop from the larger image (1.15: 258 px at 224).
-    cache_side: float = 1.0
+    cache_side: Annotated[float, Range(1, 4)] = 1.0
 
     _choices = {
         "partition": ("iid", "label_split", "dominant_label", "dirichlet"),
@@ -90,24 +111,28 @@ class ModelConfig:
     """The network every client trains (same architecture and initial weights everywhere)."""
 
     name: str = "paper_cnn"
-    width: int = 32  # channels of the first conv; the second has twice as many
-    hidden: int = 128
+    width: Count = 32  # channels of the first conv; the second has twice as many
+    hidden: Count = 128
     batchnorm: bool = False
     padding: bool = False  # "same" padding in the convolutions
-    dropout: float = 0.0
-    depth: int = 1  # paper_cnn: convolutions per conv+pool block (1: the papers' reading)
+    dropout: Momentum = 0.0
+    depth: Count = 1  # paper_cnn: convolutions per conv+pool block (1: the papers' reading)
 
     # SSL (experiment: pretrain) and task heads: a timm backbone, or a small-image ResNet
     # sresnet<10|18|34>_w<width> (stem keeps 28-32 px; fedssl.models.backbones).
-    backbone: str = "resnet18"
+    backbone: Annotated[str, Checked("fedssl.models.backbones")] = "resnet18"
     small_input: bool = False  # ResNet stem for 28-32 px images (3x3 stride 1, no max-pool)
-    image_size: int = 28  # views and evaluation images are this size
-    in_chans: int = 0  # image channels; 0: from the clients' data (1 for MNIST-like)
+    image_size: Annotated[int, Range(8, 4096)] = 28  # views and evaluation images are this size
+    in_chans: Annotated[int, Range(0, 4)] = (
+        0  # image channels; 0: from the clients' data (1 for MNIST-like)
+    )
     # SSL head widths; null: the method's recipe (fedssl.methods.ssl.<method>)
-    proj_hidden: int | None = None
-    proj_out: int | None = None
-    proj_layers: int | None = None  # simclr: projection head layers (2, or SimCLR v2's 3)
-    pred_hidden: int | None = None  # prediction head (byol, simsiam)
+    proj_hidden: Count | None = None
+    proj_out: Count | None = None
+    proj_layers: Annotated[int, Range(lo=2)] | None = (
+        None  # simclr: projection head layers (2, or SimCLR v2's 3)
+    )
+    pred_hidden: Count | None = None  # prediction head (byol, simsiam)
 
     _choices = {"name": ("paper_cnn", "mlp")}
 
@@ -132,32 +157,32 @@ class SSLConfig:
     # names of the backbone, e.g. ``layer4`` (the last stage, as FedPer keeps the top layers).
     # The kNN monitor scores each client's own backbone (shared layers + its local ones).
     local_layers: list[str] = field(default_factory=list)
-    fedema_tau: float = 0.7  # FedEMA: lambda = tau / (divergence of the first local training)
-    fedema_lambda: float = 0.0  # FedEMA: a fixed lambda instead (0: calibrate from tau)
-    fedu_threshold: float = 0.4  # FedU: divergence below which the global predictor is taken
-    temperature: float | None = None  # simclr, moco
-    target_momentum: float | None = None  # byol, moco, dino: EMA of the target per step
-    queue_size: int | None = None  # moco
-    prototypes: int | None = None  # dino: output width
-    teacher_temperature: float | None = None  # dino
+    fedema_tau: Rate = 0.7  # FedEMA: lambda = tau / (divergence of the first local training)
+    fedema_lambda: NonNegative = 0.0  # FedEMA: a fixed lambda instead (0: calibrate from tau)
+    fedu_threshold: NonNegative = 0.4  # FedU: divergence below which the global predictor is taken
+    temperature: Rate | None = None  # simclr, moco
+    target_momentum: Probability | None = None  # byol, moco, dino: EMA of the target per step
+    queue_size: Count | None = None  # moco
+    prototypes: Count | None = None  # dino: output width
+    teacher_temperature: Rate | None = None  # dino
     head_batch_norm: bool | None = None  # dino: BatchNorm in the projection head's hidden layers
-    local_views: int | None = None  # dino: small crops per image
-    redundancy_weight: float | None = None  # barlowtwins: off-diagonal weight
-    min_scale: float = 0.08  # RandomResizedCrop lower bound
-    cj_prob: float = 0.8
-    cj_strength: float = 0.5
-    hf_prob: float = 0.5
-    rr_prob: float = 0.0  # random rotation probability (0: off)
-    rr_degrees: float = 0.0  # rotation range +-degrees when rr_prob > 0
+    local_views: Size | None = None  # dino: small crops per image
+    redundancy_weight: NonNegative | None = None  # barlowtwins: off-diagonal weight
+    min_scale: Fraction = 0.08  # RandomResizedCrop lower bound
+    cj_prob: Probability = 0.8
+    cj_strength: NonNegative = 0.5
+    hf_prob: Probability = 0.5
+    rr_prob: Probability = 0.0  # random rotation probability (0: off)
+    rr_degrees: Annotated[float, Range(0, 180)] = 0.0  # rotation range +-degrees when rr_prob > 0
     # elastic distortion (Simard et al. 2003: a random displacement field, Gaussian-smoothed by
     # elastic_sigma px, scaled by elastic_alpha px) with this probability; ssl.views=batched only
-    elastic_prob: float = 0.0
-    elastic_alpha: float = 34.0
-    elastic_sigma: float = 4.0
+    elastic_prob: Probability = 0.0
+    elastic_alpha: NonNegative = 34.0
+    elastic_sigma: Rate = 4.0
     # the crops' aspect ratios are drawn log-uniformly from [1 / crop_ratio, crop_ratio]
     # (torchvision's 3/4-4/3 by default; 1: every crop keeps the image's aspect);
     # another value needs ssl.views=batched (lightly's crops have torchvision's range)
-    crop_ratio: float = 4 / 3
+    crop_ratio: Annotated[float, Range(lo=1)] = 4 / 3
     # Views of one client that differ from the settings above, by the client's dataset name:
     # e.g. {mnist: {rr_prob: 0.0}} (keys: min_scale, cj_prob, cj_strength, hf_prob, rr_prob,
     # rr_degrees, elastic_*, crop_ratio). Each client trains on its own views; the server never
@@ -168,16 +193,16 @@ class SSLConfig:
     # (its PIL transforms, per image in the loader's workers), or ``auto``: batched wherever the
     # method's views can be batched (every method but DINO's multi-crop), else lightly
     views: str = "auto"
-    knn_k: int = 200
-    knn_t: float = 0.1
-    knn_bank: int = 0  # max labeled images per client in the kNN bank (0: all labeled)
-    knn_queries: int = 1000  # max test images per client scored by kNN (0: all)
+    knn_k: Count = 200
+    knn_t: Rate = 0.1
+    knn_bank: Size = 0  # max labeled images per client in the kNN bank (0: all labeled)
+    knn_queries: Size = 1000  # max test images per client scored by kNN (0: all)
     # The BatchNorm statistics a client scores the backbone with: ``client`` re-estimates them
     # on its own training images (knn_bn_images of them at random, 0: all; labels unused, test
     # split never) before extracting features, ``merged`` keeps the weights' own (FedAvg's
     # average of every client's).
     knn_bn: str = "client"
-    knn_bn_images: int = 1000
+    knn_bn_images: Size = 1000
 
     _choices = {
         "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
@@ -192,21 +217,21 @@ class TrainConfig:
     """Local training on each client (one Lightning ``Trainer.fit`` per round)."""
 
     optimizer: str = "sgd"
-    lr: float = 0.05
-    lr_decay: float = 1.0  # learning rate of round r is lr * lr_decay ** (r - 1)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    local_epochs: int = 1
-    local_steps: int = 0  # > 0: this many mini-batches per round instead of local_epochs
+    lr: Rate = 0.05
+    lr_decay: Rate = 1.0  # learning rate of round r is lr * lr_decay ** (r - 1)
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 0.0
+    batch_size: Count = 64
+    local_epochs: Count = 1
+    local_steps: Size = 0  # > 0: this many mini-batches per round instead of local_epochs
     # Softmax over the client's own labels only (helps label-skewed clients, H-environment).
     restrict_labels: bool = False
     augment: str = "none"  # none | flip | flip_shift (random flip + shift up to 2 px)
-    threads: int = 1  # torch threads per client process
-    eval_batch_size: int = 1000
+    threads: Count = 1  # torch threads per client process
+    eval_batch_size: Count = 1000
 
     lr_schedule: str = "exp"  # exp: lr * lr_decay ** (r - 1); cosine: over the rounds
-    prox_mu: float = 0.0  # FedProx: proximal term mu/2 ||w - w_global||^2 (0: off)
+    prox_mu: NonNegative = 0.0  # FedProx: proximal term mu/2 ||w - w_global||^2 (0: off)
 
     _choices = {
         "optimizer": ("sgd", "adam", "adamw"),
@@ -226,33 +251,33 @@ class TrainConfig:
 class FederationConfig:
     """Rounds, merge method and sampling."""
 
-    rounds: int = 3
-    method: str = "avg"  # any fedssl.aggregation method
+    rounds: Count = 3
+    method: Annotated[str, Checked("fedssl.aggregation.resolve_method")] = "avg"
     weighted: bool = True  # weight avg by examples per client (FedAvg)
-    fraction_train: float = 1.0
-    min_clients: int = 2  # clients sampled / required to start a round
+    fraction_train: Fraction = 1.0
+    min_clients: Count = 2  # clients sampled / required to start a round
     # A round merges when at least this many clients replied usable weights; clients that raise,
     # time out (timeout_s) or send NaN/inf are left out and logged (capped at the number asked
     # that round). 0: federation.min_clients.
-    min_replies: int = 1
-    cpus_per_client: float = 1.0
+    min_replies: Size = 1
+    cpus_per_client: Rate = 1.0
     # GPUs per simulated client, a Ray resource: 0.5 = two clients share one GPU; 0: clients see
     # no GPU. null (auto): 0 where the runtime resolves to CPU, else the machine's GPUs shared
     # evenly by the clients (all clients train at once).
-    gpus_per_client: float | None = None
+    gpus_per_client: NonNegative | None = None
     # Stop the run (non-zero exit) after this many consecutive rounds without enough usable
     # replies to merge; the message names the clients' errors. 0: never stop.
-    max_failed_rounds: int = 3
-    eval_every: int = 1  # evaluate the merged model every k rounds (and always the last)
+    max_failed_rounds: Size = 3
+    eval_every: Count = 1  # evaluate the merged model every k rounds (and always the last)
     # FedAvgM: the merged update goes through server momentum (0: plain merge) and a server
     # learning rate (1: take the merge). See docs/results/merge.md for when it pays off.
-    server_momentum: float = 0.0
-    server_lr: float = 1.0
+    server_momentum: Momentum = 0.0
+    server_lr: Rate = 1.0
     # Flower's FedOpt server optimizers over the merge: none | adam | yogi | adagrad, with
     # Flower's parameters (eta, beta_1, beta_2, tau), e.g. server_opt_args: {eta: 0.01}
     server_opt: str = "none"
     server_opt_args: dict[str, float] = field(default_factory=dict)
-    timeout_s: float = 3600.0
+    timeout_s: Rate = 3600.0
 
     _choices = {"server_opt": ("none", "adam", "yogi", "adagrad")}
 
@@ -268,19 +293,19 @@ class FinetuneConfig:
     representation must beat; ``mode: linear``).
     """
 
-    backbone: str = ""
+    backbone: Annotated[str, Text()] = ""
     mode: str = "linear"  # linear: backbone frozen; partial: its last stage trains; full
-    epochs: int = 30  # local epochs (federated: per round, see local_epochs)
-    local_epochs: int = 1  # federated fine-tuning: epochs per round
+    epochs: Count = 30  # local epochs (federated: per round, see local_epochs)
+    local_epochs: Count = 1  # federated fine-tuning: epochs per round
     optimizer: str = "sgd"
-    lr: float = 0.1
-    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    labels_per_class: int = 0  # > 0: use only this many labeled images per class (label-scarce)
+    lr: Rate = 0.1
+    backbone_lr_scale: NonNegative = 1.0  # the backbone's learning rate is lr times this
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 0.0
+    batch_size: Count = 128
+    labels_per_class: Size = 0  # > 0: use only this many labeled images per class (label-scarce)
     augment: str = "crop"  # none | crop | crop_flip (partial/full modes; linear uses none)
-    eval_max: int = 0  # cap on images scored per evaluation set (0: all)
+    eval_max: Size = 0  # cap on images scored per evaluation set (0: all)
     # BatchNorm statistics of a pretrained backbone's frozen parts (linear, partial): merged
     # keeps the file's (every client's mean); client re-estimates them on the client's own
     # training images first (ssl.knn_bn_images of them, labels unused; the head file keeps
@@ -302,11 +327,11 @@ class RuntimeConfig:
     the machine that runs the fit. ``null`` (or ``auto``) lets that machine decide."""
 
     accelerator: str = "auto"  # auto (a GPU where one is visible, else the CPU) | cpu | gpu
-    devices: int = 1  # GPUs one fit uses (one process per fit: 1)
+    devices: Count = 1  # GPUs one fit uses (one process per fit: 1)
     # auto (bf16-mixed on a GPU with bfloat16, else 32-true) | 32-true | bf16-mixed | 16-mixed
     precision: str = "auto"
     channels_last: bool | None = None  # NHWC weights for convolutions; auto: on
-    workers: int = 0  # DataLoader worker processes (0: in the training process)
+    workers: Size = 0  # DataLoader worker processes (0: in the training process)
     pin_memory: bool | None = None  # page-locked batches; auto: on for GPUs
     persistent_workers: bool = True  # keep loader workers across epochs (workers > 0)
     matmul_precision: str = "auto"  # float32 matmuls: auto (high on GPUs) | highest | high | medium
@@ -325,7 +350,7 @@ class TrackingConfig:
     """Weights & Biases; ``auto`` = online with credentials, else offline."""
 
     wandb: str = "auto"
-    project: str = "fedssl"
+    project: Annotated[str, Text(nonempty=True)] = "fedssl"
 
     _choices = {"wandb": ("auto", "online", "offline", "disabled")}
 
@@ -334,10 +359,10 @@ class TrackingConfig:
 class ExperimentConfig:
     """A whole run: data, model, local training, federation, tracking and the run directory."""
 
-    name: str = "merge"
+    name: Annotated[str, Text(nonempty=True)] = "merge"
     experiment: str = "supervised"
-    out_dir: str = "runs"
-    seed: int = 0
+    out_dir: Annotated[str, Text(nonempty=True)] = "runs"
+    seed: Seed = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -498,7 +523,28 @@ def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
                 f"{prefix}{key}: {getattr(obj, key)!r} is not allowed; "
                 f"choose one of {', '.join(allowed)}"
             )
+    check_domains(obj, prefix)
     return obj
+
+
+def check_domains(obj, prefix: str = "") -> None:
+    """Check every field of config dataclass ``obj`` against the domain declared beside it
+    (:mod:`fedssl.domains`); sections are checked by their own :func:`from_dict`.
+
+    Raises:
+        ConfigError: ``<key>: <value> is not allowed; it must be <domain>``.
+    """
+    extras = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        dom, value = domain_of(extras[f.name]), getattr(obj, f.name)
+        if value is None or dom is None:
+            continue
+        if isinstance(dom, Range) and not dom.allows(float(value)):
+            raise ConfigError(
+                f"{prefix}{f.name}: {value!r} is not allowed; it must be {dom.describe()}"
+            )
+        if isinstance(dom, Text) and dom.nonempty and not str(value).strip():
+            raise ConfigError(f"{prefix}{f.name}: must not be empty")
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -313,15 +313,13 @@ def check_ssl(cfg: ExperimentConfig) -> None:
 
     Raises:
         ValueError: from :func:`method_settings` or :func:`view_settings`; a negative
-            ``ssl.knn_bn_images``; ``data.cache_side`` out of range (:func:`cache_side`);
-            ``ssl.views: batched`` for a method whose views cannot be
+            ``ssl.knn_bn_images``; ``ssl.views: batched`` for a method whose views cannot be
             batched; ``ssl.local_layers`` that name no layer of the backbone or all of it.
     """
     method_settings(cfg)
     for pid in [None, *range(len(cfg.data.clients))]:
         view_settings(cfg, pid)
     _check_bn_images(cfg)
-    cache_side(cfg)
     batch_views(cfg)
     if cfg.ssl.local_layers:
         local_layer_keys(cfg, build_ssl(cfg))
@@ -330,20 +328,12 @@ def check_ssl(cfg: ExperimentConfig) -> None:
 def cache_side(cfg: ExperimentConfig, data=None) -> int:
     """The side of a client's cached training images: ``model.image_size``, or for images
     decoded from files (``data`` with ``paths``; JPEGs larger than the model's input) that times
-    ``data.cache_side``, so that batched views crop from a larger image than they output.
-
-    Raises:
-        ValueError: ``data.cache_side`` below 1 or above 4.
-    """
-    f = cfg.data.cache_side
-    if not 1.0 <= f <= 4.0:
-        raise ValueError(
-            f"data.cache_side must be within [1, 4] (a multiple of model.image_size), got {f}"
-        )
+    ``data.cache_side`` (1-4, checked where the config is loaded), so that batched views crop
+    from a larger image than they output."""
     side = cfg.model.image_size
     if data is None or getattr(data, "paths", None) is None:
         return side
-    return int(round(f * side))
+    return int(round(cfg.data.cache_side * side))
 
 
 def _check_bn_images(cfg: ExperimentConfig) -> int:

@@ -204,9 +204,12 @@ def test_elastic_distortion_moves_strokes_keeps_flat_areas_and_needs_batched_vie
     over = tiny_pretrain(tmp_path, "el")
     with pytest.raises(ValueError, match="elastic_prob=0.5 needs ssl.views=batched"):
         check_ssl(load_config(None, [*over, "ssl.views=lightly", "ssl.elastic_prob=0.5"]))
-    with pytest.raises(ValueError, match="elastic_sigma > 0"):
-        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5",
-                                     "ssl.elastic_sigma=0"]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"ssl.elastic_sigma: 0.0 is not allowed; it must be > 0"):
+        load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5",
+                           "ssl.elastic_sigma=0"])  # fmt: skip
+    with pytest.raises(ValueError, match="elastic_sigma > 0"):  # a client's own views too
+        own = "ssl.client_views.fashion_mnist.elastic_sigma=0"
+        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5", own]))
     cfg = load_config(None, [*over, "ssl.views=batched", "ssl.elastic_prob=0.5"])
     assert batch_views(cfg).settings["elastic_prob"] == [0.5, 0.5]  # both clients'
 
@@ -236,8 +239,11 @@ def test_crop_ratio_bounds_each_clients_crop_aspect_and_needs_batched_views(
     over = [*tiny_pretrain(tmp_path, "cr"), "ssl.client_views.fashion_mnist.crop_ratio=1.0"]
     with pytest.raises(ValueError, match="crop_ratio=1.0 needs ssl.views=batched"):
         check_ssl(load_config(None, [*over, "ssl.views=lightly"]))
-    with pytest.raises(ValueError, match="crop_ratio=0.5 must be >= 1"):
-        check_ssl(load_config(None, [*over, "ssl.views=batched", "ssl.crop_ratio=0.5"]))
+    with pytest.raises(ValueError, match=r"ssl.crop_ratio: 0.5 is not allowed; it must be >= 1"):
+        load_config(None, [*over, "ssl.views=batched", "ssl.crop_ratio=0.5"])
+    with pytest.raises(ValueError, match="crop_ratio=0.5 must be >= 1"):  # a client's own
+        check_ssl(load_config(None, [*over, "ssl.views=batched",
+                                     "ssl.client_views.fashion_mnist.crop_ratio=0.5"]))  # fmt: skip
     cfg = load_config(None, [*over, "ssl.views=batched"])
     check_ssl(cfg)
     assert batch_views(cfg).settings["crop_ratio"] == pytest.approx([1.0, 1.0])  # both: fashion
@@ -285,7 +291,5 @@ def test_data_cache_side_enlarges_only_images_decoded_from_files(tiny_pretrain, 
     assert images.shape == (4, 3, 42, 42) and images.dtype == torch.uint8
     assert build_ssl(rgb).view_maker(images, group)[0].shape == (4, 3, 28, 28)
     for bad in ("0.5", "5"):
-        with pytest.raises(ValueError, match="data.cache_side must be within"):
-            check_ssl(
-                load_config("configs/pretrain/default.yaml", [*over[:-1], f"data.cache_side={bad}"])
-            )
+        with pytest.raises(ValueError, match=r"data.cache_side: .* it must be in \[1, 4\]"):
+            load_config("configs/pretrain/default.yaml", [*over[:-1], f"data.cache_side={bad}"])

@@ -69,7 +69,7 @@ def test_method_settings_come_from_the_recipe_and_say_what_does_not_apply():
         method_settings(_cfg("moco", "ssl.travel=[backbone,queue]"))
     with pytest.raises(ValueError, match="must include the backbone"):
         method_settings(_cfg("byol", "ssl.travel=[projection_head]"))
-    with pytest.raises(ValueError, match="model.proj_layers must be 2 or more, got 1"):
+    with pytest.raises(ValueError, match="model.proj_layers: 1 is not allowed; it must be >= 2"):
         method_settings(_cfg("simclr", "model.proj_layers=1"))
     deep = build_ssl(_cfg("simclr", "model.proj_layers=3")).projection_head
     assert sum(isinstance(m, torch.nn.Linear) for m in deep.modules()) == 3  # SimCLR v2's head
