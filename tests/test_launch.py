@@ -210,3 +210,32 @@ def test_an_engine_that_cannot_start_exits_1_in_seconds_naming_the_cause(tiny_pr
                           text=True, timeout=300, cwd=root)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["round"] for r in RunDir(run).metrics()] == [1]
+
+
+def test_stage_one_whose_every_client_fails_in_training_exits_1_without_a_backbone(
+    tiny_pretrain, tmp_path
+):
+    """A setting that passes every check but fails on every client (a batch larger than the
+    clients' images): before, the run printed the untrained backbone's kNN, wrote
+    backbone.safetensors, said "done" and exited 0. Now: exit 1 in one line naming the
+    clients' error, no backbone, and state.json says why."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    argv = [sys.executable, str(root / "launch" / "pretrain.py"), "--set",
+            *tiny_pretrain(tmp_path, "allfail"), "train.batch_size=1000"]  # fmt: skip
+    t = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert time.perf_counter() - t < 120
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no round merged a usable reply (round 1)" in errors[0]
+    assert "ValueError: client " in errors[0] and "fewer than one batch (1000)" in errors[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "FAILED: no usable client reply" in proc.stdout and "done in" not in proc.stdout
+    run = tmp_path / "allfail"
+    assert not (run / "backbone.safetensors").exists() and not (run / "checkpoints").exists()
+    assert "fewer than one batch" in RunDir(run).state()["failed"]

@@ -34,7 +34,14 @@ from fedssl.plots import plot_curves
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
-__all__ = ["app", "make_server_app", "watch_grid", "run_server", "config_from_run_config"]
+__all__ = [
+    "app",
+    "make_server_app",
+    "watch_grid",
+    "run_server",
+    "config_from_run_config",
+    "failed_rounds_line",
+]
 
 log = logging.getLogger(__name__)
 VELOCITY_FILE = "server_momentum.safetensors"  # FedAvgM's momentum buffer, for --resume
@@ -157,15 +164,23 @@ def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
         parts += [
             f"{k}={v:{fmt}}" for k, v in row.items() if k.startswith(f"{col}_c") and v is not None
         ]
+    if row.get("clients") == 0:
+        parts.append("FAILED: no usable client reply, the model is unchanged")
     parts.append(f"({row.get('round_s') or 0:.1f}s)")
     return " ".join(parts)
 
 
 def _keep_round(rd: RunDir, cfg, task: Task, strategy, tracker, rnd: int, sd, row: dict) -> None:
-    """Everything a finished round leaves behind: its metrics row, the strategy's server state
-    (momentum, optimizer moments), the checkpoint, the task's export (e.g. the backbone file)
-    and the W&B record."""
+    """Everything a finished round leaves behind: its metrics row, the W&B record, and when
+    it merged, the strategy's server state (momentum, optimizer moments), the checkpoint and
+    the task's export (e.g. the backbone file); a round that merged nothing is listed in
+    ``state.json`` (``failed_rounds``: what its clients said) and writes no weights."""
     rd.log_metrics(row)
+    tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
+    if strategy.failed(rnd):  # nothing was merged: the last good round's files stay as they are
+        failed = {str(r): why for r, why in strategy.failed_rounds().items()}
+        rd.update_state(failed_rounds={**(rd.state().get("failed_rounds") or {}), **failed})
+        return
     if strategy.velocity:
         rd.save_tensors(VELOCITY_FILE, strategy.velocity)
     if hasattr(strategy, "moments"):
@@ -173,7 +188,6 @@ def _keep_round(rd: RunDir, cfg, task: Task, strategy, tracker, rnd: int, sd, ro
     rd.save_checkpoint(rnd, sd)
     _keep_received_keys(rd, getattr(strategy, "received_keys", None), rnd)
     task.on_checkpoint(cfg, rd.path, rnd, sd)
-    tracker.log({k: v for k, v in row.items() if v is not None}, step=rnd)
 
 
 def _keep_received_keys(rd: RunDir, keys: list[str] | None, rnd: int) -> None:
@@ -239,7 +253,11 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         to_dict(cfg),
         run_id=rd.state().get("wandb_id") if resume else None,
     )
-    rd.update_state(wandb_id=tracker.run_id, experiment=cfg.experiment, failed=None)
+    earlier = {r: why for r, why in (rd.state().get("failed_rounds") or {}).items()
+               if resume and int(r) <= start_round}  # fmt: skip
+    rd.update_state(
+        wandb_id=tracker.run_id, experiment=cfg.experiment, failed=None, failed_rounds=earlier
+    )
 
     f = cfg.federation
     n_clients = len(cfg.data.clients) or cfg.data.num_clients
@@ -301,9 +319,41 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
             evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=evaluate,
         )
+        _fail_if_nothing_merged(rd, cfg, strategy, start_round + remaining)
+        if line := failed_rounds_line(rd.state()):
+            print(line, flush=True)
     finally:
         tracker.finish()
     return rd
+
+
+def failed_rounds_line(state: dict) -> str | None:
+    """The end-of-run line for the rounds that merged nothing (``state.json``'s
+    ``failed_rounds``: the model stayed as it was), with the first reason; None if none."""
+    failed = state.get("failed_rounds") or {}
+    if not failed:
+        return None
+    rounds = sorted(failed, key=int)
+    first = next((why[0] for r in rounds if (why := failed[r])), "no reply arrived")
+    return (
+        f"[fedssl] {len(rounds)} round(s) merged no usable reply, the model unchanged: "
+        f"{', '.join(rounds)} (first: round {rounds[0]}, {first}; all in state.json)"
+    )
+
+
+def _fail_if_nothing_merged(rd: RunDir, cfg, strategy, last: int) -> None:
+    """A run in which no round merged a usable reply did not train: mark its run directory as
+    failed (``state.json``) and raise :class:`FederationFailed` with what the clients said."""
+    if strategy.merged_rounds:
+        return
+    rd.update_state(failed=strategy.failure_report(last))
+    first = last - strategy.failed_streak + 1
+    rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
+    raise FederationFailed(
+        f"{cfg.name}: no round merged a usable reply ({rounds}); the first client error: "
+        f"{strategy.first_error()}. Nothing was written as a trained model; {rd.path}/state.json "
+        "says why"
+    )
 
 
 def watch_grid(grid: Grid, engine_down: threading.Event) -> Grid:

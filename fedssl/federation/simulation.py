@@ -94,11 +94,28 @@ class _DropRunSimulationBanner(logging.Filter):
         return not (msg.startswith("DEPRECATED FEATURE") and "run_simulation" in str(record.args))
 
 
+class _DropClientTracebacks(logging.Filter):
+    """Drops the Ray backend's report of a client's exception (its message and traceback, as
+    ERROR records); the server logs one line per failing client instead."""
+
+    MARKS = ("An exception was raised when processing a message by RayBackend",
+             "Traceback (most recent call last)", "ray::ClientAppActor")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        return not any(mark in text for mark in self.MARKS)
+
+
 @contextmanager
-def _deprecations_handled():
+def _deprecations_handled(verbose: bool = False):
     flwr_log = logging.getLogger("flwr")
     banner = _DropRunSimulationBanner()
     flwr_log.addFilter(banner)
+    tracebacks = None if verbose else _DropClientTracebacks()
+    if tracebacks is not None:
+        flwr_log.addFilter(tracebacks)
     try:
         with warnings.catch_warnings():
             # Ray's tip that it will stop hiding GPUs from zero-GPU actors: fedssl sets the
@@ -107,6 +124,8 @@ def _deprecations_handled():
             yield
     finally:
         flwr_log.removeFilter(banner)
+        if tracebacks is not None:
+            flwr_log.removeFilter(tracebacks)
 
 
 def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False) -> None:
@@ -138,7 +157,7 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
         logging.getLogger("flwr").setLevel(logging.WARNING)
     engine_down, server_done = threading.Event(), threading.Event()
     server_app = make_server_app(cfg, resume, engine_down=engine_down, finished=server_done)
-    with _deprecations_handled():
+    with _deprecations_handled(verbose):
         try:
             run_simulation(
                 server_app=server_app,

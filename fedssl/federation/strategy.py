@@ -8,6 +8,7 @@ supports a round offset so a resumed run continues its numbering.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 
@@ -74,6 +75,34 @@ class FederationFailed(RuntimeError):
 class EngineFailed(FederationFailed):
     """The engine that carries the messages (Flower's simulation runtime, Ray) could not start
     or stopped; the message names the cause in one line."""
+
+
+_FLOWER_REASON = re.compile(r"<class '([^']*)'>:<'(.*)'>", re.S)
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt|Failed)): (.*)$")
+_WRAPPERS = ("ClientAppException", "RayTaskError")
+
+
+def reason_line(reason: str) -> str:
+    """A client's error in one line, ``ExceptionType: message``: from the traceback a reason
+    carries (the simulation engine wraps the client's exception in Ray's and Flower's), its
+    client's own exception; else Flower's ``<class 'mod.ValueError'>:<'message'>`` as
+    ``ValueError: message``; else the reason's last line."""
+    text = str(reason).strip()
+    raised = [
+        m
+        for line in text.splitlines()
+        if (m := _RAISED.match(line)) and not m.group(1).startswith(_WRAPPERS)
+    ]
+    if raised:
+        return f"{raised[-1].group(1)}: {raised[-1].group(2).strip()}"
+    m = _FLOWER_REASON.search(text)
+    if m:
+        cls = m.group(1).rsplit(".", 1)[-1]
+        lines = m.group(2).strip().splitlines()
+        last = lines[-1].strip() if lines else ""
+        return f"{cls}: {last}" if last else cls
+    lines = text.splitlines()
+    return lines[-1].strip() if lines else "error"
 
 
 def _non_finite_key(content: RecordDict) -> str | None:
@@ -166,6 +195,8 @@ class MergeStrategy(FedAvg):
         self.round_errors: dict[int, list[str]] = {}
         #: consecutive rounds that kept the global model for lack of usable replies
         self.failed_streak = 0
+        #: rounds (global numbers) whose replies were merged
+        self.merged_rounds: list[int] = []
         self._t0 = 0.0
 
     @property
@@ -233,7 +264,7 @@ class MergeStrategy(FedAvg):
                 "round %d: evaluation on node %s failed: %s",
                 rnd,
                 m.metadata.src_node_id,
-                m.error.reason,
+                reason_line(m.error.reason),
             )
         self.eval_metrics[rnd] = sorted(
             (dict(next(iter(m.content.metric_records.values()))) for m in valid),
@@ -274,6 +305,25 @@ class MergeStrategy(FedAvg):
         self.failed_streak += 1
         return None, None
 
+    def failed(self, rnd: int) -> bool:
+        """Whether round ``rnd`` kept the global model for lack of usable replies."""
+        return self.round_info.get(rnd, {}).get("clients") == 0
+
+    def failed_rounds(self) -> dict[int, list[str]]:
+        """Every round that kept the global model, with what its clients said."""
+        return {
+            r: self.round_errors.get(r, []) or ["no reply arrived"]
+            for r in sorted(self.round_info)
+            if self.failed(r)
+        }
+
+    def first_error(self) -> str:
+        """The first client error of the run, in one line (or that no reply arrived)."""
+        for r in sorted(self.round_errors):
+            if self.round_errors[r]:
+                return self.round_errors[r][0].split(": ", 1)[-1]
+        return "no reply arrived"
+
     def failure_report(self, last: int) -> str:
         """What went wrong in the failed rounds up to ``last`` (for :class:`FederationFailed`)."""
         rounds = range(last - self.failed_streak + 1, last + 1)
@@ -312,11 +362,13 @@ class MergeStrategy(FedAvg):
         need = min(self.min_replies, max(1, sent))  # never more than were asked this round
         for m in errors:
             log.warning(
-                "round %d: client node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason
+                "round %d: client node %s failed: %s",
+                rnd,
+                m.metadata.src_node_id,
+                reason_line(m.error.reason),
             )
-            reason = str(m.error.reason).strip().splitlines()
             self.round_errors.setdefault(rnd, []).append(
-                f"node {m.metadata.src_node_id}: {reason[-1] if reason else 'error'}"
+                f"node {m.metadata.src_node_id}: {reason_line(m.error.reason)}"
             )
         if len(valid) < need:
             return self._keep_global(rnd, len(valid), need)
@@ -343,6 +395,7 @@ class MergeStrategy(FedAvg):
             set().union(*(from_record(next(iter(c.array_records.values()))) for c in contents))
         )
         self.failed_streak = 0
+        self.merged_rounds.append(rnd)
         merge_s = time.perf_counter() - t
         self.client_metrics[rnd] = sorted(metrics, key=lambda m: m.get("partition-id", 0))
         self.round_info.setdefault(rnd, {}).update(

@@ -82,16 +82,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_non_finite_client_replies_are_left_out(cfg):
     # a learning rate this large turns every client's weights into inf/NaN within a few steps
+    from fedssl.federation.strategy import FederationFailed
+
     cfg.name, cfg.federation.rounds, cfg.train.lr = "diverge", 1, 1e30
-    simulate(cfg)
+    with pytest.raises(FederationFailed, match="first client error: non-finite value in"):
+        simulate(cfg)  # no round merged: the run failed, and wrote no weights
     rd = RunDir(cfg.run_dir())
     row = rd.metrics()[-1]
     assert row["round"] == 1 and row["clients"] == 0 and row["failures"] == 2
-    from fedssl.federation.supervised import initial_state
-
-    saved = load_file(str(rd.path / rd.state()["checkpoint"]))
-    init = initial_state(cfg)
-    assert all(torch.equal(saved[k], init[k]) for k in init)  # global model unchanged
+    assert rd.state().get("checkpoint") is None and "non-finite" in rd.state()["failed"]
 
 
 def test_flower_fedadam_over_a_robust_merge_and_its_moments_survive_resume(cfg):
@@ -167,19 +166,24 @@ def test_too_few_replies_keep_the_global_model(cfg, monkeypatch):
     flwr_log = logging.getLogger("flwr")
     seen = Records()
     flwr_log.addHandler(seen)
-    cfg.name, cfg.federation.rounds, cfg.federation.min_replies = "few", 1, 2
-    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise")
+    cfg.name, cfg.federation.rounds, cfg.federation.min_replies = "few", 2, 2
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise:2")
     try:
         simulate(cfg)
     finally:
         flwr_log.removeHandler(seen)
     assert any("fraction_evaluate" in m for m in seen.messages)  # Flower's warnings get out ...
     assert not any("DEPRECATED FEATURE" in m for m in seen.messages)  # ... but not the banner
+    # ... nor Ray's traceback of the client's exception: the server's one line says it
+    assert not any("Traceback (most recent call last)" in m for m in seen.messages)
     rd = RunDir(cfg.run_dir())
     assert rd.metrics()[-1]["clients"] == 0 and rd.metrics()[-1]["failures"] == 1
+    # round 2 merged nothing: the global model stays round 1's, and round 2 writes no weights
+    assert rd.state()["checkpoint"].endswith("round_0001.safetensors")
+    assert "injected failure" in rd.state()["failed_rounds"]["2"][0]
     saved = load_file(str(rd.path / rd.state()["checkpoint"]))
     init = initial_state(cfg)
-    assert all(torch.equal(saved[k], init[k]) for k in init)
+    assert not all(torch.equal(saved[k], init[k]) for k in init)
 
 
 def test_fault_specification_errors():
@@ -217,3 +221,60 @@ def test_a_run_where_every_client_fails_stops_non_zero_naming_the_errors(
     rd = RunDir(tmp_path / "allfail")
     assert [r["round"] for r in rd.metrics()] == [0, 1, 2]
     assert "injected failure" in rd.state()["failed"]
+
+
+def test_a_run_in_which_no_round_merged_exits_1_and_writes_no_model(
+    load_launch, tiny_fashion, tmp_path, monkeypatch, capsys
+):
+    """One round, every client raises: before, the run said "done", wrote the untrained model
+    and exited 0. Now: exit 1, one error line naming the client's exception, no weights, and
+    the run directory says why."""
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise,1:raise")
+    sets = [f"data.root={tiny_fashion}", "data.train_per_client=150", "data.test_per_client=30",
+            "model.width=4", "model.hidden=16", "train.local_steps=2"]  # fmt: skip
+    argv = ["--out-dir", str(tmp_path), "--name", "nothing", "--rounds", "1", "--wandb",
+            "disabled", "--set", *sets]  # fmt: skip
+    assert load_launch("merge").main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: nothing: no round merged a usable reply")
+    assert "RuntimeError: injected failure (FEDSSL_INJECT_FAULT) in round 1" in err[0]
+    rd = RunDir(tmp_path / "nothing")
+    assert not list(rd.path.rglob("*.safetensors"))
+    assert rd.state().get("checkpoint") is None
+    assert "injected failure" in rd.state()["failed"]
+
+
+def test_a_run_past_a_failed_round_lists_it_at_the_end_and_in_its_state(
+    load_launch, tiny_fashion, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise:2,1:raise:2")
+    sets = [f"data.root={tiny_fashion}", "data.train_per_client=150", "data.test_per_client=30",
+            "model.width=4", "model.hidden=16", "train.local_steps=2"]  # fmt: skip
+    argv = ["--out-dir", str(tmp_path), "--name", "gap", "--rounds", "3", "--wandb",
+            "disabled", "--set", *sets]  # fmt: skip
+    assert load_launch("merge").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "round 2/3" in out and "FAILED: no usable client reply" in out
+    assert "1 round(s) merged no usable reply, the model unchanged: 2 (first: round 2" in out
+    rd = RunDir(tmp_path / "gap")
+    assert list(rd.state()["failed_rounds"]) == ["2"]
+    assert rd.state()["checkpoint"].endswith("round_0003.safetensors")
+
+
+def test_a_client_error_is_one_line_whichever_engine_carried_it():
+    from fedssl.federation.strategy import reason_line
+
+    deployed = "<class 'ValueError'>:<'client 0 has 180 unlabeled images, fewer than one batch'>"
+    assert (
+        reason_line(deployed)
+        == "ValueError: client 0 has 180 unlabeled images, fewer than one batch"
+    )
+    simulated = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() "
+        '(pid=1)\nTraceback (most recent call last):\n  File "x.py", line 3, in f\n'
+        "ValueError: client 1 has 180 unlabeled images\n\nThe above exception was the direct "
+        "cause of the following exception:\n\nflwr.clientapp.client_app.ClientAppException: "
+        "\nException ClientAppException occurred. Message: client 1 has 180 unlabeled images'>"
+    )
+    assert reason_line(simulated) == "ValueError: client 1 has 180 unlabeled images"
+    assert reason_line("timed out\nafter 3 s") == "after 3 s"
