@@ -14,7 +14,9 @@ process instead of importing torch and building the client's data itself; the an
 Fault injection, for testing a federation's resilience: ``FEDSSL_INJECT_FAULT`` set to
 ``<partition-id>:raise[:<round>]`` makes that client's training raise (in every round, or only in
 ``<round>``), and ``<partition-id>:hang:<seconds>[:<round>]`` makes it sleep that long first
-(past ``federation.timeout_s`` it counts as timed out). Several faults are separated by commas.
+(past ``federation.timeout_s`` it counts as timed out); ``<partition-id>:exit[:<round>]`` ends
+the client's process at once (as when the system kills it for memory). Several faults are
+separated by commas.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def inject_fault(pid: int, server_round: int, spec: str | None = None) -> None:
         parts = item.split(":")
         try:
             target, kind = int(parts[0]), parts[1]
-            if kind == "raise" and len(parts) in (2, 3):
+            if kind in ("raise", "exit") and len(parts) in (2, 3):
                 seconds, rnd = 0.0, int(parts[2]) if len(parts) == 3 else None
             elif kind == "hang" and len(parts) in (3, 4):
                 seconds, rnd = float(parts[2]), int(parts[3]) if len(parts) == 4 else None
@@ -82,13 +84,15 @@ def inject_fault(pid: int, server_round: int, spec: str | None = None) -> None:
                 raise ValueError
         except (ValueError, IndexError):
             raise ConfigError(
-                f"FEDSSL_INJECT_FAULT: cannot read {item!r}; use PID:raise[:ROUND] or "
-                "PID:hang:SECONDS[:ROUND]"
+                f"FEDSSL_INJECT_FAULT: cannot read {item!r}; use PID:raise[:ROUND], "
+                "PID:exit[:ROUND] or PID:hang:SECONDS[:ROUND]"
             ) from None
         if target != pid or (rnd is not None and rnd != server_round):
             continue
         if kind == "hang":
             time.sleep(seconds)
+        elif kind == "exit":  # the client's process dies (as when the OS kills it for memory)
+            os._exit(1)
         else:
             raise RuntimeError(f"injected failure (FEDSSL_INJECT_FAULT) in round {server_round}")
 

@@ -196,6 +196,7 @@ def test_fault_specification_errors():
     inject_fault(1, 3, "1:raise:2")  # only in round 2
     with pytest.raises(ConfigError, match="cannot read 'x:boom'"):
         inject_fault(0, 1, "x:boom")
+    inject_fault(0, 1, "0:exit:2")  # another round: this process lives on
 
 
 def test_a_run_where_every_client_fails_stops_non_zero_naming_the_errors(
@@ -278,3 +279,22 @@ def test_a_client_error_is_one_line_whichever_engine_carried_it():
     )
     assert reason_line(simulated) == "ValueError: client 1 has 180 unlabeled images"
     assert reason_line("timed out\nafter 3 s") == "after 3 s"
+
+
+def test_clients_whose_process_dies_end_the_run_within_seconds(
+    load_launch, tiny_fashion, tmp_path, monkeypatch, capsys
+):
+    """Every client's process dies (as when the system kills it for memory): the federation
+    does not wait for them; the run ends with exit 1, naming Ray's ActorDiedError."""
+    import time
+
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:exit,1:exit")
+    sets = [f"data.root={tiny_fashion}", "data.train_per_client=150", "data.test_per_client=30",
+            "model.width=4", "model.hidden=16", "train.local_steps=2"]  # fmt: skip
+    argv = ["--out-dir", str(tmp_path), "--name", "died", "--rounds", "1", "--wandb",
+            "disabled", "--set", *sets]  # fmt: skip
+    t = time.perf_counter()
+    assert load_launch("merge").main(argv) == 1
+    assert time.perf_counter() - t < 120
+    err = capsys.readouterr().err
+    assert "no round merged a usable reply" in err and "ActorDiedError" in err
