@@ -12,8 +12,10 @@ without one.
 
 from __future__ import annotations
 
+import argparse
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "Text",
     "Checked",
     "domain_of",
+    "option",
     "Count",
     "Size",
     "Seed",
@@ -31,6 +34,7 @@ __all__ = [
     "Fraction",
     "Momentum",
     "Positive",
+    "Port",
 ]
 
 
@@ -123,3 +127,31 @@ def domain_of(annotation: Any) -> Range | Text | Checked | None:
         if found is not None:
             return found
     return None
+
+
+#: a TCP port (0: any free port)
+Port = Annotated[int, Range(0, 65535)]
+
+
+def option(annotated: Any) -> Callable[[str], Any]:
+    """An ``argparse`` ``type`` for a command-line option of the domain ``annotated`` (e.g.
+    ``type=option(Count)``): a value outside it is refused by argparse (exit 2) with the
+    option's name, the value and the domain. The callable keeps the domain as ``.domain``."""
+    base = typing.get_args(annotated)[0]
+    dom = domain_of(annotated)
+    if base not in (int, float) or not isinstance(dom, Range):
+        raise TypeError(f"option() takes a numeric domain such as Count, got {annotated!r}")
+
+    def parse(text: str):
+        try:
+            value = base(text)
+        except ValueError:
+            kind = "an integer" if base is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not dom.allows(float(value)):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; it must be {dom.describe()}")
+        return value
+
+    parse.domain = dom  # type: ignore[attr-defined]
+    parse.__name__ = base.__name__
+    return parse

@@ -17,6 +17,7 @@ import sys
 
 import fedssl  # noqa: F401  (allocator settings before torch)
 from fedssl.config import ConfigError
+from fedssl.domains import Count, Size, option
 from fedssl.experiments import table2
 
 
@@ -34,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="labeled images per class, comma- or space-separated; all (or 0): the whole "
         "labeled part (default: all 20; the label-scarce protocol: 1,5,10,20,all)",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps per head")
+    p.add_argument(
+        "--steps", type=option(Count), default=d.steps, help="optimisation steps per head"
+    )
     p.add_argument("--methods", nargs="+", choices=list(table2.METHODS), default=d.methods)
     p.add_argument("--out-dir", default=d.out_dir, help="run directories")
     p.add_argument("--results", default=d.results)
@@ -54,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=option(Size),
         default=d.jobs,
         help="heads trained side by side, each in its own process (default 0: one per "
         "client, at most one per CPU; 1: one after another in this process)",

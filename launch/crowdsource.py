@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedssl.domains import Count, Momentum, Rate, Seed, option
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     from fedssl.cli import add_overwrite
@@ -23,18 +25,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--name", default="crowdsource")
     p.add_argument("--out-dir", default="runs")
-    p.add_argument("--participants", type=int, default=10, help="half per dataset")
-    p.add_argument("--versions", type=int, default=10, help="merges (rounds) to run")
-    p.add_argument("--per-round", type=int, default=6400, help="images per participant and round")
-    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--participants", type=option(Count), default=10, help="half per dataset")
+    p.add_argument("--versions", type=option(Count), default=10, help="merges (rounds) to run")
+    p.add_argument(
+        "--per-round", type=option(Count), default=6400, help="images per participant and round"
+    )
+    p.add_argument("--epochs", type=option(Count), default=1, help="local epochs per round")
     p.add_argument("--model", choices=["paper_cnn", "mlp"], default="paper_cnn")
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--parallel", type=int, default=2, help="participants training at once")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=option(Count), default=32)
+    p.add_argument("--hidden", type=option(Count), default=128)
+    p.add_argument("--lr", type=option(Rate), default=0.05)
+    p.add_argument("--momentum", type=option(Momentum), default=0.9)
+    p.add_argument("--batch-size", type=option(Count), default=64)
+    p.add_argument(
+        "--parallel", type=option(Count), default=2, help="participants training at once"
+    )
+    p.add_argument("--seed", type=option(Seed), default=0)
     p.add_argument("--data-root", help="Fashion-MNIST idx folder (default: the usual places)")
     p.add_argument("--db", help="hub store URL (default: sqlite in the run directory)")
     p.add_argument("--no-central", action="store_true", help="skip the centralized reference")

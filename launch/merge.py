@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fedssl.cli import add_run_args, print_config, resolve_config, run_overrides
 from fedssl.config import ConfigError, load_config
+from fedssl.domains import Count, option
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "merge" / "paper.yaml"
 ALL = ("avg", "max", "absmax", "absmax_magnitude")
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--centralized",
-        type=int,
+        type=option(Count),
         metavar="EPOCHS",
         help="instead: train one model on all clients' data for EPOCHS epochs",
     )

@@ -14,6 +14,7 @@ import argparse
 import signal
 import sys
 
+from fedssl.domains import Count, option
 from fedssl.federation.site_worker import serve
 
 
@@ -21,11 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--socket", required=True, help="path of the Unix socket to serve on")
     p.add_argument(
-        "--max-messages", type=int, default=None, help="stop after answering this many (tests)"
+        "--max-messages",
+        type=option(Count),
+        default=None,
+        help="stop after answering this many (tests)",
     )
     args = p.parse_args(argv)
-    if args.max_messages is not None and args.max_messages < 1:
-        p.error("--max-messages must be at least 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # cleans up the socket and key
     try:
         serve(args.socket, args.max_messages)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedssl.federation.supernode import POLL_S, run
+from fedssl.domains import option
+from fedssl.federation.supernode import POLL_RANGE, POLL_S, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--poll-s",
-        type=float,
+        type=option(POLL_RANGE),
         default=POLL_S,
         help="longest wait between the SuperNode's looks for messages and replies, in seconds, "
         "0.01-3 (default %(default)s; Flower's own: 3)",
@@ -33,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("supernode_args", nargs=argparse.REMAINDER, help="flower-supernode's flags")
     args = p.parse_args(argv)
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
-    if not 0.01 <= args.poll_s <= 3.0:
-        p.error(f"--poll-s must be within [0.01, 3] seconds, got {args.poll_s}")
     run(rest, args.poll_s)
     return 0
 

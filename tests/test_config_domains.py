@@ -127,26 +127,111 @@ def test_launchers_exit_2_on_every_value_outside_its_domain_and_write_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    ("launcher", "argv", "key"),
-    [
-        ("pretrain", ["--rounds", "0"], "federation.rounds"),
-        ("pretrain", ["--local-steps", "-1"], "train.local_steps"),
-        ("noniid", ["--p", "1.7"], "data.dominant_p"),
-        ("noniid", ["--clients", "0"], "data.num_clients"),
-        ("noniid", ["--lr", "-0.5"], "train.lr"),
-        ("noniid", ["--batch-size", "0"], "train.batch_size"),
-        ("noniid", ["--fraction", "0"], "federation.fraction_train"),
-        ("noniid", ["--dirichlet", "0"], "data.dirichlet_alpha"),
-        ("finetune", ["--client", "0", "--epochs", "0"], "finetune.epochs"),
-        ("finetune", ["--client", "0", "--labels-per-class", "-1"], "finetune.labels_per_class"),
-        ("finetune", ["--federated", "--rounds", "0"], "federation.rounds"),
-    ],
-)
-def test_launcher_flags_go_through_the_same_check(launcher, argv, key, load_launch, tmp_path,
-                                                  capsys):  # fmt: skip
-    main = load_launch(launcher).main
-    assert main([*argv, "--set", f"out_dir={tmp_path}"]) == 2
-    err = capsys.readouterr().err
-    assert f"error: {key}: " in err and "\n" == err[-1] and err.count("\n") == 1, err
+#: launcher flags that stand for a config key (checked by the key's domain when loaded)
+CONFIG_FLAGS = {
+    ("pretrain", "--rounds"): "federation.rounds",
+    ("pretrain", "--local-epochs"): "train.local_epochs",
+    ("pretrain", "--local-steps"): "train.local_steps",
+    ("merge", "--rounds"): "federation.rounds",
+    ("merge", "--local-epochs"): "train.local_epochs",
+    ("merge", "--local-steps"): "train.local_steps",
+    ("noniid", "--rounds"): "federation.rounds",
+    ("noniid", "--local-epochs"): "train.local_epochs",
+    ("noniid", "--local-steps"): "train.local_steps",
+    ("noniid", "--p"): "data.dominant_p",
+    ("noniid", "--dirichlet"): "data.dirichlet_alpha",
+    ("noniid", "--fraction"): "federation.fraction_train",
+    ("noniid", "--clients"): "data.num_clients",
+    ("noniid", "--lr"): "train.lr",
+    ("noniid", "--batch-size"): "train.batch_size",
+    ("finetune", "--epochs"): "finetune.epochs",
+    ("finetune", "--rounds"): "federation.rounds",
+    ("finetune", "--labels-per-class"): "finetune.labels_per_class",
+}
+COMMANDS = ["pretrain", "merge", "noniid", "finetune", "compare", "crowdsource", "site_worker",
+            "supernode", "hub"]  # fmt: skip
+
+
+class _Captured(Exception):
+    pass
+
+
+def _parsers(command, load_launch, monkeypatch) -> list:
+    """Every argparse parser of a command (a hub subcommand's too), as it builds them."""
+    if command == "hub":
+        from fedssl.hub.cli import parser
+
+        top = [parser()]
+    else:
+        import argparse
+
+        def capture(self, *a, **k):
+            raise _Captured(self)
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(_Captured) as got:
+            load_launch(command).main([])
+        monkeypatch.undo()
+        top = [got.value.args[0]]
+    out = []
+    while top:
+        p = top.pop()
+        out.append(p)
+        for a in p._actions:
+            if a.choices and isinstance(a.choices, dict):  # subcommands
+                top.extend(a.choices.values())
+    return out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_numeric_option_of_every_command_has_a_domain(command, load_launch, monkeypatch):
+    checked = 0
+    for parser in _parsers(command, load_launch, monkeypatch):
+        for action in parser._actions:
+            flag = action.option_strings[-1] if action.option_strings else action.dest
+            if action.type in (int, float):
+                assert (command, flag) in CONFIG_FLAGS, (
+                    f"{command} {flag}: a numeric option needs type=option(<domain>) "
+                    "(fedssl.domains) or to stand for a config key (CONFIG_FLAGS here)"
+                )
+                continue
+            dom = getattr(action.type, "domain", None)
+            if dom is None:
+                continue
+            for bad in dom.outside():
+                text = str(int(bad)) if action.type.__name__ == "int" else str(bad)
+                with pytest.raises(__import__("argparse").ArgumentTypeError, match="not allowed"):
+                    action.type(text)
+                checked += 1
+    if command not in ("pretrain", "merge", "noniid", "finetune"):
+        assert checked > 0, f"{command}: no numeric option found"
+
+
+def test_an_option_outside_its_domain_exits_2_naming_the_option(load_launch, capsys):
+    with pytest.raises(SystemExit) as code:
+        load_launch("crowdsource").main(["--participants", "0"])
+    assert code.value.code == 2
+    assert "argument --participants: 0 is not allowed; it must be >= 1" in capsys.readouterr().err
+    from fedssl.hub.cli import main as hub
+
+    with pytest.raises(SystemExit) as code:
+        hub(["serve", "--port", "70000"])
+    assert code.value.code == 2
+    assert "--port: 70000 is not allowed; it must be in [0, 65535]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("launcher", "flag", "key"),
+                         [(la, fl, key) for (la, fl), key in CONFIG_FLAGS.items()])  # fmt: skip
+def test_flags_that_stand_for_a_config_key_are_refused_by_its_domain(
+    launcher, flag, key, load_launch, tmp_path, capsys
+):
+    tp = {k: t for k, t, _, _ in SETTINGS}[key]
+    dom = {k: d for k, _, d, _ in SETTINGS}[key]
+    extra = ["--client", "0"] if launcher == "finetune" and flag != "--rounds" else []
+    extra = ["--federated"] if launcher == "finetune" and flag == "--rounds" else extra
+    for bad in dom.outside():
+        argv = [*extra, flag, _as_text(tp, bad), "--set", f"out_dir={tmp_path}"]
+        assert load_launch(launcher).main(argv) == 2, (launcher, flag, bad)
+        err = capsys.readouterr().err
+        assert f"error: {key}: " in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []

@@ -25,11 +25,16 @@ import os
 import sys
 import time as _time
 from collections.abc import Sequence
+from typing import Annotated
 
-__all__ = ["POLL_S", "CappedClock", "run", "shorten_polls"]
+from fedssl.domains import Range
+
+__all__ = ["POLL_S", "POLL_RANGE", "CappedClock", "run", "shorten_polls"]
 
 #: default longest wait between a SuperNode's looks for messages and replies
 POLL_S = 0.1
+#: the waits it may be given, in seconds (Flower's own idle wait is 3 s)
+POLL_RANGE = Annotated[float, Range(0.01, 3.0)]
 #: the environment variable Flower's SuperExec reads for its task poll interval
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 #: the waits of Flower's SuperNode loop this module shortens (checked in its source)
@@ -58,7 +63,7 @@ def shorten_polls(poll_s: float = POLL_S) -> bool:
         True when the loop's waits were found and capped; False (with a line on stderr) when the
         installed Flower has them elsewhere, in which case nothing is changed.
     """
-    if not 0.01 <= poll_s <= 3.0:
+    if not POLL_RANGE.__metadata__[0].allows(poll_s):
         raise ValueError(f"poll_s must be within [0.01, 3] seconds, got {poll_s}")
     from flwr.supernode import start_client_internal as loop
 

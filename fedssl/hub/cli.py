@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 
+from fedssl.domains import Count, NonNegative, Port, Rate, Size, option
+
 __all__ = ["main"]
 
 
@@ -184,10 +186,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the hub server")
     s.add_argument("--db", default="sqlite:///hub.db", help="SQLAlchemy URL")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50051, help="0: any free port")
+    s.add_argument("--port", type=option(Port), default=50051, help="0: any free port")
     s.add_argument("--tls-cert", help="PEM certificate (with --tls-key: serve TLS)")
     s.add_argument("--tls-key", help="PEM private key")
-    s.add_argument("--max-upload-mb", type=float, default=512.0)
+    s.add_argument("--max-upload-mb", type=option(Rate), default=512.0)
     s.add_argument("--init-manager", metavar="NAME", help="make a manager key if NAME has none")
     s.add_argument("--key-file", help="also write that key here (mode 600)")
     s.add_argument("--port-file", help="write the bound port here once listening")
@@ -207,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gc", help="operator: delete blob files no version or contribution uses")
     g.add_argument("--db", default="sqlite:///hub.db")
     g.add_argument("--blob-dir", default="auto", help=blob_help)
-    g.add_argument("--min-age-h", type=float, default=1.0, help="spare younger files (hours)")
+    g.add_argument(
+        "--min-age-h", type=option(NonNegative), default=1.0, help="spare younger files (hours)"
+    )
     g.set_defaults(func=cmd_gc)
 
     a = sub.add_parser("admin-key", help="operator: create a manager key in the database")
@@ -228,21 +232,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", required=True, help="safetensors file of the initial weights")
     c.add_argument("--builder", default="{}", help='JSON, e.g. {"model": "mlp", "num_classes": 10}')
     c.add_argument("--recipe", default="{}", help="JSON training recipe for participants")
-    c.add_argument("--max-staleness", type=int, default=0)
+    c.add_argument("--max-staleness", type=option(Size), default=0)
     c.set_defaults(func=cmd_create)
 
     st = sub.add_parser("status", help="models, or one model and its contributions")
     remote(st)
     st.add_argument("name", nargs="?")
-    st.add_argument("--base", type=int, default=0, help="contributions to this version")
+    st.add_argument("--base", type=option(Size), default=0, help="contributions to this version")
     st.set_defaults(func=cmd_status)
 
     m = sub.add_parser("merge", help="merge pending contributions into a new version (manager)")
     remote(m)
     m.add_argument("name")
-    m.add_argument("--base", type=int, default=0, help="default: the current version")
+    m.add_argument("--base", type=option(Size), default=0, help="default: the current version")
     m.add_argument("--method", default="avg")
-    m.add_argument("--min", type=int, default=1, help="minimum contributions")
+    m.add_argument("--min", type=option(Count), default=1, help="minimum contributions")
     m.set_defaults(func=cmd_merge)
 
     k = sub.add_parser("keys", help="participant keys (manager)")
