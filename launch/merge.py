@@ -57,6 +57,7 @@ def overrides(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from fedssl.data.datasets import DatasetNotFoundError
     from fedssl.federation.simulation import preflight, simulate
     from fedssl.federation.strategy import FederationFailed
 
@@ -79,7 +80,10 @@ def main(argv=None) -> int:
             runtime.resolve(base)
         else:
             preflight(base)
-    except ConfigError as err:
+        from fedssl.data.client_tensors import check_splits
+
+        check_splits(base.data)  # the data exists and splits as asked, before anything starts
+    except (ConfigError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except FederationFailed as err:

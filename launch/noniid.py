@@ -93,11 +93,13 @@ def main(argv=None) -> int:
                 f"experiment: {cfg.experiment!r}; launch/noniid.py runs supervised federated "
                 "training (experiment: supervised)"
             )
+        from fedssl.data.client_tensors import check_splits
         from fedssl.experiments.noniid import histogram_table
         from fedssl.federation.simulation import preflight
 
         preflight(cfg)
-        histogram = histogram_table(cfg)  # the data exists and splits as asked
+        check_splits(cfg.data)  # the data exists and splits as asked
+        histogram = histogram_table(cfg)
         aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
     except (ConfigError, DatasetNotFoundError, RunExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

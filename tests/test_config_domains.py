@@ -235,3 +235,15 @@ def test_flags_that_stand_for_a_config_key_are_refused_by_its_domain(
         err = capsys.readouterr().err
         assert f"error: {key}: " in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flwr_run_configs_go_through_the_same_check():
+    from fedssl.federation.server_app import config_from_run_config
+
+    with pytest.raises(
+        C.ConfigError, match=r"^train.batch_size: 0 is not allowed; it must be >= 1"
+    ):
+        config_from_run_config({"overrides": "train.batch_size=0"})
+    with pytest.raises(C.ConfigError, match=r"^ssl.temperature: -0.5 is not allowed"):
+        config_from_run_config({"config": "configs/pretrain/default.yaml",
+                                "ssl.temperature": -0.5})  # fmt: skip

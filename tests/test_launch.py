@@ -2,6 +2,7 @@
 anything runs."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -212,30 +213,51 @@ def test_an_engine_that_cannot_start_exits_1_in_seconds_naming_the_cause(tiny_pr
     assert [r["round"] for r in RunDir(run).metrics()] == [1]
 
 
+def test_a_batch_larger_than_a_clients_images_is_refused_before_anything_starts(
+    pretrain, tiny_pretrain, tmp_path, capsys
+):
+    # before: every client raised in every round, and a one-round run exited 0
+    assert pretrain.main(["--set", *tiny_pretrain(tmp_path, "big"), "train.batch_size=1000"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"train.batch_size: 1000 is more than client 0's \(fashion_mnist\) \d+ unl", err
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("launcher", ["noniid", "merge"])
+def test_more_clients_than_the_data_can_serve_exit_2(launcher, load_launch, tmp_path, capsys):
+    argv = ["--set", f"out_dir={tmp_path}", "data.num_clients=100000"]
+    assert load_launch(launcher).main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: data: the clients cannot be split as configured: num_clients=100000" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stage_one_whose_every_client_fails_in_training_exits_1_without_a_backbone(
     tiny_pretrain, tmp_path
 ):
-    """A setting that passes every check but fails on every client (a batch larger than the
-    clients' images): before, the run printed the untrained backbone's kNN, wrote
-    backbone.safetensors, said "done" and exited 0. Now: exit 1 in one line naming the
-    clients' error, no backbone, and state.json says why."""
+    """Every client raises in training (forced here; a setting no check foresees does the
+    same): before, the run printed the untrained backbone's kNN, wrote backbone.safetensors,
+    said "done" and exited 0. Now: exit 1 in one line naming the clients' error, no backbone,
+    and state.json says why."""
     import subprocess
     import sys
     import time
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "FEDSSL_INJECT_FAULT": "0:raise,1:raise"}
     argv = [sys.executable, str(root / "launch" / "pretrain.py"), "--set",
-            *tiny_pretrain(tmp_path, "allfail"), "train.batch_size=1000"]  # fmt: skip
+            *tiny_pretrain(tmp_path, "allfail")]  # fmt: skip
     t = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert time.perf_counter() - t < 120
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no round merged a usable reply (round 1)" in errors[0]
-    assert "ValueError: client " in errors[0] and "fewer than one batch (1000)" in errors[0]
+    assert "RuntimeError: injected failure (FEDSSL_INJECT_FAULT) in round 1" in errors[0]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "FAILED: no usable client reply" in proc.stdout and "done in" not in proc.stdout
     run = tmp_path / "allfail"
     assert not (run / "backbone.safetensors").exists() and not (run / "checkpoints").exists()
-    assert "fewer than one batch" in RunDir(run).state()["failed"]
+    assert "injected failure" in RunDir(run).state()["failed"]

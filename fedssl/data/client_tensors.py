@@ -23,11 +23,18 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedssl.config import DataConfig
+from fedssl.config import ConfigError, DataConfig
 from fedssl.data import partition as P
 from fedssl.data.datasets import ArrayDataset, build_dataset
 
-__all__ = ["ClientSplit", "client_splits", "to_tensors", "client_tensors", "server_test_tensors"]
+__all__ = [
+    "ClientSplit",
+    "client_splits",
+    "check_splits",
+    "to_tensors",
+    "client_tensors",
+    "server_test_tensors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,18 @@ def _key(cfg: DataConfig) -> str:
 def dataset_and_splits(cfg: DataConfig) -> tuple[ArrayDataset, list[ClientSplit]]:
     """The full dataset and every client's split (cached per process)."""
     return _cached(_key(cfg))
+
+
+def check_splits(cfg: DataConfig) -> None:
+    """Split the data as ``cfg`` says, before anything starts (a launcher's check).
+
+    Raises:
+        ConfigError: the clients cannot be split so (e.g. more clients than examples).
+    """
+    try:
+        dataset_and_splits(cfg)
+    except ValueError as err:
+        raise ConfigError(f"data: the clients cannot be split as configured: {err}") from None
 
 
 def client_tensors(

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedssl.config import ExperimentConfig
+from fedssl.config import ConfigError, ExperimentConfig
 
 __all__ = ["KnnTrack", "check_data", "knn_tracks", "time_breakdown", "time_line", "summary", "run"]
 
@@ -175,13 +175,24 @@ def cache_line(rows: list[Mapping], clients: int) -> str:
 
 def check_data(cfg: ExperimentConfig) -> list[str]:
     """Load every client's split up front (the simulation runs all clients on this machine), so
-    missing data fails here with the dataset's own how-to-get-it message. Returns summary lines.
+    missing data fails here with the dataset's own how-to-get-it message, and settings the data
+    cannot serve (a batch larger than a client's unlabeled images) fail before anything starts.
+    Returns summary lines.
+
+    Raises:
+        ConfigError: ``train.batch_size`` more than a client's unlabeled images.
     """
     from fedssl.data.client_images import client_task
 
     lines = []
     for pid, name in enumerate(cfg.data.clients):
         t = client_task(cfg.data, pid)
+        if len(t.unlabeled) < cfg.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} is more than client {pid}'s "
+                f"({name}) {len(t.unlabeled)} unlabeled images; lower it, or raise "
+                "data.max_per_client"
+            )
         lines.append(
             f"  client {pid}: {name} ({t.train.source}) {len(t.unlabeled)} unlabeled for "
             f"{cfg.ssl.method}, {len(t.labeled)} labeled (kNN bank), {len(t.test)} test, "
