@@ -243,7 +243,8 @@ def test_a_run_in_which_no_round_merged_exits_1_and_writes_no_model(
     assert load_launch("merge").main(argv) == 1
     stderr = capsys.readouterr().err
     err = [ln for ln in stderr.splitlines() if ln.startswith("error")]
-    assert "Traceback" not in stderr and len(err) == 1 and err[0].startswith("error: nothing: no round merged a usable reply")
+    assert "Traceback" not in stderr and len(err) == 1
+    assert err[0].startswith("error: nothing: no round merged a usable reply")
     assert "RuntimeError: injected failure (FEDSSL_INJECT_FAULT) in round 1" in err[0]
     rd = RunDir(tmp_path / "nothing")
     assert not list(rd.path.rglob("*.safetensors"))
