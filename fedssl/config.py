@@ -26,6 +26,7 @@ from fedssl.domains import (
     Fraction,
     Momentum,
     NonNegative,
+    Positive,
     Probability,
     Range,
     Rate,
@@ -66,9 +67,8 @@ class DataConfig:
     """Which dataset, and how it is split over clients."""
 
     name: str = "fashion_mnist"
-    root: Annotated[str, Text()] | None = (
-        None  # explicit data folder; else $FEDSSL_DATA, system paths, download
-    )
+    # explicit data folder; else $FEDSSL_DATA, system paths, download
+    root: Annotated[str, Text()] | None = None
     partition: str = "iid"  # iid | label_split | dominant_label | dirichlet
     num_clients: Count = 2
     train_per_client: Count = 30000
@@ -84,9 +84,8 @@ class DataConfig:
     # [fashion_mnist, mnist]; when set, `name` and `partition` are not used.
     clients: list[str] = field(default_factory=list)
     roots: dict[str, str] = field(default_factory=dict)  # per-dataset folder, e.g. intel_scene
-    labeled_fraction: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = (
-        0.25  # each client's labeled part (stratified); the rest unlabeled
-    )
+    # each client's labeled part (stratified); the rest unlabeled
+    labeled_fraction: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.25
     max_per_client: Size = 0  # cap on a client's training images (0: all), sampled stratified
     # Each client's images decoded once per process into uint8 tensors (fedssl.data.cache):
     # auto (on the GPU when they fit cache_gpu_share of its free memory, else host memory),
@@ -115,7 +114,7 @@ class ModelConfig:
     hidden: Count = 128
     batchnorm: bool = False
     padding: bool = False  # "same" padding in the convolutions
-    dropout: Momentum = 0.0
+    dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
     depth: Count = 1  # paper_cnn: convolutions per conv+pool block (1: the papers' reading)
 
     # SSL (experiment: pretrain) and task heads: a timm backbone, or a small-image ResNet
@@ -123,15 +122,13 @@ class ModelConfig:
     backbone: Annotated[str, Checked("fedssl.models.backbones")] = "resnet18"
     small_input: bool = False  # ResNet stem for 28-32 px images (3x3 stride 1, no max-pool)
     image_size: Annotated[int, Range(8, 4096)] = 28  # views and evaluation images are this size
-    in_chans: Annotated[int, Range(0, 4)] = (
-        0  # image channels; 0: from the clients' data (1 for MNIST-like)
-    )
+    # image channels; 0: from the clients' data (1 for MNIST-like)
+    in_chans: Annotated[int, Range(0, 4)] = 0
     # SSL head widths; null: the method's recipe (fedssl.methods.ssl.<method>)
     proj_hidden: Count | None = None
     proj_out: Count | None = None
-    proj_layers: Annotated[int, Range(lo=2)] | None = (
-        None  # simclr: projection head layers (2, or SimCLR v2's 3)
-    )
+    # simclr: projection head layers (2, or SimCLR v2's 3)
+    proj_layers: Annotated[int, Range(lo=2)] | None = None
     pred_hidden: Count | None = None  # prediction head (byol, simsiam)
 
     _choices = {"name": ("paper_cnn", "mlp")}
@@ -260,7 +257,7 @@ class FederationConfig:
     # time out (timeout_s) or send NaN/inf are left out and logged (capped at the number asked
     # that round). 0: federation.min_clients.
     min_replies: Size = 1
-    cpus_per_client: Rate = 1.0
+    cpus_per_client: Positive = 1.0
     # GPUs per simulated client, a Ray resource: 0.5 = two clients share one GPU; 0: clients see
     # no GPU. null (auto): 0 where the runtime resolves to CPU, else the machine's GPUs shared
     # evenly by the clients (all clients train at once).
@@ -277,7 +274,7 @@ class FederationConfig:
     # Flower's parameters (eta, beta_1, beta_2, tau), e.g. server_opt_args: {eta: 0.01}
     server_opt: str = "none"
     server_opt_args: dict[str, float] = field(default_factory=dict)
-    timeout_s: Rate = 3600.0
+    timeout_s: Positive = 3600.0
 
     _choices = {"server_opt": ("none", "adam", "yogi", "adagrad")}
 

@@ -3,7 +3,9 @@ numeric or free-text field without a declared domain fails here; every value jus
 declared domain, and every value outside a field's choices, is refused while loading, naming
 the key, the value and what is allowed; the launchers exit 2 on them and write nothing."""
 
+import argparse
 import dataclasses
+import types
 import typing
 
 import pytest
@@ -27,7 +29,7 @@ SECTIONS = {
 def _plain(tp):
     """``int`` for ``Annotated[int, ...] | None`` and the like; None for lists and mappings."""
     tp = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
-    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _plain(args[0]) if len(args) == 1 else None
     return tp if tp in (int, float, str, bool) else None
@@ -200,7 +202,7 @@ def test_every_numeric_option_of_every_command_has_a_domain(command, load_launch
                 continue
             for bad in dom.outside():
                 text = str(int(bad)) if action.type.__name__ == "int" else str(bad)
-                with pytest.raises(__import__("argparse").ArgumentTypeError, match="not allowed"):
+                with pytest.raises(argparse.ArgumentTypeError, match="not allowed"):
                     action.type(text)
                 checked += 1
     if command not in ("pretrain", "merge", "noniid", "finetune"):

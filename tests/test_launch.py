@@ -216,7 +216,7 @@ def test_an_engine_that_cannot_start_exits_1_in_seconds_naming_the_cause(tiny_pr
 def test_a_batch_larger_than_a_clients_images_is_refused_before_anything_starts(
     pretrain, tiny_pretrain, tmp_path, capsys
 ):
-    # before: every client raised in every round, and a one-round run exited 0
+    # every client would raise in every round: refused before anything starts instead
     assert pretrain.main(["--set", *tiny_pretrain(tmp_path, "big"), "train.batch_size=1000"]) == 2
     err = capsys.readouterr().err
     assert re.search(
@@ -238,9 +238,8 @@ def test_stage_one_whose_every_client_fails_in_training_exits_1_without_a_backbo
     tiny_pretrain, tmp_path
 ):
     """Every client raises in training (forced here; a setting no check foresees does the
-    same): before, the run printed the untrained backbone's kNN, wrote backbone.safetensors,
-    said "done" and exited 0. Now: exit 1 in one line naming the clients' error, no backbone,
-    and state.json says why."""
+    same): exit 1 in one line naming the clients' error, no backbone.safetensors (the
+    untrained backbone is not written as if trained), no "done", and state.json says why."""
     import subprocess
     import sys
     import time

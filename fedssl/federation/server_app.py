@@ -319,7 +319,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
             evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=evaluate,
         )
-        _fail_if_nothing_merged(rd, cfg, strategy, start_round + remaining)
+        _fail_if_nothing_merged(rd, cfg, strategy, start_round + 1, start_round + remaining)
         if line := failed_rounds_line(rd.state()):
             print(line, flush=True)
     finally:
@@ -341,13 +341,13 @@ def failed_rounds_line(state: dict) -> str | None:
     )
 
 
-def _fail_if_nothing_merged(rd: RunDir, cfg, strategy, last: int) -> None:
-    """A run in which no round merged a usable reply did not train: mark its run directory as
-    failed (``state.json``) and raise :class:`FederationFailed` with what the clients said."""
+def _fail_if_nothing_merged(rd: RunDir, cfg, strategy, first: int, last: int) -> None:
+    """A run whose rounds ``first``-``last`` merged no usable reply did not train: mark its run
+    directory as failed (``state.json``) and raise :class:`FederationFailed` with what the
+    clients said."""
     if strategy.merged_rounds:
         return
     rd.update_state(failed=strategy.failure_report(last))
-    first = last - strategy.failed_streak + 1
     rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
     raise FederationFailed(
         f"{cfg.name}: no round merged a usable reply ({rounds}); the first client error: "

@@ -109,7 +109,9 @@ class _DropClientTracebacks(logging.Filter):
 
 
 @contextmanager
-def _deprecations_handled(verbose: bool = False):
+def _flower_logs(verbose: bool = False):
+    """Flower's logs during a simulation: without its run_simulation banner, Ray's tip about
+    GPU visibility and (unless ``verbose``) Ray's tracebacks of client exceptions."""
     flwr_log = logging.getLogger("flwr")
     banner = _DropRunSimulationBanner()
     flwr_log.addFilter(banner)
@@ -157,7 +159,7 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
         logging.getLogger("flwr").setLevel(logging.WARNING)
     engine_down, server_done = threading.Event(), threading.Event()
     server_app = make_server_app(cfg, resume, engine_down=engine_down, finished=server_done)
-    with _deprecations_handled(verbose):
+    with _flower_logs(verbose):
         try:
             run_simulation(
                 server_app=server_app,

@@ -27,7 +27,7 @@ import time as _time
 from collections.abc import Sequence
 from typing import Annotated
 
-from fedssl.domains import Range
+from fedssl.domains import Range, domain_of
 
 __all__ = ["POLL_S", "POLL_RANGE", "CappedClock", "run", "shorten_polls"]
 
@@ -63,7 +63,7 @@ def shorten_polls(poll_s: float = POLL_S) -> bool:
         True when the loop's waits were found and capped; False (with a line on stderr) when the
         installed Flower has them elsewhere, in which case nothing is changed.
     """
-    if not POLL_RANGE.__metadata__[0].allows(poll_s):
+    if not domain_of(POLL_RANGE).allows(poll_s):
         raise ValueError(f"poll_s must be within [0.01, 3] seconds, got {poll_s}")
     from flwr.supernode import start_client_internal as loop
 

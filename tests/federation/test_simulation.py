@@ -235,9 +235,9 @@ def _tiny_merge(data_root, out, name: str, rounds: int) -> list[str]:
 def test_a_run_in_which_no_round_merged_exits_1_and_writes_no_model(
     load_launch, tiny_fashion, tmp_path, monkeypatch, capsys
 ):
-    """One round, every client raises: before, the run said "done", wrote the untrained model
-    and exited 0. Now: exit 1, one error line naming the client's exception, no weights, and
-    the run directory says why."""
+    """One round, every client raises: exit 1, one error line naming the client's exception,
+    no weights (not the untrained model as if it were trained), and the run directory says
+    why."""
     monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise,1:raise")
     argv = _tiny_merge(tiny_fashion, tmp_path, "nothing", rounds=1)
     assert load_launch("merge").main(argv) == 1
