@@ -35,6 +35,7 @@ from fedssl.domains import (
     Text,
     domain_of,
 )
+from fedssl.privacy import PrivacyError, check_privacy
 
 __all__ = [
     "ConfigError",
@@ -46,6 +47,9 @@ __all__ = [
     "SSLConfig",
     "FinetuneConfig",
     "RuntimeConfig",
+    "DPSGDConfig",
+    "CentralDPConfig",
+    "PrivacyConfig",
     "ExperimentConfig",
     "load_config",
     "read_config",
@@ -353,6 +357,55 @@ class TrackingConfig:
 
 
 @dataclass
+class DPSGDConfig:
+    """Record-level differential privacy on each client: DP-SGD (Opacus: per-sample gradient
+    clipping, Gaussian noise, Poisson-sampled batches) for supervised runs and stage-two heads.
+    On when ``epsilon`` or ``noise_multiplier`` is set; ε is per client, over the whole run."""
+
+    # the privacy budget per client over the whole run; the noise is derived from it
+    epsilon: Rate | None = None
+    # instead of epsilon: the noise (std over max_grad_norm); the ε spent is then reported
+    noise_multiplier: NonNegative | None = None
+    delta: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 1e-5
+    max_grad_norm: Rate = 1.0  # every example's gradient is clipped to this L2 norm
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the clients train with DP-SGD."""
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+
+@dataclass
+class CentralDPConfig:
+    """Client-level differential privacy of the federation (DP-FedAvg): each client's update
+    clipped to ``clipping_norm`` (by the server, or by the client before it leaves), Gaussian
+    noise of std ``noise_multiplier * clipping_norm / n`` added to the mean of the ``n``
+    sampled clients. On when ``noise_multiplier`` is set."""
+
+    noise_multiplier: NonNegative | None = None  # σ (null: off; 0: clipping only, no privacy)
+    clipping_norm: Rate = 1.0  # the largest L2 norm of one client's update
+    clipping: str = "server"  # server | client: where an update is clipped
+    delta: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 1e-5
+    noise_seed: Seed | None = None  # null: fresh noise from the OS; a number: reproducible runs
+
+    _choices = {"clipping": ("server", "client")}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the merged update gets clipping and noise."""
+        return self.noise_multiplier is not None
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy (:mod:`fedssl.privacy`): record-level on the clients (``dp_sgd``)
+    and client-level on the server (``central``); either, both or neither."""
+
+    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
+    central: CentralDPConfig = field(default_factory=CentralDPConfig)
+
+
+@dataclass
 class ExperimentConfig:
     """A whole run: data, model, local training, federation, tracking and the run directory."""
 
@@ -368,6 +421,7 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     _choices = {"experiment": ("supervised", "pretrain", "finetune")}
 
@@ -521,6 +575,11 @@ def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
                 f"choose one of {', '.join(allowed)}"
             )
     check_domains(obj, prefix)
+    if cls is ExperimentConfig and not prefix:
+        try:
+            check_privacy(obj)
+        except PrivacyError as err:
+            raise ConfigError(str(err)) from None
     return obj
 
 

@@ -23,6 +23,8 @@ SECTIONS = {
     "finetune.": C.FinetuneConfig,
     "runtime.": C.RuntimeConfig,
     "tracking.": C.TrackingConfig,
+    "privacy.dp_sgd.": C.DPSGDConfig,
+    "privacy.central.": C.CentralDPConfig,
 }
 
 

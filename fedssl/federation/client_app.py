@@ -110,6 +110,11 @@ def handle(kind: str, content: RecordDict, node_config: dict, store: RecordDict)
         server_round = int(content["config"]["server-round"])
         inject_fault(pid, server_round)
         state, metrics = get_task(cfg).train(cfg, pid, arrays, server_round, store=store)
+        c = cfg.privacy.central
+        if c.enabled and c.clipping == "client":  # the update is clipped before it leaves
+            from fedssl.aggregation.dp import clip_update
+
+            state, metrics["update_norm"] = clip_update(state, arrays, c.clipping_norm)
         return RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
     if kind == "evaluate":
         metrics = get_task(cfg).evaluate(cfg, pid, arrays, store=store)

@@ -31,6 +31,7 @@ from fedssl.federation.strategy import (
     build_strategy,
 )
 from fedssl.plots import plot_curves
+from fedssl.privacy import Ledger, describe
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
@@ -41,6 +42,7 @@ __all__ = [
     "run_server",
     "config_from_run_config",
     "failed_rounds_line",
+    "privacy_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -259,6 +261,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         wandb_id=tracker.run_id, experiment=cfg.experiment, failed=None, failed_rounds=earlier
     )
 
+    ledger = Ledger((rd.state().get("privacy") or {}) if resume else None)
+    ledger.keep_until(start_round)
     f = cfg.federation
     n_clients = len(cfg.data.clients) or cfg.data.num_clients
     strategy = build_strategy(
@@ -279,6 +283,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         fraction_evaluate=1.0 if task.federated_evaluation else 0.0,
         min_evaluate_nodes=min(f.min_clients, n_clients),
         min_replies=f.min_replies or max(1, min(f.min_clients, n_clients)),
+        central=cfg.privacy.central,
     )
     remaining = f.rounds - start_round
     clock = {"t": time.perf_counter()}
@@ -296,6 +301,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         now = time.perf_counter()
         row = _row(rnd, server, strategy, task, now - clock["t"])
         clock["t"] = now
+        if not strategy.failed(rnd):
+            row.update(_account(rd, cfg, strategy, ledger, rnd))
         _keep_round(rd, cfg, task, strategy, tracker, rnd, sd, row)
         _stop_if_failing(rd, cfg, strategy, rnd)
         print(_progress(cfg, task, row), flush=True)  # every round; scores on scored rounds
@@ -322,9 +329,44 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         _fail_if_nothing_merged(rd, cfg, strategy, start_round + 1, start_round + remaining)
         if line := failed_rounds_line(rd.state()):
             print(line, flush=True)
+        if line := describe(privacy_report(cfg, rd.state())):
+            print(line, flush=True)
     finally:
         tracker.finish()
     return rd
+
+
+def privacy_report(cfg: ExperimentConfig, state: dict) -> dict:
+    """The ε a run spent so far (``state.json``'s ``privacy`` ledger): client-level and per
+    client record-level; empty for a run without differential privacy."""
+    p = cfg.privacy
+    return Ledger(state.get("privacy")).report(
+        p.central.delta, p.dp_sgd.delta, p.central.clipping_norm
+    )
+
+
+def _account(rd: RunDir, cfg, strategy: MergeStrategy, ledger: Ledger, rnd: int) -> dict:
+    """Enter merged round ``rnd``'s privacy spending in the ledger (``state.json``); return
+    the metrics row's privacy columns (ε so far, the round's clipping record)."""
+    c = cfg.privacy.central
+    if c.enabled:
+        ledger.add_central(rnd, float(c.noise_multiplier))
+    for m in strategy.client_metrics.get(rnd, []):
+        if "dp_steps" in m:
+            ledger.add_client(
+                rnd, int(m.get("partition-id", 0)), m["dp_noise"], m["dp_rate"], int(m["dp_steps"])
+            )
+    if not (ledger.central or ledger.dp_sgd):
+        return {}
+    rd.update_state(privacy=ledger.to_state())
+    report = ledger.report(c.delta, cfg.privacy.dp_sgd.delta, c.clipping_norm)
+    info = strategy.round_info.get(rnd, {})
+    cols = {k: info[k] for k in ("dp_update_norm_max", "dp_clipped") if k in info}
+    if "central" in report:
+        cols["epsilon_central"] = report["central"]["epsilon"]
+    for pid, r in report.get("dp_sgd", {}).items():
+        cols[f"epsilon_c{pid}"] = r["epsilon"]
+    return cols
 
 
 def failed_rounds_line(state: dict) -> str | None:

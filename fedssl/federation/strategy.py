@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.aggregation import first_non_finite, merge, resolve_method
+from fedssl.aggregation.dp import noise_std, noised_mean
 from fedssl.federation.records import from_record, num_bytes, to_record
 
 __all__ = [
@@ -125,6 +126,7 @@ MERGE_ARGS = (
     "server_lr",
     "velocity",
     "min_replies",
+    "central",
 )
 
 
@@ -144,6 +146,8 @@ class MergeStrategy(FedAvg):
         min_replies: merge only when at least this many usable replies arrived (at most the
             number of clients asked that round; clients that failed or timed out are left out and
             logged); otherwise keep the global model.
+        central: client-level DP (a ``privacy.central`` section, used when enabled): the merge
+            is :func:`fedssl.aggregation.dp.noised_mean` of the replies (``method`` avg).
         **kwargs: Flower ``FedAvg`` arguments: ``fraction_train``, ``min_train_nodes``,
             ``min_available_nodes`` ...
     """
@@ -169,8 +173,12 @@ class MergeStrategy(FedAvg):
         server_lr: float = 1.0,
         velocity: dict[str, torch.Tensor] | None = None,
         min_replies: int = 1,
+        central=None,
     ) -> None:
         resolve_method(method)  # fail fast on a bad name
+        self.central = central if central is not None and central.enabled else None
+        if self.central is not None and method != "avg":
+            raise ValueError(f"client-level DP merges by avg, not {method!r}")
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         self.min_replies = min_replies
@@ -231,7 +239,7 @@ class MergeStrategy(FedAvg):
     ) -> Iterable[Message]:
         """FedAvg's sampling, with the global round number in ``config["server-round"]``."""
         self._t0 = time.perf_counter()
-        if self.uses_server_optimizer:
+        if self.uses_server_optimizer or self.central is not None:
             self._global = from_record(arrays)
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rnd = server_round + self.round_offset
@@ -374,20 +382,15 @@ class MergeStrategy(FedAvg):
             return self._keep_global(rnd, len(valid), need)
         contents = [m.content for m in valid]
         t = time.perf_counter()
-        try:
-            merged, metrics = merge_contents(
-                contents, self.method, self.weighted, self.weighted_by_key, self.keys
-            )
-        except ValueError:
-            # Only now scan each reply (off the hot path): leave out those holding NaN/inf.
+        if self.central is not None:
             contents = self._finite_only(rnd, valid)
-            if len(contents) == len(valid):
-                raise
             if len(contents) < need:
                 return self._keep_global(rnd, len(contents), need)
-            merged, metrics = merge_contents(
-                contents, self.method, self.weighted, self.weighted_by_key, self.keys
-            )
+            merged, metrics = self._private_merge(rnd, contents, sent)
+        else:
+            merged, metrics, contents = self._merge(rnd, valid, contents, need)
+            if merged is None:
+                return self._keep_global(rnd, len(contents), need)
         if self.uses_server_optimizer:
             merged = self.server_step(merged)
         # what the clients sent, for the run directory (received-keys.json)
@@ -409,6 +412,63 @@ class MergeStrategy(FedAvg):
         )
         merged_record = to_record(merged, packed=self.packs_records)
         return merged_record, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def _merge(self, rnd: int, valid: list[Message], contents: list[RecordDict], need: int):
+        """``self.method``'s merge of ``contents``; replies holding NaN/inf are left out (the
+        scan runs only when the merge refuses, off the hot path). Returns the merged state
+        (None: too few usable replies), the metrics and the contents merged."""
+        try:
+            merged, metrics = merge_contents(
+                contents, self.method, self.weighted, self.weighted_by_key, self.keys
+            )
+        except ValueError:
+            contents = self._finite_only(rnd, valid)
+            if len(contents) == len(valid):
+                raise
+            if len(contents) < need:
+                return None, None, contents
+            merged, metrics = merge_contents(
+                contents, self.method, self.weighted, self.weighted_by_key, self.keys
+            )
+        return merged, metrics, contents
+
+    def _private_merge(self, rnd: int, contents: list[RecordDict], sent: int):
+        """Client-level DP's merge: :func:`~fedssl.aggregation.dp.noised_mean` over the
+        ``sent`` clients asked (replies in client order); records the updates' norms."""
+        c = self.central
+        pairs = []
+        for content in contents:
+            m = dict(next(iter(content.metric_records.values())))
+            sd = from_record(next(iter(content.array_records.values())))
+            if self.keys is not None:
+                sd = {k: v for k, v in sd.items() if k in self.keys}
+            pairs.append((m, sd))
+        pairs.sort(key=lambda p: p[0].get("partition-id", 0))
+        gen = torch.Generator()
+        if c.noise_seed is not None:
+            gen.manual_seed(int(c.noise_seed) * 1_000_003 + rnd)
+        else:
+            import secrets
+
+            gen.manual_seed(secrets.randbits(63))
+        merged, norms = noised_mean(
+            self._global,
+            [sd for _, sd in pairs],
+            c.clipping_norm,
+            float(c.noise_multiplier),
+            max(sent, len(pairs)),
+            gen,
+        )
+        self.round_info.setdefault(rnd, {}).update(
+            {
+                "dp_update_norm_max": max(norms),
+                "dp_clipped": sum(n > c.clipping_norm for n in norms) / len(norms),
+                "dp_noise_std": noise_std(
+                    float(c.noise_multiplier), c.clipping_norm, max(sent, len(pairs))
+                ),
+            }
+        )
+        return merged, [m for m, _ in pairs]
 
 
 def _flower_optimizers() -> dict[str, type]:

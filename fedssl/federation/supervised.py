@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.client_tensors import client_tensors, server_test_tensors
+from fedssl.methods.dp_sgd import PrivateFit, batches_per_epoch, plan
 from fedssl.methods.supervised import Classifier, accuracy, build_model
 
 __all__ = ["initial_state", "local_train", "server_accuracy", "weights_fingerprint"]
@@ -45,7 +46,9 @@ def local_train(
 
     Metrics: ``num-examples`` (FedAvg weight), ``partition-id``, ``local_acc`` (the trained local
     model on the client's local validation/test share), ``train_loss``, ``train_s`` (the
-    Lightning fit) and ``work_s`` (everything this function does: data, model, fit, evaluation).
+    Lightning fit) and ``work_s`` (everything this function does: data, model, fit, evaluation);
+    with ``privacy.dp_sgd``, the fit's DP-SGD (``dp_noise``, ``dp_rate``, ``dp_steps``) for the
+    server's accountant.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, cfg.train.threads))
@@ -56,6 +59,7 @@ def local_train(
     received = weights_fingerprint(state)
     allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
     lr = round_lr(cfg, server_round)
+    private = _private_fit(cfg, net, len(y))
     module = Classifier(
         net,
         optimizer=cfg.train.optimizer,
@@ -65,6 +69,7 @@ def local_train(
         allowed_labels=allowed,
         augment=cfg.train.augment,
         prox_mu=cfg.train.prox_mu,
+        private=private,
     )
     rt = runtime.resolve(cfg)
     seed = runtime.round_seed(cfg.seed, server_round, partition_id)
@@ -72,10 +77,16 @@ def local_train(
     loader = runtime.loader(
         rt, TensorDataset(x, y), cfg.train.batch_size, shuffle=True, seed=seed, workers=False
     )
+    if private is not None:
+        loader = private.loader(loader)
     t0 = time.perf_counter()
     trainer = runtime.trainer(rt, **cfg.train.fit_limits())
-    with runtime.layout(net, rt):
-        trainer.fit(module, loader)
+    try:
+        with runtime.layout(net, rt):
+            trainer.fit(module, loader)
+    finally:
+        if private is not None:
+            private.close()
     train_s = time.perf_counter() - t0
     vx, vy = data["val"]
     f = cfg.federation
@@ -91,8 +102,21 @@ def local_train(
         "steps": int(trainer.global_step),
         "received_fingerprint": received,
     }
+    if private is not None:
+        metrics.update(private.dp.record(int(trainer.global_step)))
     metrics["work_s"] = time.perf_counter() - t_start
     return {k: v.detach() for k, v in net.state_dict().items()}, metrics
+
+
+def _private_fit(cfg: ExperimentConfig, net: torch.nn.Module, examples: int) -> PrivateFit | None:
+    """DP-SGD for one round of ``net`` on ``examples`` (``privacy.dp_sgd``; None when off),
+    its noise sized for every round of the run."""
+    if not cfg.privacy.dp_sgd.enabled:
+        return None
+    t = cfg.train
+    per_round = t.local_steps or t.local_epochs * batches_per_epoch(examples, t.batch_size)
+    dp = plan(cfg.privacy.dp_sgd, examples, t.batch_size, per_round * cfg.federation.rounds)
+    return PrivateFit(dp, net)
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> float:

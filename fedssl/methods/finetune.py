@@ -31,6 +31,7 @@ from fedssl import runtime
 from fedssl.config import ConfigError, ExperimentConfig, save_config
 from fedssl.data.client_images import IN_CHANS, ClientTask, ImageDataset, client_task, subsample
 from fedssl.data.transforms import eval_transform, pil_mode, train_transform
+from fedssl.methods.dp_sgd import PrivateFit, batches_per_epoch, plan
 from fedssl.methods.heads import BackboneClassifier, save_head
 from fedssl.methods.knn import with_own_statistics
 from fedssl.methods.pretrain import model_in_chans, monitor_sets, statistics_images
@@ -300,7 +301,10 @@ def fit(
 
     ``linear`` computes the frozen backbone's features once and trains the head on them (same
     result as passing images every epoch, without augmentation, many times faster).
-    Returns ``train_loss`` (last epoch), ``train_s``, ``labeled`` (images used), ``epochs``.
+    Returns ``train_loss`` (last epoch), ``train_s``, ``labeled`` (images used), ``epochs``;
+    with ``privacy.dp_sgd`` (linear heads), the head trains by DP-SGD without data statistics
+    (:meth:`~fedssl.methods.heads.BackboneClassifier.fix_standardisation`) and the result
+    adds the ε spent (``epsilon`` at ``delta``) and the DP-SGD it ran.
     """
     f, t = cfg.finetune, cfg.train
     rt = rt or runtime.resolve(cfg)
@@ -318,6 +322,9 @@ def fit(
     else:
         ds = ImageDataset(task.train, idx, train_transform(size, chans, f.augment), pil_mode(chans))
         loader = runtime.loader(rt, ds, f.batch_size, shuffle=True, seed=seed)
+    private = _private_head(cfg, module, len(idx), epochs)
+    if private is not None:
+        loader = private.loader(loader)
     trainer = runtime.trainer(rt, max_epochs=epochs)
     module.train()  # Lightning keeps the mode it finds (feature extraction left it in eval)
     try:
@@ -326,16 +333,46 @@ def fit(
             trainer.fit(module, loader)
     finally:
         module.features_input = False
+        if private is not None:
+            private.close()
+            module.private = None
     if module.mode != "linear":  # the backbone moved: its features are no longer x
         x, _ = runtime.predict(module.backbone, runtime.loader(rt, plain, t.eval_batch_size), rt)
-    module.calibrate_head(x)
+    if private is None:
+        module.calibrate_head(x)
     loss = trainer.callback_metrics.get("train_loss")
-    return {
+    out = {
         "train_loss": float(loss) if loss is not None else float("nan"),
         "train_s": time.perf_counter() - t0,
         "labeled": int(len(idx)),
         "epochs": int(epochs),
     }
+    if private is not None:
+        steps = int(trainer.global_step)
+        out.update(private.dp.record(steps), epsilon=private.dp.epsilon(steps))
+        out["delta"] = private.dp.delta
+    return out
+
+
+def _private_head(
+    cfg: ExperimentConfig, module: BackboneClassifier, examples: int, epochs: int
+) -> PrivateFit | None:
+    """DP-SGD for a head's fit of ``epochs`` on ``examples`` labeled images
+    (``privacy.dp_sgd``; None when off), attached to ``module``."""
+    dp = cfg.privacy.dp_sgd
+    if not dp.enabled:
+        return None
+    if module.mode != "linear":
+        raise ConfigError(
+            f"privacy.dp_sgd trains linear heads, not finetune.mode={module.mode!r}: the "
+            "backbone's BatchNorm mixes the examples of a batch"
+        )
+    bs = cfg.finetune.batch_size
+    module.fix_standardisation()
+    steps = epochs * batches_per_epoch(examples, bs)
+    private = PrivateFit(plan(dp, examples, bs, steps), module.head)
+    module.private = private
+    return private
 
 
 def calibrate(

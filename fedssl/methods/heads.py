@@ -115,6 +115,8 @@ class BackboneClassifier(pl.LightningModule):
         self.momentum, self.weight_decay = momentum, weight_decay
         self.features_input = False
         self.anneal = True  # cosine to 0 over one fit; False: constant lr (federated rounds)
+        self.private = None  # DP-SGD for the next fit (fedssl.methods.dp_sgd.PrivateFit)
+        self.fixed_standardisation = False
         self.train(self.training)
 
     @property
@@ -129,7 +131,21 @@ class BackboneClassifier(pl.LightningModule):
                 m.training = False
         if not self.trainable:
             self.backbone.training = False
+        if self.fixed_standardisation:
+            self.head[0].training = False
         return self
+
+    @torch.no_grad()
+    def fix_standardisation(self) -> None:
+        """Make the head's standardisation the identity, kept in eval mode: statistics of the
+        labeled features would be released without noise, so a private head does without
+        them (and mixes no examples of a batch)."""
+        bn = self.head[0]
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+        bn.num_batches_tracked.zero_()
+        self.fixed_standardisation = True
+        self.train(self.training)
 
     @torch.no_grad()
     def calibrate_head(self, features: torch.Tensor) -> None:
@@ -172,13 +188,16 @@ class BackboneClassifier(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        """The optimizer over the head and the trainable backbone part; the learning rate is
-        annealed to 0 over the fit (cosine) unless ``anneal`` is off."""
+        """The optimizer over the head and the trainable backbone part (DP-SGD's clipping and
+        noise first, when ``private``); the learning rate is annealed to 0 over the fit
+        (cosine) unless ``anneal`` is off."""
         groups = [{"params": list(self.head.parameters()), "lr": self.lr}]
         bb = [p for p in self.backbone.parameters() if p.requires_grad]
         if bb:
             groups.append({"params": bb, "lr": self.lr * self.backbone_lr_scale})
         opt = make_optimizer(self.optimizer_name, groups, self.lr, self.momentum, self.weight_decay)
+        if self.private is not None:
+            opt = self.private.optimizer(opt)
         if not self.anneal:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))

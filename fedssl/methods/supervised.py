@@ -41,6 +41,8 @@ class Classifier(pl.LightningModule):
         prox_mu: FedProx (Li et al. 2020): add ``prox_mu / 2 * ||w - w_start||^2`` to the loss,
             ``w_start`` being the weights the fit started from (the received global model);
             0 disables it.
+        private: DP-SGD for this fit (:class:`fedssl.methods.dp_sgd.PrivateFit` attached to
+            ``net``): the optimizer steps on clipped, noised per-sample gradients.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Classifier(pl.LightningModule):
         augment: str = "none",
         shift: int = 2,
         prox_mu: float = 0.0,
+        private=None,
     ):
         super().__init__()
         if prox_mu < 0:
@@ -72,6 +75,7 @@ class Classifier(pl.LightningModule):
         if augment not in ("none", "flip", "flip_shift"):
             raise ValueError(f"unknown augment {augment!r}; choose none, flip or flip_shift")
         self.augment, self.shift = augment, shift
+        self.private = private
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped network."""
@@ -128,10 +132,13 @@ class Classifier(pl.LightningModule):
         return loss + self.proximal_term() if self.prox_mu > 0 else loss
 
     def configure_optimizers(self):
-        """SGD (with momentum) or Adam over all parameters; exponential decay per epoch."""
+        """SGD (with momentum) or Adam over all parameters (DP-SGD's clipping and noise
+        first, when private); exponential decay per epoch."""
         opt = make_optimizer(
             self.optimizer_name, self.parameters(), self.lr, self.momentum, self.weight_decay
         )
+        if self.private is not None:
+            opt = self.private.optimizer(opt)
         if self.gamma == 1.0:
             return opt
         return {

@@ -489,3 +489,16 @@ def test_monitor_baselines_learn_the_bank_labels_and_score_the_monitor_queries(
     cfg.finetune.labels_per_class = 5
     with pytest.raises(ConfigError, match="labels_per_class"):
         stage_two.monitor_baselines(cfg, 0)
+
+
+def test_a_private_head_reports_epsilon_and_uses_no_feature_statistics(stage_one):
+    cfg, _ = _cfg(stage_one, "finetune.epochs=3", "privacy.dp_sgd.epsilon=8")
+    res = stage_two.finetune(cfg, 0, run_dir=stage_one.parent / "head")
+    assert 7.5 <= res["epsilon"] <= 8.0 and res["delta"] == 1e-5
+    assert res["dp_steps"] == 3 * round(1 / res["dp_rate"])
+    head = load_file(str(stage_one.parent / "head" / "head.safetensors"))
+    # the standardisation holds no statistics of the labeled images: they would leak
+    assert torch.equal(head["head.0.running_mean"], torch.zeros_like(head["head.0.running_mean"]))
+    assert torch.equal(head["head.0.running_var"], torch.ones_like(head["head.0.running_var"]))
+    plain = stage_two.finetune(_cfg(stage_one, "finetune.epochs=3")[0], 0, stage_one.parent / "h2")
+    assert "epsilon" not in plain

@@ -1,0 +1,110 @@
+"""Differential privacy through Flower's simulation: client-level DP without noise is FedAvg,
+clipping bounds what one client moves, client-side clipping bounds what leaves a client, and a
+private run resumed after a round spends what an uninterrupted one does."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedssl.aggregation.dp import update_norm
+from fedssl.config import load_config
+from fedssl.federation.server_app import privacy_report
+from fedssl.federation.simulation import simulate
+from fedssl.federation.supervised import initial_state
+from fedssl.runs import RunDir
+
+
+@pytest.fixture
+def overrides(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return [
+        f"out_dir={tmp_path}",
+        f"data.root={tiny_fashion}",
+        "data.train_per_client=300",
+        "data.test_per_client=50",
+        "data.num_clients=3",
+        "federation.min_clients=3",
+        "model.width=4",
+        "model.hidden=16",
+        "train.local_steps=5",
+        "train.batch_size=32",
+        "federation.rounds=2",
+        "federation.weighted=false",
+        "tracking.wandb=disabled",
+    ]
+
+
+def _last(cfg) -> dict[str, torch.Tensor]:
+    rd = RunDir(cfg.run_dir())
+    return load_file(str(rd.path / rd.state()["checkpoint"]))
+
+
+def test_without_noise_and_under_the_norm_it_is_fedavg(overrides):
+    plain = load_config(None, [*overrides, "name=plain"])
+    simulate(plain)
+    private = load_config(
+        None,
+        [*overrides, "name=dp0", "privacy.central.noise_multiplier=0",
+         "privacy.central.clipping_norm=1e6"],
+    )  # fmt: skip
+    simulate(private)
+    a, b = _last(plain), _last(private)
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    rows = RunDir(private.run_dir()).metrics()
+    assert rows[-1]["dp_clipped"] == 0.0 and rows[-1]["epsilon_central"] == float("inf")
+
+
+def test_server_clipping_bounds_the_round_and_noise_is_accounted(overrides):
+    cfg = load_config(
+        None,
+        [*overrides, "name=clip", "federation.rounds=1", "privacy.central.noise_multiplier=0",
+         "privacy.central.clipping_norm=0.05"],
+    )  # fmt: skip
+    simulate(cfg)
+    init, new = initial_state(cfg), _last(cfg)
+    moved = sum(float((new[k].double() - init[k].double()).pow(2).sum()) for k in init) ** 0.5
+    row = RunDir(cfg.run_dir()).metrics()[-1]
+    assert row["dp_update_norm_max"] > 0.05 and row["dp_clipped"] == 1.0  # every client clipped
+    assert moved <= 0.05 * (1 + 1e-5)  # the mean of updates of norm <= C
+
+
+def test_client_clipping_bounds_what_leaves_a_client(overrides, monkeypatch):
+    from fedssl.federation import strategy as S
+
+    seen = []
+    real = S.MergeStrategy._private_merge
+
+    def record(self, rnd, contents, sent):  # what the server strategy receives
+        for c in contents:
+            sd = S.from_record(next(iter(c.array_records.values())))
+            seen.append(update_norm(sd, self._global))
+        return real(self, rnd, contents, sent)
+
+    monkeypatch.setattr(S.MergeStrategy, "_private_merge", record)
+    cfg = load_config(
+        None,
+        [*overrides, "name=cclip", "federation.rounds=1", "privacy.central.noise_multiplier=1",
+         "privacy.central.clipping=client", "privacy.central.clipping_norm=0.05",
+         "privacy.central.noise_seed=3"],
+    )  # fmt: skip
+    simulate(cfg)
+    assert len(seen) == 3 and max(seen) <= 0.05 * (1 + 1e-4)
+
+
+def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(overrides):
+    private = ["privacy.central.noise_multiplier=1.2", "privacy.central.noise_seed=7",
+               "privacy.dp_sgd.noise_multiplier=1.0", "federation.rounds=3"]  # fmt: skip
+    whole = load_config(None, [*overrides, *private, "name=whole"])
+    simulate(whole)
+    part = load_config(None, [*overrides, *private, "name=part"])
+    part.federation.rounds = 2
+    simulate(part)
+    part.federation.rounds = 3
+    simulate(part, resume=True)
+    a = privacy_report(whole, RunDir(whole.run_dir()).state())
+    b = privacy_report(part, RunDir(part.run_dir()).state())
+    assert a["central"]["rounds"] == 3 and set(a["dp_sgd"]) == {"0", "1", "2"}
+    assert b == a
+    assert a["dp_sgd"]["0"]["steps"] == 3 * 5

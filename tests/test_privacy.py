@@ -1,0 +1,107 @@
+"""The privacy accountant against an independent computation, the noise it derives from a
+target ε, the ledger a resumed run continues, and the settings refused while loading."""
+
+import math
+
+import pytest
+
+from fedssl.config import ConfigError, load_config
+from fedssl.privacy import ORDERS, Ledger, epsilon, noise_for_epsilon
+
+
+def _gaussian_epsilon(sigma: float, steps: int, delta: float) -> float:
+    """Hand-computed: the Gaussian mechanism's RDP at order a is a / (2 sigma^2) per release
+    (Mironov 2017), composed by adding; converted to (eps, delta) with Balle et al. 2020's
+    bound, minimised over the same orders."""
+    best = math.inf
+    for a in ORDERS:
+        rdp = steps * a / (2 * sigma**2)
+        eps = rdp + math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
+        best = min(best, eps)
+    return best
+
+
+@pytest.mark.parametrize("sigma,steps", [(1.0, 1), (1.0, 100), (4.0, 50), (0.7, 10)])
+def test_full_participation_matches_the_hand_computed_gaussian_mechanism(sigma, steps):
+    assert epsilon([(sigma, 1.0, steps)], 1e-5) == pytest.approx(
+        _gaussian_epsilon(sigma, steps, 1e-5), rel=1e-9
+    )
+
+
+def test_sampling_spends_less_and_steps_compose():
+    full = epsilon([(1.0, 1.0, 100)], 1e-5)
+    sampled = epsilon([(1.0, 0.01, 100)], 1e-5)
+    assert sampled < full / 10
+    # two histories of 50 steps are one of 100
+    assert epsilon([(1.0, 0.01, 50), (1.0, 0.01, 50)], 1e-5) == pytest.approx(
+        epsilon([(1.0, 0.01, 100)], 1e-5), rel=1e-12
+    )
+    assert epsilon([], 1e-5) == 0.0 and epsilon([(0.0, 0.1, 1)], 1e-5) == math.inf
+
+
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_noise_for_a_target_is_the_smallest_that_keeps_it(target):
+    sigma = noise_for_epsilon(target, 1e-5, 0.02, 500)
+    assert epsilon([(sigma, 0.02, 500)], 1e-5) <= target
+    assert epsilon([(sigma * 0.99, 0.02, 500)], 1e-5) > target
+
+
+def test_a_resumed_ledger_spends_what_an_uninterrupted_one_does():
+    def run(ledger, rounds):
+        for r in rounds:
+            ledger.add_central(r, 1.1)
+            for c in (0, 1):
+                ledger.add_client(r, c, 0.9, 0.05, 20 + c)
+        return ledger
+
+    whole = run(Ledger(), range(1, 7)).report(1e-5, 1e-5, 1.0)
+    first = run(Ledger(), range(1, 5)).to_state()  # stopped after round 4, state.json kept
+    resumed = Ledger(first)
+    resumed.keep_until(3)  # its last checkpoint was round 3: round 4 runs again
+    again = run(resumed, range(4, 7)).report(1e-5, 1e-5, 1.0)
+    assert again == whole
+    assert whole["central"]["rounds"] == 6 and whole["dp_sgd"]["1"]["steps"] == 6 * 21
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["privacy.dp_sgd.delta=1"], "privacy.dp_sgd.delta: 1.0 is not allowed"),
+        (["privacy.dp_sgd.epsilon=0"], "privacy.dp_sgd.epsilon: 0.0 is not allowed"),
+        (["privacy.central.noise_multiplier=-0.5"], "noise_multiplier: -0.5 is not allowed"),
+        (["privacy.central.clipping=nowhere"], "privacy.central.clipping"),
+        (
+            ["privacy.dp_sgd.epsilon=2", "privacy.dp_sgd.noise_multiplier=1"],
+            "give epsilon .* or noise_multiplier",
+        ),
+        (["experiment=pretrain", "privacy.dp_sgd.epsilon=8"], "not supported for stage one"),
+        (["privacy.dp_sgd.epsilon=8", "model.batchnorm=true"], "model.batchnorm=false"),
+        (
+            ["experiment=finetune", "finetune.mode=partial", "privacy.dp_sgd.epsilon=8"],
+            "finetune.mode=linear",
+        ),
+        (
+            ["experiment=finetune", "finetune.bn=client", "privacy.dp_sgd.epsilon=8"],
+            "finetune.bn=merged",
+        ),
+        (["privacy.central.noise_multiplier=1"], "federation.weighted=false"),
+        (
+            ["privacy.central.noise_multiplier=1", "federation.weighted=false",
+             "federation.method=absmax"],
+            "federation.method=avg, not 'absmax'",
+        ),  # fmt: skip
+    ],
+)
+def test_settings_that_cannot_be_private_are_refused_while_loading(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_private_settings_that_hold_together_load():
+    cfg = load_config(
+        None,
+        ["privacy.central.noise_multiplier=1.1", "federation.weighted=false",
+         "privacy.dp_sgd.epsilon=8", "privacy.central.clipping=client"],
+    )  # fmt: skip
+    assert cfg.privacy.central.enabled and cfg.privacy.dp_sgd.enabled
+    assert not load_config(None).privacy.central.enabled
