@@ -97,4 +97,3 @@ def test_a_supervised_client_reports_its_dp_sgd(tiny_fashion):
     # three rounds of this client's steps stay within its budget
     assert epsilon([(m["dp_noise"], m["dp_rate"], 3 * m["dp_steps"])], 1e-5) <= 2.0 * 1.05
     assert all(torch.isfinite(v).all() for v in state.values())
-

@@ -86,8 +86,11 @@ def test_a_resumed_ledger_spends_what_an_uninterrupted_one_does():
         ),
         (["privacy.central.noise_multiplier=1"], "federation.weighted=false"),
         (
-            ["privacy.central.noise_multiplier=1", "federation.weighted=false",
-             "federation.method=absmax"],
+            [
+                "privacy.central.noise_multiplier=1",
+                "federation.weighted=false",
+                "federation.method=absmax",
+            ],
             "federation.method=avg, not 'absmax'",
         ),  # fmt: skip
     ],
