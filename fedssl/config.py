@@ -49,6 +49,7 @@ __all__ = [
     "RuntimeConfig",
     "DPSGDConfig",
     "CentralDPConfig",
+    "SecAggConfig",
     "PrivacyConfig",
     "ExperimentConfig",
     "load_config",
@@ -397,12 +398,30 @@ class CentralDPConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Secure aggregation (Flower's SecAgg+): the server learns only the mean of a round's
+    updates. Needs at least three clients per round, federation.method avg, unweighted."""
+
+    enabled: bool = False
+    # shares each client's masking key is split into (null: one per sampled client)
+    num_shares: Annotated[int, Range(lo=3)] | None = None
+    # shares that rebuild a dropped client's mask (null: a majority of num_shares)
+    reconstruction_threshold: Annotated[int, Range(lo=2)] | None = None
+    # update elements are clipped to +-this before quantisation (null: privacy.central's
+    # clipping_norm with client-side clipping, else 8)
+    clipping_range: Rate | None = None
+    quantization_range: Annotated[int, Range(2, 2**30)] = 2**22  # levels over the range
+
+
+@dataclass
 class PrivacyConfig:
-    """Differential privacy (:mod:`fedssl.privacy`): record-level on the clients (``dp_sgd``)
-    and client-level on the server (``central``); either, both or neither."""
+    """Privacy (:mod:`fedssl.privacy`): differential privacy record-level on the clients
+    (``dp_sgd``) and client-level on the server (``central``), and secure aggregation
+    (``secagg``); any of them together."""
 
     dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
     central: CentralDPConfig = field(default_factory=CentralDPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 @dataclass

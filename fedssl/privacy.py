@@ -30,6 +30,7 @@ __all__ = [
     "check_privacy",
     "describe",
     "Ledger",
+    "sampled_clients",
 ]
 
 #: RDP orders the accountant minimises over: Opacus's defaults, extended to 512 for small ε.
@@ -142,6 +143,8 @@ def check_privacy(cfg) -> None:
                 "privacy.dp_sgd with finetune.bn=client would release the backbone's statistics "
                 "of this client's images without noise: set finetune.bn=merged"
             )
+    if p.secagg.enabled:
+        _check_secagg(cfg)
     if central.enabled:
         f = cfg.federation
         if f.method not in MEAN_MERGES:
@@ -219,6 +222,50 @@ class Ledger:
                 for c, rounds in sorted(self.dp_sgd.items(), key=lambda kv: _by_client(kv))
             }
         return out
+
+
+def sampled_clients(cfg) -> int:
+    """Clients a round asks (Flower's FedAvg sampling: the fraction of the federation, at
+    least ``min_clients``, at most all)."""
+    n = len(cfg.data.clients) or cfg.data.num_clients
+    f = cfg.federation
+    return min(n, max(int(n * f.fraction_train), f.min_clients))
+
+
+def _check_secagg(cfg) -> None:
+    s, f = cfg.privacy.secagg, cfg.federation
+    if f.method not in MEAN_MERGES:
+        raise PrivacyError(
+            f"privacy.secagg needs federation.method=avg, not {f.method!r}: the server sees "
+            f"only the mean of the updates, and {f.method} needs each one"
+        )
+    if f.weighted:
+        raise PrivacyError(
+            "privacy.secagg averages every client equally: set federation.weighted=false "
+            "(a weight in the masked vector would reveal the client's example count)"
+        )
+    n = sampled_clients(cfg)
+    if n < 3:
+        raise PrivacyError(
+            f"privacy.secagg needs at least 3 clients per round, this federation asks {n}: "
+            "with two, each client can subtract its own update from the mean and read the other"
+        )
+    shares = s.num_shares or n
+    if shares > n:
+        raise PrivacyError(
+            f"privacy.secagg.num_shares={shares} is more than the {n} clients of a round"
+        )
+    threshold = s.reconstruction_threshold or shares // 2 + 1
+    if threshold >= shares:
+        raise PrivacyError(
+            f"privacy.secagg.reconstruction_threshold={threshold} must be below num_shares="
+            f"{shares} (the shares each client's key is split into)"
+        )
+    if cfg.privacy.central.enabled and cfg.privacy.central.clipping != "client":
+        raise PrivacyError(
+            "privacy.central with privacy.secagg needs privacy.central.clipping=client: the "
+            "server never sees an update to clip"
+        )
 
 
 def describe(report: dict) -> str:

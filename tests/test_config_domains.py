@@ -25,6 +25,7 @@ SECTIONS = {
     "tracking.": C.TrackingConfig,
     "privacy.dp_sgd.": C.DPSGDConfig,
     "privacy.central.": C.CentralDPConfig,
+    "privacy.secagg.": C.SecAggConfig,
 }
 
 

@@ -15,6 +15,7 @@ PKG = ROOT / "fedssl"
 LAYERS = {
     "fedssl": 0,  # the package's __init__ (allocator settings)
     "fedssl.config": 0,
+    "fedssl.privacy": 0,  # the accountant and which private settings hold together
     "fedssl.runs": 0,
     "fedssl.tracking": 0,
     "fedssl.plots": 0,

@@ -29,12 +29,13 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedssl.config import ConfigError, ExperimentConfig, from_dict
+from fedssl.federation.secagg import secure_aggregation_mod
 
 __all__ = ["app", "CONFIG_KEY", "config_from_message", "handle", "partition_id"]
 
 CONFIG_KEY = "fedssl.config"
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 def config_from_message(msg: Message | RecordDict) -> ExperimentConfig:

@@ -24,6 +24,7 @@ from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_app import CONFIG_KEY
 from fedssl.federation.kinds import Task, get_task
 from fedssl.federation.records import from_record, to_record
+from fedssl.federation.secagg import secagg_plan, secure_rounds
 from fedssl.federation.strategy import (
     EngineFailed,
     FederationFailed,
@@ -31,7 +32,7 @@ from fedssl.federation.strategy import (
     build_strategy,
 )
 from fedssl.plots import plot_curves
-from fedssl.privacy import Ledger, describe
+from fedssl.privacy import Ledger, describe, sampled_clients
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
@@ -285,6 +286,12 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         min_replies=f.min_replies or max(1, min(f.min_clients, n_clients)),
         central=cfg.privacy.central,
     )
+    if cfg.privacy.secagg.enabled:
+        c = cfg.privacy.central
+        clip = c.clipping_norm if c.enabled and c.clipping == "client" else None
+        secure_rounds(
+            grid, secagg_plan(cfg.privacy.secagg, sampled_clients(cfg), clip), f.timeout_s
+        )
     remaining = f.rounds - start_round
     clock = {"t": time.perf_counter()}
 

@@ -1,0 +1,207 @@
+"""Secure aggregation of a round's training replies with Flower's SecAgg+ (Bell et al. 2020):
+the server learns the mean of the clients' updates and nothing of any single one.
+
+Flower 1.42 runs SecAgg+ only on its legacy path (``SecAggPlusWorkflow`` over a legacy strategy
+in a ``LegacyContext``, with ``secaggplus_mod`` on the clients), while fedssl's rounds run
+through the Message API (:class:`~fedssl.federation.strategy.MergeStrategy`). The two meet at
+the grid: :func:`secure_rounds` makes ``grid.send_and_receive`` of a round's train messages run
+Flower's four SecAgg+ stages (setup, share keys, collect masked vectors, unmask) and answer
+with one reply per client whose arrays are all the same — the global weights plus the mean
+update — and whose metrics are the client's own; everything after that (bookkeeping,
+checkpoints, client-level DP's noise) is fedssl's as in any round.
+
+On a client, :func:`secure_aggregation_mod` hands SecAgg+ messages to Flower's
+``secaggplus_mod`` and turns the fedssl reply into the legacy layout it reads: the *update*
+(trained minus received floating tensors; integer ones keep the global value), quantised to
+``quantization_range`` levels over ``[-clipping_range, clipping_range]`` and masked. Every
+client counts once (the mean is unweighted). Each element of the mean is exact to within one
+quantisation step, ``2 * clipping_range / quantization_range``, for updates inside the range;
+larger elements are clipped to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from fedssl.federation.records import from_record, to_record
+
+__all__ = ["secure_rounds", "secure_aggregation_mod", "legacy_reply", "secagg_plan", "KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: the metric a client's SecAgg+ reply names its tensors in (comma-separated, in order)
+KEYS = "secagg-keys"
+
+
+def secagg_plan(settings, sampled: int, clip_norm: float | None = None) -> dict:
+    """Flower's ``SecAggPlusWorkflow`` arguments for ``sampled`` clients per round from a
+    ``privacy.secagg`` section: shares (every sampled client unless set), threshold (a
+    majority of the shares unless set), the clipping range (``clip_norm`` of client-side
+    clipping when given and the range is not set, else 8) and the quantisation range."""
+    shares = settings.num_shares or sampled
+    threshold = settings.reconstruction_threshold or shares // 2 + 1
+    clip = settings.clipping_range or (clip_norm if clip_norm else 8.0)
+    return {
+        "num_shares": int(shares),
+        "reconstruction_threshold": int(threshold),
+        "clipping_range": float(clip),
+        "quantization_range": int(settings.quantization_range),
+    }
+
+
+def legacy_reply(request: RecordDict, reply: RecordDict) -> RecordDict:
+    """A fedssl train reply in the legacy ``FitRes`` layout ``secaggplus_mod`` reads: the
+    update of every floating tensor (against the received ``arrays``) as the parameters, the
+    metrics with :data:`KEYS` added, weight 1.
+
+    Raises:
+        ValueError: a floating tensor that was not received.
+    """
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    received = from_record(request["arrays"])
+    state = from_record(next(iter(reply.array_records.values())))
+    names = list(state)
+    floats = [k for k in names if state[k].is_floating_point()]
+    missing = [k for k in floats if k not in received]
+    if missing:
+        raise ValueError(
+            f"secure aggregation: {missing[0]!r} was not received, so it has no update"
+        )
+    updates = [(state[k].double() - received[k].double()).numpy() for k in floats]
+    metrics = {**dict(next(iter(reply.metric_records.values()))), KEYS: ",".join(names)}
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(updates), 1, metrics)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """The ClientApp mod: SecAgg+ train messages go through Flower's ``secaggplus_mod`` (with
+    the reply in :func:`legacy_reply`'s layout); every other message passes unchanged."""
+    if (
+        msg.metadata.message_type != MessageType.TRAIN
+        or RECORD_KEY_CONFIGS not in msg.content.config_records
+    ):
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod
+
+    def legacy(m: Message, c: Context) -> Message:
+        out = call_next(m, c)
+        if out.has_error():
+            return out
+        return Message(content=legacy_reply(m.content, out.content), reply_to=m)
+
+    return secaggplus_mod(msg, context, legacy)
+
+
+class _Round:
+    """The legacy strategy SecAgg+ drives for one round: it samples the clients fedssl's
+    strategy asked, and keeps what the unmask stage hands to ``aggregate_fit``."""
+
+    def __init__(self, node_ids: list[int]):
+        self.node_ids = node_ids
+        self.results: list | None = None
+        self.failures: list = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        from flwr.common import FitIns, Parameters
+
+        empty = FitIns(Parameters(tensors=[], tensor_type=""), {})
+        return [(SimpleNamespace(node_id=n), empty) for n in self.node_ids]
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.results, self.failures = list(results), list(failures)
+        return None, {}
+
+
+def _workflow(contents: dict[int, RecordDict], plan: dict, timeout: float | None):
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class Workflow(SecAggPlusWorkflow):
+        """Flower's SecAgg+, whose masked-vector stage carries fedssl's train content (the
+        global weights and the run's config) instead of legacy fit instructions."""
+
+        def setup_stage(self, grid, context, state) -> bool:
+            ok = super().setup_stage(grid, context, state)
+            state.nid_to_fitins = {n: contents[n] for n in state.nid_to_fitins}
+            return ok
+
+    return Workflow(max_weight=1.0, timeout=timeout, **plan)
+
+
+def _mean_state(received: dict[str, torch.Tensor], result) -> dict[str, torch.Tensor]:
+    """The global weights plus the securely aggregated mean update."""
+    from flwr.common import parameters_to_ndarrays
+
+    names = str(result.metrics[KEYS]).split(",")
+    updates = iter(parameters_to_ndarrays(result.parameters))
+    out = {}
+    for k in names:
+        g = received.get(k)
+        if g is None:
+            raise ValueError(f"secure aggregation: the clients sent {k!r}, which the server lacks")
+        if g.is_floating_point():
+            out[k] = (g.double() + torch.from_numpy(np.asarray(next(updates)))).to(g.dtype)
+        else:
+            out[k] = g
+    return out
+
+
+def _run_round(send, messages: list[Message], plan: dict, timeout: float | None) -> list[Message]:
+    """One round's train messages through SecAgg+ (stage messages go out by ``send``)."""
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    rnd = int(messages[0].content["config"]["server-round"])
+    round_ = _Round(list(by_node))
+    ctx = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=round_)
+    ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    ctx.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    # one RecordDict per client: Flower's strategy sends one to all, and each client's
+    # masked-vector stage adds its own ciphertexts to it
+    contents = {n: RecordDict(dict(m.content.items())) for n, m in by_node.items()}
+    _workflow(contents, plan, timeout)(SimpleNamespace(send_and_receive=send), ctx)
+    if not round_.results:
+        why = "; ".join(str(f) for f in round_.failures[:3]) or (
+            f"fewer than {plan['reconstruction_threshold']} clients took part in every stage"
+        )
+        reason = f"secure aggregation halted in round {rnd}: {why}"
+        return [Message(error=Error(code=0, reason=reason), reply_to=m) for m in messages]
+    received = from_record(messages[0].content["arrays"])
+    arrays = to_record(_mean_state(received, round_.results[0][1]))
+    replies, answered = [], set()
+    for proxy, fitres in round_.results:
+        metrics = {k: v for k, v in fitres.metrics.items() if k != KEYS}
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+        replies.append(Message(content=content, reply_to=by_node[proxy.node_id]))
+        answered.add(proxy.node_id)
+    why = str(round_.failures[0]) if round_.failures else "did not take part in every stage"
+    for n, m in by_node.items():
+        if n not in answered:
+            replies.append(
+                Message(error=Error(code=0, reason=f"secure aggregation: {why}"), reply_to=m)
+            )
+    return replies
+
+
+def secure_rounds(grid, plan: dict, timeout: float | None = None):
+    """Make ``grid``'s training rounds run through SecAgg+ (``plan``: :func:`secagg_plan`);
+    evaluation and every other message go out as before. Returns ``grid``."""
+    send = grid.send_and_receive
+
+    def send_and_receive(messages, *, timeout: float | None = timeout):
+        messages = list(messages)
+        if not messages or messages[0].metadata.message_type != MessageType.TRAIN:
+            return send(messages, timeout=timeout)
+        return _run_round(send, messages, plan, timeout)
+
+    grid.send_and_receive = send_and_receive  # the instance's: the strategy calls it
+    return grid
