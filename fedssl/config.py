@@ -388,6 +388,12 @@ class CentralDPConfig:
     clipping: str = "server"  # server | client: where an update is clipped
     delta: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 1e-5
     noise_seed: Seed | None = None  # null: fresh noise from the OS; a number: reproducible runs
+    # adaptive clipping (Andrew et al. 2019): the clipping norm follows a quantile of the norms
+    adaptive: bool = False
+    target_quantile: Probability = 0.5  # the share of updates the norm should leave unclipped
+    clip_lr: Rate = 0.2  # geometric step of the norm per round
+    # std of the noise on the count of unclipped updates (null: clients / 20, as in the paper)
+    clipped_count_stddev: Rate | None = None
 
     _choices = {"clipping": ("server", "client")}
 

@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "Ledger",
     "sampled_clients",
+    "count_stddev",
 ]
 
 #: RDP orders the accountant minimises over: Opacus's defaults, extended to 512 for small ε.
@@ -145,6 +146,8 @@ def check_privacy(cfg) -> None:
             )
     if p.secagg.enabled:
         _check_secagg(cfg)
+    if central.enabled and central.adaptive:
+        _check_adaptive(cfg)
     if central.enabled:
         f = cfg.federation
         if f.method not in MEAN_MERGES:
@@ -176,10 +179,19 @@ class Ledger:
         self.dp_sgd: dict[str, dict[str, list[float]]] = {
             str(c): dict(r) for c, r in (e.get("dp_sgd") or {}).items()
         }
+        #: adaptive clipping: the clipping norm after each round
+        self.clipping: dict[str, float] = dict(e.get("clipping") or {})
 
-    def add_central(self, rnd: int, noise_multiplier: float) -> None:
-        """Round ``rnd`` released one noised mean of clipped client updates."""
+    def add_central(self, rnd: int, noise_multiplier: float, next_clip: float | None = None):
+        """Round ``rnd`` released one noised mean of clipped client updates (``next_clip``:
+        adaptive clipping's norm for the next round)."""
         self.central[str(rnd)] = [float(noise_multiplier), 1.0, 1]
+        if next_clip is not None:
+            self.clipping[str(rnd)] = float(next_clip)
+
+    def clipping_norm(self) -> float | None:
+        """Adaptive clipping's norm for the round after the last one kept (None: none kept)."""
+        return self.clipping[max(self.clipping, key=int)] if self.clipping else None
 
     def add_client(self, rnd: int, client: int, noise: float, rate: float, steps: int) -> None:
         """Client ``client`` took ``steps`` DP-SGD steps in round ``rnd``."""
@@ -188,12 +200,13 @@ class Ledger:
     def keep_until(self, last_round: int) -> None:
         """Forget rounds after ``last_round`` (a resumed run starts after it)."""
         self.central = {r: v for r, v in self.central.items() if int(r) <= last_round}
+        self.clipping = {r: v for r, v in self.clipping.items() if int(r) <= last_round}
         for c in self.dp_sgd:
             self.dp_sgd[c] = {r: v for r, v in self.dp_sgd[c].items() if int(r) <= last_round}
 
     def to_state(self) -> dict:
         """The entries, for ``state.json``."""
-        return {"central": self.central, "dp_sgd": self.dp_sgd}
+        return {"central": self.central, "dp_sgd": self.dp_sgd, "clipping": self.clipping}
 
     def report(self, central_delta: float, dp_sgd_delta: float, clipping_norm: float) -> dict:
         """ε spent so far: ``central`` (client-level, over the rounds released) and ``dp_sgd``
@@ -205,7 +218,7 @@ class Ledger:
                 "epsilon": epsilon(self.central.values(), central_delta),
                 "delta": central_delta,
                 "noise_multiplier": sigmas[0] if len(sigmas) == 1 else sigmas,
-                "clipping_norm": clipping_norm,
+                "clipping_norm": self.clipping_norm() or clipping_norm,
                 "rounds": len(self.central),
                 "sample_rate": 1.0,
             }
@@ -265,6 +278,28 @@ def _check_secagg(cfg) -> None:
         raise PrivacyError(
             "privacy.central with privacy.secagg needs privacy.central.clipping=client: the "
             "server never sees an update to clip"
+        )
+
+
+def count_stddev(central, clients: int) -> float:
+    """The std of the noise on adaptive clipping's count of unclipped updates."""
+    return central.clipped_count_stddev or clients / 20
+
+
+def _check_adaptive(cfg) -> None:
+    c = cfg.privacy.central
+    n = sampled_clients(cfg)
+    if c.noise_multiplier and c.noise_multiplier >= 2 * count_stddev(c, n):
+        raise PrivacyError(
+            f"privacy.central.adaptive: noise_multiplier {c.noise_multiplier:g} must be below "
+            f"2 * clipped_count_stddev = {2 * count_stddev(c, n):g} (the count's noise takes "
+            f"part of the budget; its default is clients / 20 = {n / 20:g}): raise "
+            "privacy.central.clipped_count_stddev or lower the noise"
+        )
+    if cfg.privacy.secagg.enabled:
+        raise PrivacyError(
+            "privacy.central.adaptive with privacy.secagg: each client's clipped-or-not bit "
+            "would travel outside the secure sum; use a fixed clipping_norm with secagg"
         )
 
 

@@ -86,6 +86,11 @@ def test_a_resumed_ledger_spends_what_an_uninterrupted_one_does():
         ),
         (["privacy.central.noise_multiplier=1"], "federation.weighted=false"),
         (
+            ["privacy.central.noise_multiplier=1", "federation.weighted=false",
+             "privacy.central.adaptive=true", "data.num_clients=10"],
+            "must be below 2 \\* clipped_count_stddev = 1",
+        ),
+        (
             [
                 "privacy.central.noise_multiplier=1",
                 "federation.weighted=false",
@@ -108,3 +113,14 @@ def test_private_settings_that_hold_together_load():
     )  # fmt: skip
     assert cfg.privacy.central.enabled and cfg.privacy.dp_sgd.enabled
     assert not load_config(None).privacy.central.enabled
+
+
+def test_compare_with_dp_sgd_keeps_to_the_linear_heads():
+    from fedssl.experiments import table2
+
+    with pytest.raises(ConfigError, match="choose --methods among"):
+        table2.Options(finetune_set=["privacy.dp_sgd.epsilon=8"])
+    linear = ["raw pixels (linear)", "FL+SSL (linear)"]
+    assert (
+        table2.Options(finetune_set=["privacy.dp_sgd.epsilon=8"], methods=linear).methods == linear
+    )

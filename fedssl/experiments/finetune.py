@@ -66,6 +66,12 @@ def run_client(cfg: ExperimentConfig, client: str, built: tuple | None = None) -
         f"(its {r['unlabeled_n']} unlabeled images, paper 003's protocol)  "
         f"test_acc={r['test_acc']:.4f} (the dataset's {r['test_n']} test images)"
     )
+    if "epsilon" in r:
+        print(
+            f"[fedssl] privacy: record-level ε={r['epsilon']:.3g} at δ={r['delta']:g} for the "
+            f"{r['labeled']} labeled images (DP-SGD: σ={r['dp_noise']:.3g}, C="
+            f"{cfg.privacy.dp_sgd.max_grad_norm:g}, {r['dp_steps']} steps at q={r['dp_rate']:.3g})"
+        )
     print(
         f"[fedssl] done in {time.perf_counter() - t:.0f}s; results: "
         f"{cfg.run_dir() / 'results.json'}, head: {cfg.run_dir() / 'head.safetensors'}"

@@ -142,6 +142,11 @@ def summary(cfg, strategy: str, rows: list[dict], central, fed_s: float) -> dict
         "local_epochs": cfg.train.local_epochs,
         "fraction": cfg.federation.fraction_train,
     }
+    from fedssl.federation.server_app import privacy_report
+    from fedssl.runs import RunDir
+
+    if privacy := privacy_report(cfg, RunDir(cfg.run_dir()).state()):
+        out["privacy"] = privacy
     at_once = max(1, int((os.cpu_count() or 1) // max(cfg.federation.cpus_per_client, 1e-9)))
     out.update(round_timing(rows, min(at_once, cfg.data.num_clients)))
     if central:

@@ -130,6 +130,14 @@ class Options:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if any(s.startswith("privacy.dp_sgd.") for s in self.finetune_set):
+            trained = [m for m in self.methods if "finetune.mode=linear" not in METHODS[m][1]]
+            if trained:
+                linear = [m for m in METHODS if "finetune.mode=linear" in METHODS[m][1]]
+                raise ConfigError(
+                    f"privacy.dp_sgd trains linear heads only, and {trained} train a backbone "
+                    f"(its BatchNorm mixes a batch's examples): choose --methods among {linear}"
+                )
 
 
 def _finished(run: Path, rounds: int) -> bool:

@@ -31,9 +31,11 @@ from flwr.clientapp import ClientApp
 from fedssl.config import ConfigError, ExperimentConfig, from_dict
 from fedssl.federation.secagg import secure_aggregation_mod
 
-__all__ = ["app", "CONFIG_KEY", "config_from_message", "handle", "partition_id"]
+__all__ = ["app", "CONFIG_KEY", "CLIP_KEY", "config_from_message", "handle", "partition_id"]
 
 CONFIG_KEY = "fedssl.config"
+#: the train config's clipping norm of the round (client-level DP, client-side clipping)
+CLIP_KEY = "clipping-norm"
 
 app = ClientApp(mods=[secure_aggregation_mod])
 
@@ -115,7 +117,8 @@ def handle(kind: str, content: RecordDict, node_config: dict, store: RecordDict)
         if c.enabled and c.clipping == "client":  # the update is clipped before it leaves
             from fedssl.aggregation.dp import clip_update
 
-            state, metrics["update_norm"] = clip_update(state, arrays, c.clipping_norm)
+            clip = float(content["config"].get(CLIP_KEY, c.clipping_norm))
+            state, metrics["update_norm"] = clip_update(state, arrays, clip)
         return RecordDict({"arrays": to_record(state), "metrics": MetricRecord(metrics)})
     if kind == "evaluate":
         metrics = get_task(cfg).evaluate(cfg, pid, arrays, store=store)

@@ -285,6 +285,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
         min_evaluate_nodes=min(f.min_clients, n_clients),
         min_replies=f.min_replies or max(1, min(f.min_clients, n_clients)),
         central=cfg.privacy.central,
+        clip_norm=ledger.clipping_norm(),
     )
     if cfg.privacy.secagg.enabled:
         c = cfg.privacy.central
@@ -357,7 +358,9 @@ def _account(rd: RunDir, cfg, strategy: MergeStrategy, ledger: Ledger, rnd: int)
     the metrics row's privacy columns (ε so far, the round's clipping record)."""
     c = cfg.privacy.central
     if c.enabled:
-        ledger.add_central(rnd, float(c.noise_multiplier))
+        ledger.add_central(
+            rnd, float(c.noise_multiplier), strategy.clip_norm if c.adaptive else None
+        )
     for m in strategy.client_metrics.get(rnd, []):
         if "dp_steps" in m:
             ledger.add_client(
@@ -368,7 +371,9 @@ def _account(rd: RunDir, cfg, strategy: MergeStrategy, ledger: Ledger, rnd: int)
     rd.update_state(privacy=ledger.to_state())
     report = ledger.report(c.delta, cfg.privacy.dp_sgd.delta, c.clipping_norm)
     info = strategy.round_info.get(rnd, {})
-    cols = {k: info[k] for k in ("dp_update_norm_max", "dp_clipped") if k in info}
+    cols = {
+        k: info[k] for k in ("dp_update_norm_max", "dp_clipped", "dp_clipping_norm") if k in info
+    }
     if "central" in report:
         cols["epsilon_central"] = report["central"]["epsilon"]
     for pid, r in report.get("dp_sgd", {}).items():

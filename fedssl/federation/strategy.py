@@ -8,6 +8,7 @@ supports a round offset so a resumed run continues its numbering.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.aggregation.dp import noise_std, noised_mean
+from fedssl.federation.client_app import CLIP_KEY
 from fedssl.federation.records import from_record, num_bytes, to_record
 
 __all__ = [
@@ -127,6 +129,7 @@ MERGE_ARGS = (
     "velocity",
     "min_replies",
     "central",
+    "clip_norm",
 )
 
 
@@ -148,6 +151,8 @@ class MergeStrategy(FedAvg):
             logged); otherwise keep the global model.
         central: client-level DP (a ``privacy.central`` section, used when enabled): the merge
             is :func:`fedssl.aggregation.dp.noised_mean` of the replies (``method`` avg).
+        clip_norm: the clipping norm to start from (adaptive clipping, resumed); None: the
+            section's ``clipping_norm``.
         **kwargs: Flower ``FedAvg`` arguments: ``fraction_train``, ``min_train_nodes``,
             ``min_available_nodes`` ...
     """
@@ -174,9 +179,11 @@ class MergeStrategy(FedAvg):
         velocity: dict[str, torch.Tensor] | None = None,
         min_replies: int = 1,
         central=None,
+        clip_norm: float | None = None,
     ) -> None:
         resolve_method(method)  # fail fast on a bad name
         self.central = central if central is not None and central.enabled else None
+        self.clip_norm = clip_norm or (self.central.clipping_norm if self.central else 0.0)
         if self.central is not None and method != "avg":
             raise ValueError(f"client-level DP merges by avg, not {method!r}")
         if min_replies < 1:
@@ -241,6 +248,8 @@ class MergeStrategy(FedAvg):
         self._t0 = time.perf_counter()
         if self.uses_server_optimizer or self.central is not None:
             self._global = from_record(arrays)
+        if self.central is not None:  # client-side clipping reads it (adaptive: it moves)
+            config[CLIP_KEY] = float(self.clip_norm)
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rnd = server_round + self.round_offset
         info = self.round_info.setdefault(rnd, {})
@@ -451,21 +460,27 @@ class MergeStrategy(FedAvg):
             import secrets
 
             gen.manual_seed(secrets.randbits(63))
-        merged, norms = noised_mean(
-            self._global,
-            [sd for _, sd in pairs],
-            c.clipping_norm,
-            float(c.noise_multiplier),
-            max(sent, len(pairs)),
-            gen,
-        )
+        n, clip = max(sent, len(pairs)), self.clip_norm
+        sigma, count_std = float(c.noise_multiplier), 0.0
+        if c.adaptive:  # the count of unclipped updates takes its share of the noise
+            from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+            count_std, sigma = compute_adaptive_noise_params(sigma, n, c.clipped_count_stddev)
+        merged, norms = noised_mean(self._global, [sd for _, sd in pairs], clip, sigma, n, gen)
+        if c.clipping == "client":  # the server saw clipped updates; the clients say the norms
+            norms = [float(m.get("update_norm", 0.0)) for m, _ in pairs]
+        if c.adaptive:  # Andrew et al. 2019: C <- C exp(-lr (noised share unclipped - target))
+            unclipped = sum(x <= clip for x in norms)
+            noise = float(torch.randn((), dtype=torch.float64, generator=gen)) * count_std
+            self.clip_norm = clip * math.exp(
+                -c.clip_lr * ((unclipped + noise) / n - c.target_quantile)
+            )
         self.round_info.setdefault(rnd, {}).update(
             {
                 "dp_update_norm_max": max(norms),
-                "dp_clipped": sum(n > c.clipping_norm for n in norms) / len(norms),
-                "dp_noise_std": noise_std(
-                    float(c.noise_multiplier), c.clipping_norm, max(sent, len(pairs))
-                ),
+                "dp_clipped": sum(x > clip for x in norms) / len(norms),
+                "dp_clipping_norm": clip,
+                "dp_noise_std": noise_std(sigma, clip, n),
             }
         )
         return merged, [m for m, _ in pairs]

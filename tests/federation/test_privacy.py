@@ -108,3 +108,22 @@ def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(overrides):
     assert a["central"]["rounds"] == 3 and set(a["dp_sgd"]) == {"0", "1", "2"}
     assert b == a
     assert a["dp_sgd"]["0"]["steps"] == 3 * 5
+
+
+def test_adaptive_clipping_follows_the_quantile_and_survives_resume(overrides):
+    import math
+
+    # no noise and every update far under the norm: the unclipped share is 1, above the 0.5
+    # target, so the norm shrinks by exp(-0.2 * 0.5) each round
+    private = ["privacy.central.noise_multiplier=0", "privacy.central.adaptive=true",
+               "privacy.central.clipping_norm=1000", "federation.rounds=2"]  # fmt: skip
+    cfg = load_config(None, [*overrides, *private, "name=adaptive"])
+    cfg.federation.rounds = 1
+    simulate(cfg)
+    cfg.federation.rounds = 2
+    simulate(cfg, resume=True)
+    rows = RunDir(cfg.run_dir()).metrics()
+    assert rows[1]["dp_clipping_norm"] == pytest.approx(1000)
+    assert rows[2]["dp_clipping_norm"] == pytest.approx(1000 * math.exp(-0.1))  # resumed from it
+    report = privacy_report(cfg, RunDir(cfg.run_dir()).state())
+    assert report["central"]["clipping_norm"] == pytest.approx(1000 * math.exp(-0.2))

@@ -74,6 +74,11 @@ def test_the_server_learns_only_the_mean_within_one_quantisation_step(overrides,
         (["privacy.secagg.reconstruction_threshold=3"], "must be below num_shares=3"),
         (["privacy.secagg.num_shares=4"], "more than the 3 clients"),
         (["privacy.central.noise_multiplier=1"], "privacy.central.clipping=client"),
+        (
+            ["privacy.central.noise_multiplier=0.1", "privacy.central.clipping=client",
+             "privacy.central.adaptive=true"],
+            "bit would travel outside the secure sum",
+        ),  # fmt: skip
     ],
 )
 def test_settings_secagg_cannot_serve_are_refused(overrides, extra, match):

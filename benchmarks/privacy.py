@@ -1,0 +1,325 @@
+"""What privacy costs: accuracy against ε for DP-SGD and client-level DP, and SecAgg+'s round
+time beside plain FedAvg. Writes ``docs/results/privacy.md`` (results kept in
+``docs/results/privacy.json``, so one section can be re-run without losing the others).
+
+    python benchmarks/privacy.py noniid     # DP-SGD on the non-IID MNIST study, ε in {1,2,4,8}
+    python benchmarks/privacy.py central    # client-level DP on the same study, σ sweep
+    python benchmarks/privacy.py heads --backbone runs/pretrain-default   # stage-two heads
+    python benchmarks/privacy.py secagg     # SecAgg+ against plain FedAvg, side by side
+    python benchmarks/privacy.py render     # rewrite the page from the json only
+
+Every point is one real run of a launcher in a subprocess (``--out-dir``, default
+``runs/bench-privacy``); its ``summary.json`` / ``results.json`` / ``metrics.jsonl`` feed the
+tables. Run one section at a time on a quiet machine: seconds per round are wall-clock figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import harness  # benchmarks/harness.py
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "results" / "privacy.md"
+RESULTS = PAGE.with_suffix(".json")
+EPSILONS = [1.0, 2.0, 4.0, 8.0]
+SIGMAS = [0.0, 0.03, 0.1, 0.3, 1.0]
+#: labeled images per class of a head (0: the stage-one split's 25 %)
+BUDGETS = [5, 20, 0]
+CLIENTS = ["fashion_mnist", "mnist"]
+#: Abadi et al. 2016, Table 1 / Fig. 3: DP-SGD on MNIST (PCA-60 + 1,000-unit MLP), δ = 1e-5
+ABADI = {2.0: 95.0, 8.0: 97.0, 0.5: 90.0}
+
+
+def launch(script: str, args: list[str], out_dir: Path, name: str) -> tuple[Path, str, float]:
+    """Run ``launch/<script>`` into ``out_dir/name``; returns the run directory, the command
+    as written on the page (without the name and folder) and the wall time."""
+    cmd = ["python", f"launch/{script}", "--wandb", "disabled", *args]
+    shown = shlex.join(cmd)
+    cmd += ["--name", name, "--out-dir", str(out_dir), "--overwrite"]
+    print(f"[bench] {name}: {shown}", flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{name}: {script} exited {proc.returncode}\n{tail}")
+    return out_dir / name, shown, wall
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+
+
+def round_seconds(run: Path) -> float:
+    """Median seconds of a run's rounds after the first (which starts the engine)."""
+    s = [r["round_s"] for r in rows(run) if r["round"] > 1 and r.get("round_s")]
+    return statistics.median(s) if s else float("nan")
+
+
+def noniid_point(a, key: str, extra: list[str]) -> dict:
+    args = ["--rounds", str(a.rounds), "--no-centralized", *extra]
+    run, shown, wall = launch("noniid.py", args, a.out_dir, f"privacy-{key}")
+    summ = json.loads((run / "summary.json").read_text())
+    out = {k: summ.get(k) for k in ("fed_acc", "fed_acc_last5", "rounds", "s_per_round")}
+    out.update(command=shown, wall_s=wall, privacy=summ.get("privacy"))
+    last = rows(run)[-1]
+    out["clipped"] = last.get("dp_clipped")
+    out["update_norm_max"] = last.get("dp_update_norm_max")
+    print(f"[bench] {key}: {out['fed_acc']:.4f} (last 5 {out['fed_acc_last5']:.4f})", flush=True)
+    return out
+
+
+def section_noniid(res: dict, a) -> None:
+    points = {"none": []} | {f"eps{e:g}": ["--set", f"privacy.dp_sgd.epsilon={e:g}"]
+                             for e in EPSILONS}  # fmt: skip
+    for key, extra in points.items():
+        if key in res["noniid"] and not a.force:
+            continue
+        res["noniid"][key] = noniid_point(a, f"noniid-{key}", extra)
+        save(res)
+
+
+def section_central(res: dict, a) -> None:
+    base = ["--set", "federation.weighted=false", f"privacy.central.clipping_norm={a.clip:g}"]
+    if "unweighted" not in res["central"] or a.force:
+        res["central"]["unweighted"] = noniid_point(a, "central-unweighted", base[:2])
+        save(res)
+    for s in SIGMAS:
+        key = f"sigma{s:g}"
+        if key in res["central"] and not a.force:
+            continue
+        extra = [*base, f"privacy.central.noise_multiplier={s:g}"]
+        res["central"][key] = noniid_point(a, f"central-{key}", extra)
+        save(res)
+
+
+def head_point(a, client: str, budget: int, backbone: str, eps: float | None) -> dict:
+    key = f"{client}-{backbone.replace('/', '_')}-l{budget}-" + (f"eps{eps:g}" if eps else "none")
+    args = ["--client", client, "--backbone", backbone, "--labels-per-class", str(budget)]
+    if eps:
+        args += ["--set", f"privacy.dp_sgd.epsilon={eps:g}"]
+    run, shown, wall = launch("finetune.py", args, a.out_dir, f"privacy-head-{key}")
+    r = json.loads((run / "results.json").read_text())
+    out = {k: r.get(k) for k in ("test_acc", "unlabeled_acc", "labeled", "epsilon", "dp_noise")}
+    out.update(command=shown.replace(a.backbone, "runs/pretrain-default"), wall_s=wall)
+    print(f"[bench] {key}: test {out['test_acc']:.4f}", flush=True)
+    return out
+
+
+def section_heads(res: dict, a) -> None:
+    for client in CLIENTS:
+        for budget in BUDGETS:
+            for backbone, epsilons in ((a.backbone, [None, *EPSILONS]), ("pixels", [None, 8.0])):
+                for eps in epsilons:
+                    name = "stage-one" if backbone == a.backbone else "pixels"
+                    key = f"{client}-{name}-l{budget}-" + (f"eps{eps:g}" if eps else "none")
+                    if key in res["heads"] and not a.force:
+                        continue
+                    res["heads"][key] = head_point(a, client, budget, backbone, eps)
+                    save(res)
+
+
+def checkpoint_gap(a: Path, b: Path) -> float:
+    """Largest element-wise difference of two runs' round-1 checkpoints."""
+    from safetensors.torch import load_file
+
+    x = load_file(str(a / "checkpoints" / "round_0001.safetensors"))
+    y = load_file(str(b / "checkpoints" / "round_0001.safetensors"))
+    return max(float((x[k].double() - y[k].double()).abs().max()) for k in x)
+
+
+def section_secagg(res: dict, a) -> None:
+    setups = {
+        "stage one, 4 clients (2 per dataset)": (
+            "pretrain.py",
+            ["--rounds", str(a.secagg_rounds), "--set",
+             "data.clients=[fashion_mnist,fashion_mnist,mnist,mnist]", "federation.min_clients=4",
+             "federation.weighted=false", "ssl.knn_queries=0"],
+        ),
+        "non-IID study, 10 clients": (
+            "noniid.py",
+            ["--rounds", str(a.secagg_rounds), "--no-centralized", "--set",
+             "federation.weighted=false"],
+        ),
+    }  # fmt: skip
+    for label, (script, args) in setups.items():
+        if label in res["secagg"] and not a.force:
+            continue
+        tag = script.split(".")[0]
+        plain, cmd, _ = launch(script, args, a.out_dir, f"privacy-secagg-{tag}-plain")
+        secure, cmd2, _ = launch(
+            script, [*args, "privacy.secagg.enabled=true"], a.out_dir, f"privacy-secagg-{tag}"
+        )
+        p, s = round_seconds(plain), round_seconds(secure)
+        res["secagg"][label] = {
+            "plain_s": p,
+            "secagg_s": s,
+            "ratio": s / p,
+            "max_diff_round1": checkpoint_gap(plain, secure),
+            "bound": 2 * 8.0 / 2**22,
+            "command_plain": cmd,
+            "command": cmd2,
+        }
+        print(f"[bench] secagg {label}: {p:.2f} -> {s:.2f} s/round ({s / p:.2f}x)", flush=True)
+        save(res)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _eps(p: dict | None, part: str) -> str:
+    if not p or part not in p:
+        return "-"
+    if part == "central":
+        return f"{p['central']['epsilon']:.3g}"
+    vals = [v["epsilon"] for v in p["dp_sgd"].values()]
+    return f"{min(vals):.3g}-{max(vals):.3g}" if min(vals) != max(vals) else f"{vals[0]:.3g}"
+
+
+def render(res: dict) -> str:
+    out = [
+        "# Privacy: what it costs",
+        "",
+        f"Measured by `{res.get('command', 'python benchmarks/privacy.py')}` on {res['machine']}, "
+        f"{res['date']} (load {res.get('load_at_start')} at start, {res.get('load_at_end')} at "
+        "end); each row's own command is beside it. Guide: [docs/privacy.md](../privacy.md).",
+        "",
+    ]
+    n = res["noniid"]
+    if n:
+        out += [
+            "## DP-SGD on the non-IID MNIST study",
+            "",
+            f"Ten dominant-label clients (p = 0.55, ~6,000 images each), the MLP, "
+            f"{next(iter(n.values()))['rounds']} rounds of FedAvg; every client trains with "
+            "DP-SGD (per-sample clipping C = 1, Poisson batches of 32 expected), its noise sized "
+            "so that the whole run spends at most ε at δ = 1e-5 on that client's records. Test "
+            "accuracy of the merged model on the 10,000 test images.",
+            "",
+            "| ε per client | test acc (final) | last 5 | x non-private | ε accounted "
+            "| Abadi et al. 2016 (centralized) | command |",
+            "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        base = n.get("none", {}).get("fed_acc")
+        for key, r in n.items():
+            eps = key.removeprefix("eps") if key != "none" else "∞ (no DP)"
+            ratio = f"{r['fed_acc'] / base:.3f}" if base else "-"
+            paper = ABADI.get(float(eps), None) if key != "none" else None
+            out.append(
+                f"| {eps} | {_pct(r['fed_acc'])} | {_pct(r['fed_acc_last5'])} | {ratio} | "
+                f"{_eps(r.get('privacy'), 'dp_sgd')} | {paper or '-'} | `{r['command']}` |"
+            )
+        out.append("")
+    c = res["central"]
+    if c:
+        out += [
+            "## Client-level DP on the same study",
+            "",
+            "DP-FedAvg: each client's update clipped to C, Gaussian noise of std σ·C/10 on the "
+            "unweighted mean. ε is over the rounds run, at δ = 1e-5, without sampling "
+            "amplification (every client takes part every round). It bounds what the model "
+            "reveals about *any one client's whole data set*; with ten clients that is a strong "
+            "demand, so useful accuracy comes only with a large ε.",
+            "",
+            "| σ | ε | test acc (final) | last 5 | updates clipped (last round) | command |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, r in c.items():
+            s = "no DP (unweighted FedAvg)" if key == "unweighted" else key.removeprefix("sigma")
+            clipped = "-" if r.get("clipped") is None else f"{100 * r['clipped']:.0f} %"
+            out.append(
+                f"| {s} | {_eps(r.get('privacy'), 'central')} | {_pct(r['fed_acc'])} | "
+                f"{_pct(r['fed_acc_last5'])} | {clipped} | `{r['command']}` |"
+            )
+        out.append("")
+    h = res["heads"]
+    if h:
+        out += [
+            "## DP-SGD stage-two heads on the default backbone",
+            "",
+            "A linear head on the frozen default stage-one backbone (and, as the baseline, on "
+            "raw pixels), trained by DP-SGD on the client's labeled images only; ε per client "
+            "at δ = 1e-5. A private head does without the feature standardisation (its "
+            "statistics would leak), so the non-private rows here keep it and show both costs "
+            "together. Test accuracy on the dataset's 10,000 test images.",
+            "",
+            "| client | labels | features | no DP | ε = 1 | ε = 2 | ε = 4 | ε = 8 | ε=8 / no DP |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for client in CLIENTS:
+            for budget in BUDGETS:
+                for name in ("stage-one", "pixels"):
+                    cells = []
+                    for e in [None, *EPSILONS]:
+                        r = h.get(f"{client}-{name}-l{budget}-" + (f"eps{e:g}" if e else "none"))
+                        cells.append(_pct(r["test_acc"]) if r else "-")
+                    none = h.get(f"{client}-{name}-l{budget}-none")
+                    e8 = h.get(f"{client}-{name}-l{budget}-eps8")
+                    ratio = f"{e8['test_acc'] / none['test_acc']:.3f}" if none and e8 else "-"
+                    labels = f"{budget} per class" if budget else "25 %"
+                    out.append(f"| {client} | {labels} | {name} | {' | '.join(cells)} | {ratio} |")
+        any_cmd = next(iter(h.values()))["command"]
+        out += ["", f"Each cell is one run, e.g. `{any_cmd}`.", ""]
+    s = res["secagg"]
+    if s:
+        out += [
+            "## SecAgg+ against plain FedAvg",
+            "",
+            "Same runs with and without `privacy.secagg.enabled=true` (unweighted means, "
+            "Flower's simulation on this machine); median seconds per round after the first. "
+            "*max diff* is the largest element-wise difference of the two runs' round-1 "
+            "models, against the bound of one quantisation step (2 · 8 / 2^22).",
+            "",
+            "| federation | FedAvg s/round | SecAgg+ s/round | ratio | max diff | bound "
+            "| command |",
+            "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for label, r in s.items():
+            out.append(
+                f"| {label} | {r['plain_s']:.2f} | {r['secagg_s']:.2f} | {r['ratio']:.2f} | "
+                f"{r['max_diff_round1']:.2e} | {r['bound']:.2e} | `{r['command']}` |"
+            )
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def save(res: dict) -> None:
+    harness.write_results(PAGE, res, render, json_path=RESULTS)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("section", choices=["noniid", "central", "heads", "secagg", "render"])
+    p.add_argument("--rounds", type=int, default=20, help="rounds of the non-IID runs")
+    p.add_argument("--clip", type=float, default=1.0, help="client-level DP's clipping norm")
+    p.add_argument("--secagg-rounds", type=int, default=6)
+    p.add_argument("--backbone", default="runs/pretrain-default", help="stage-one run (heads)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench-privacy")
+    p.add_argument("--force", action="store_true", help="re-measure points already kept")
+    a = p.parse_args(argv)
+    res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for part in ("noniid", "central", "heads", "secagg"):
+        res.setdefault(part, {})
+    if a.section == "render":
+        save(res)
+        return 0
+    res.update(harness.stamp("privacy.py", sys.argv[1:] if argv is None else argv))
+    res.pop("load_at_end", None)
+    {"noniid": section_noniid, "central": section_central, "heads": section_heads,
+     "secagg": section_secagg}[a.section](res, a)  # fmt: skip
+    save(res)
+    print(f"[bench] wrote {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
