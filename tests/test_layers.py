@@ -101,6 +101,16 @@ def test_methods_run_without_flower():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_client_app_imports_without_torch():
+    """A deployed client starts a process per message: importing the ClientApp (its mods
+    included) must not load torch, which costs a second; the work imports it when it runs."""
+    code = "import sys, fedssl.federation.client_app; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
 #: what a launch script may define: argument parsing and the call into the package
 LAUNCHER_FUNCTIONS = {
     "parse_args", "overrides", "env_overrides", "options", "name_run", "keep_earlier",

@@ -24,13 +24,12 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from fedssl.federation.records import from_record, to_record
+# torch and the records module load when a SecAgg+ round first needs them: the ClientApp
+# imports this module, and a deployed client's process starts for every message
 
 __all__ = ["secure_rounds", "secure_aggregation_mod", "legacy_reply", "secagg_plan", "KEYS"]
 
@@ -66,6 +65,8 @@ def legacy_reply(request: RecordDict, reply: RecordDict) -> RecordDict:
     """
     import flwr.compat.common.recorddict_compat as compat
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from fedssl.federation.records import from_record
 
     received = from_record(request["arrays"])
     state = from_record(next(iter(reply.array_records.values())))
@@ -136,8 +137,10 @@ def _workflow(contents: dict[int, RecordDict], plan: dict, timeout: float | None
     return Workflow(max_weight=1.0, timeout=timeout, **plan)
 
 
-def _mean_state(received: dict[str, torch.Tensor], result) -> dict[str, torch.Tensor]:
+def _mean_state(received: dict, result) -> dict:
     """The global weights plus the securely aggregated mean update."""
+    import numpy as np
+    import torch
     from flwr.common import parameters_to_ndarrays
 
     names = str(result.metrics[KEYS]).split(",")
@@ -158,6 +161,8 @@ def _run_round(send, messages: list[Message], plan: dict, timeout: float | None)
     """One round's train messages through SecAgg+ (stage messages go out by ``send``)."""
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    from fedssl.federation.records import from_record, to_record
 
     by_node = {m.metadata.dst_node_id: m for m in messages}
     rnd = int(messages[0].content["config"]["server-round"])
