@@ -112,7 +112,8 @@ def finetune_config(
     from fedssl.config import apply_overrides, from_dict, load_config, read_config, to_dict
 
     ov = list(overrides or [])
-    cfg = load_config(path, ov)
+    # where the backbone is; the privacy settings are checked with the run's data, below
+    cfg = load_config(path, [o for o in ov if not o.startswith("privacy.")])
     bb = resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
     source = bb if bb is not None else _newest_backbone(cfg.out_dir)
     run_cfg = source.parent / "config.yaml" if source is not None else None

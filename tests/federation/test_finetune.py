@@ -502,3 +502,12 @@ def test_a_private_head_reports_epsilon_and_uses_no_feature_statistics(stage_one
     assert torch.equal(head["head.0.running_var"], torch.ones_like(head["head.0.running_var"]))
     plain = stage_two.finetune(_cfg(stage_one, "finetune.epochs=3")[0], 0, stage_one.parent / "h2")
     assert "epsilon" not in plain
+
+
+def test_privacy_settings_are_checked_against_the_stage_one_runs_clients(stage_one):
+    run = load_config(stage_one / "config.yaml")
+    run.data.clients = ["fashion_mnist"] * 3
+    save_config(run, stage_one / "config.yaml")
+    secagg = ["privacy.secagg.enabled=true", "federation.weighted=false", "federation.min_clients=3"]
+    cfg, _ = _cfg(stage_one, *secagg)
+    assert cfg.privacy.secagg.enabled and len(cfg.data.clients) == 3
