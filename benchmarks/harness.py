@@ -111,6 +111,25 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def run_python(cmd: list[str], label: str) -> float:
+    """Run ``cmd`` (``["python", script, args...]``) with this interpreter in the project
+    root; returns its wall seconds.
+
+    Raises:
+        RuntimeError: it failed; the message holds ``label`` and its output's last 20 lines.
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=root, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{label}: {cmd[1]} exited {proc.returncode}\n{tail}")
+    return wall
+
+
 def _atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -22,9 +22,7 @@ import argparse
 import datetime
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness  # benchmarks/harness.py
@@ -74,12 +72,7 @@ def run_point(key: str, args: list[str], central: bool, out_dir: str) -> dict:
         cmd += ["--out-dir", out_dir]
     shown = " ".join(shlex.quote(c) for c in cmd)
     print(f"[bench] {key}: {shown}", flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{key}: launch/noniid.py exited {proc.returncode}\n{tail}")
+    wall = harness.run_python(cmd, key)
     summ = json.loads((ROOT / out_dir / name / "summary.json").read_text())
     shown = shown.replace(f" --name {name}", "")
     if "subset" in summ.get("data_source", ""):

@@ -19,9 +19,7 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness  # benchmarks/harness.py
@@ -45,13 +43,7 @@ def launch(script: str, args: list[str], out_dir: Path, name: str) -> tuple[Path
     shown = shlex.join(cmd)
     cmd += ["--name", name, "--out-dir", str(out_dir), "--overwrite"]
     print(f"[bench] {name}: {shown}", flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{name}: {script} exited {proc.returncode}\n{tail}")
-    return out_dir / name, shown, wall
+    return out_dir / name, shown, harness.run_python(cmd, name)
 
 
 def rows(run: Path) -> list[dict]:

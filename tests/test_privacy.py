@@ -86,8 +86,12 @@ def test_a_resumed_ledger_spends_what_an_uninterrupted_one_does():
         ),
         (["privacy.central.noise_multiplier=1"], "federation.weighted=false"),
         (
-            ["privacy.central.noise_multiplier=1", "federation.weighted=false",
-             "privacy.central.adaptive=true", "data.num_clients=10"],
+            [
+                "privacy.central.noise_multiplier=1",
+                "federation.weighted=false",
+                "privacy.central.adaptive=true",
+                "data.num_clients=10",
+            ],
             "must be below 2 \\* clipped_count_stddev = 1",
         ),
         (

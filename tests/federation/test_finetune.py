@@ -508,6 +508,6 @@ def test_privacy_settings_are_checked_against_the_stage_one_runs_clients(stage_o
     run = load_config(stage_one / "config.yaml")
     run.data.clients = ["fashion_mnist"] * 3
     save_config(run, stage_one / "config.yaml")
-    secagg = ["privacy.secagg.enabled=true", "federation.weighted=false", "federation.min_clients=3"]
-    cfg, _ = _cfg(stage_one, *secagg)
+    secagg = ["privacy.secagg.enabled=true", "federation.weighted=false"]
+    cfg, _ = _cfg(stage_one, *secagg, "federation.min_clients=3")
     assert cfg.privacy.secagg.enabled and len(cfg.data.clients) == 3

@@ -14,37 +14,17 @@ from fedssl.federation.supervised import initial_state
 from fedssl.runs import RunDir
 
 
-@pytest.fixture
-def overrides(tiny_fashion, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return [
-        f"out_dir={tmp_path}",
-        f"data.root={tiny_fashion}",
-        "data.train_per_client=300",
-        "data.test_per_client=50",
-        "data.num_clients=3",
-        "federation.min_clients=3",
-        "model.width=4",
-        "model.hidden=16",
-        "train.local_steps=5",
-        "train.batch_size=32",
-        "federation.rounds=2",
-        "federation.weighted=false",
-        "tracking.wandb=disabled",
-    ]
-
-
 def _last(cfg) -> dict[str, torch.Tensor]:
     rd = RunDir(cfg.run_dir())
     return load_file(str(rd.path / rd.state()["checkpoint"]))
 
 
-def test_without_noise_and_under_the_norm_it_is_fedavg(overrides):
-    plain = load_config(None, [*overrides, "name=plain"])
+def test_without_noise_and_under_the_norm_it_is_fedavg(three_clients):
+    plain = load_config(None, [*three_clients, "name=plain"])
     simulate(plain)
     private = load_config(
         None,
-        [*overrides, "name=dp0", "privacy.central.noise_multiplier=0",
+        [*three_clients, "name=dp0", "privacy.central.noise_multiplier=0",
          "privacy.central.clipping_norm=1e6"],
     )  # fmt: skip
     simulate(private)
@@ -56,10 +36,10 @@ def test_without_noise_and_under_the_norm_it_is_fedavg(overrides):
     assert rows[-1]["dp_clipped"] == 0.0 and rows[-1]["epsilon_central"] == float("inf")
 
 
-def test_server_clipping_bounds_the_round_and_noise_is_accounted(overrides):
+def test_server_clipping_bounds_the_round_and_noise_is_accounted(three_clients):
     cfg = load_config(
         None,
-        [*overrides, "name=clip", "federation.rounds=1", "privacy.central.noise_multiplier=0",
+        [*three_clients, "name=clip", "federation.rounds=1", "privacy.central.noise_multiplier=0",
          "privacy.central.clipping_norm=0.05"],
     )  # fmt: skip
     simulate(cfg)
@@ -70,7 +50,7 @@ def test_server_clipping_bounds_the_round_and_noise_is_accounted(overrides):
     assert moved <= 0.05 * (1 + 1e-5)  # the mean of updates of norm <= C
 
 
-def test_client_clipping_bounds_what_leaves_a_client(overrides, monkeypatch):
+def test_client_clipping_bounds_what_leaves_a_client(three_clients, monkeypatch):
     from fedssl.federation import strategy as S
 
     seen = []
@@ -85,7 +65,7 @@ def test_client_clipping_bounds_what_leaves_a_client(overrides, monkeypatch):
     monkeypatch.setattr(S.MergeStrategy, "_private_merge", record)
     cfg = load_config(
         None,
-        [*overrides, "name=cclip", "federation.rounds=1", "privacy.central.noise_multiplier=1",
+        [*three_clients, "name=cclip", "federation.rounds=1", "privacy.central.noise_multiplier=1",
          "privacy.central.clipping=client", "privacy.central.clipping_norm=0.05",
          "privacy.central.noise_seed=3"],
     )  # fmt: skip
@@ -93,12 +73,12 @@ def test_client_clipping_bounds_what_leaves_a_client(overrides, monkeypatch):
     assert len(seen) == 3 and max(seen) <= 0.05 * (1 + 1e-4)
 
 
-def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(overrides):
+def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(three_clients):
     private = ["privacy.central.noise_multiplier=1.2", "privacy.central.noise_seed=7",
                "privacy.dp_sgd.noise_multiplier=1.0", "federation.rounds=3"]  # fmt: skip
-    whole = load_config(None, [*overrides, *private, "name=whole"])
+    whole = load_config(None, [*three_clients, *private, "name=whole"])
     simulate(whole)
-    part = load_config(None, [*overrides, *private, "name=part"])
+    part = load_config(None, [*three_clients, *private, "name=part"])
     part.federation.rounds = 2
     simulate(part)
     part.federation.rounds = 3
@@ -110,14 +90,14 @@ def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(overrides):
     assert a["dp_sgd"]["0"]["steps"] == 3 * 5
 
 
-def test_adaptive_clipping_follows_the_quantile_and_survives_resume(overrides):
+def test_adaptive_clipping_follows_the_quantile_and_survives_resume(three_clients):
     import math
 
     # no noise and every update far under the norm: the unclipped share is 1, above the 0.5
     # target, so the norm shrinks by exp(-0.2 * 0.5) each round
     private = ["privacy.central.noise_multiplier=0", "privacy.central.adaptive=true",
                "privacy.central.clipping_norm=1000", "federation.rounds=2"]  # fmt: skip
-    cfg = load_config(None, [*overrides, *private, "name=adaptive"])
+    cfg = load_config(None, [*three_clients, *private, "name=adaptive"])
     cfg.federation.rounds = 1
     simulate(cfg)
     cfg.federation.rounds = 2

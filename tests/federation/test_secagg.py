@@ -10,26 +10,6 @@ from fedssl.federation import strategy as S
 from fedssl.federation.simulation import simulate
 
 
-@pytest.fixture
-def overrides(tiny_fashion, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return [
-        f"out_dir={tmp_path}",
-        f"data.root={tiny_fashion}",
-        "data.train_per_client=300",
-        "data.test_per_client=50",
-        "data.num_clients=3",
-        "federation.min_clients=3",
-        "model.width=4",
-        "model.hidden=16",
-        "train.local_steps=5",
-        "train.batch_size=32",
-        "federation.rounds=1",
-        "federation.weighted=false",
-        "tracking.wandb=disabled",
-    ]
-
-
 def _received(monkeypatch) -> list[list[dict[str, torch.Tensor]]]:
     """What the server's strategy receives in each round: every reply's state dict."""
     seen = []
@@ -47,11 +27,11 @@ def _received(monkeypatch) -> list[list[dict[str, torch.Tensor]]]:
     return seen
 
 
-def test_the_server_learns_only_the_mean_within_one_quantisation_step(overrides, monkeypatch):
+def test_the_server_learns_only_the_mean_within_one_quantisation_step(three_clients, monkeypatch):
     seen = _received(monkeypatch)
-    simulate(load_config(None, [*overrides, "name=plain"]))
+    simulate(load_config(None, [*three_clients, "name=plain"]))
     clients = seen[-1]  # the plain run's replies: each client's own trained weights
-    simulate(load_config(None, [*overrides, "name=secagg", "privacy.secagg.enabled=true"]))
+    simulate(load_config(None, [*three_clients, "name=secagg", "privacy.secagg.enabled=true"]))
     secure = seen[-1]
     assert len(clients) == 3 and len(secure) == 3
     mean = {k: torch.stack([c[k].double() for c in clients]).mean(0) for k in clients[0]}
@@ -75,15 +55,18 @@ def test_the_server_learns_only_the_mean_within_one_quantisation_step(overrides,
         (["privacy.secagg.num_shares=4"], "more than the 3 clients"),
         (["privacy.central.noise_multiplier=1"], "privacy.central.clipping=client"),
         (
-            ["privacy.central.noise_multiplier=0.1", "privacy.central.clipping=client",
-             "privacy.central.adaptive=true"],
+            [
+                "privacy.central.noise_multiplier=0.1",
+                "privacy.central.clipping=client",
+                "privacy.central.adaptive=true",
+            ],
             "bit would travel outside the secure sum",
         ),  # fmt: skip
     ],
 )
-def test_settings_secagg_cannot_serve_are_refused(overrides, extra, match):
+def test_settings_secagg_cannot_serve_are_refused(three_clients, extra, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(None, [*overrides, "privacy.secagg.enabled=true", *extra])
+        load_config(None, [*three_clients, "privacy.secagg.enabled=true", *extra])
 
 
 def test_a_launcher_exits_2_naming_the_setting_and_writes_nothing(load_launch, tmp_path, capsys):
