@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 KEYS = "secagg-keys"
 
 
+class _RoundStart(logging.Filter):
+    """``secaggplus_mod`` warns "Restart from the setup stage" whenever a client's first
+    SecAgg+ message of a run or round arrives after anything but the unmask stage: at every
+    client's first round, expected, so not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Restart from the setup stage" not in record.getMessage()
+
+
+logging.getLogger("flwr").addFilter(_RoundStart())
+
+
 def secagg_plan(settings, sampled: int, clip_norm: float | None = None) -> dict:
     """Flower's ``SecAggPlusWorkflow`` arguments for ``sampled`` clients per round from a
     ``privacy.secagg`` section: shares (every sampled client unless set), threshold (a
