@@ -323,7 +323,7 @@ def fit(
     else:
         ds = ImageDataset(task.train, idx, train_transform(size, chans, f.augment), pil_mode(chans))
         loader = runtime.loader(rt, ds, f.batch_size, shuffle=True, seed=seed)
-    private = _private_head(cfg, module, len(idx), epochs)
+    private = _private_head(cfg, module, task, meta, len(idx), epochs, rt)
     if private is not None:
         loader = private.loader(loader)
     trainer = runtime.trainer(rt, max_epochs=epochs)
@@ -356,10 +356,18 @@ def fit(
 
 
 def _private_head(
-    cfg: ExperimentConfig, module: BackboneClassifier, examples: int, epochs: int
+    cfg: ExperimentConfig,
+    module: BackboneClassifier,
+    task: ClientTask,
+    meta: dict,
+    examples: int,
+    epochs: int,
+    rt: runtime.Runtime,
 ) -> PrivateFit | None:
     """DP-SGD for a head's fit of ``epochs`` on ``examples`` labeled images
-    (``privacy.dp_sgd``; None when off), attached to ``module``."""
+    (``privacy.dp_sgd``; None when off), attached to ``module``. The head's standardisation is
+    frozen at the backbone's feature statistics on the client's *unlabeled* images (stage
+    one's training images, outside the labeled set DP-SGD protects)."""
     dp = cfg.privacy.dp_sgd
     if not dp.enabled:
         return None
@@ -369,7 +377,13 @@ def _private_head(
             "backbone's BatchNorm mixes the examples of a batch"
         )
     bs = cfg.finetune.batch_size
-    module.fix_standardisation()
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    outside = ImageDataset(task.train, task.unlabeled, eval_transform(size, chans), pil_mode(chans))
+    feats = None
+    if len(task.unlabeled) > 1:
+        loader = runtime.loader(rt, outside, cfg.train.eval_batch_size)
+        feats, _ = runtime.predict(module.backbone, loader, rt)
+    module.fix_standardisation(feats)
     steps = epochs * batches_per_epoch(examples, bs)
     private = PrivateFit(plan(dp, examples, bs, steps), module.head)
     module.private = private

@@ -136,14 +136,18 @@ class BackboneClassifier(pl.LightningModule):
         return self
 
     @torch.no_grad()
-    def fix_standardisation(self) -> None:
-        """Make the head's standardisation the identity, kept in eval mode: statistics of the
-        labeled features would be released without noise, so a private head does without
-        them (and mixes no examples of a batch)."""
-        bn = self.head[0]
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0)
-        bn.num_batches_tracked.zero_()
+    def fix_standardisation(self, features: torch.Tensor | None = None) -> None:
+        """Freeze the head's standardisation (eval mode: it mixes no examples of a batch) at
+        the statistics of ``features`` — for a private head, features of images outside the
+        labeled set, since the labeled ones' would be released without noise — or, without
+        features, at the identity."""
+        if features is not None and len(features) > 1:
+            self.calibrate_head(features)
+        else:
+            bn = self.head[0]
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.num_batches_tracked.zero_()
         self.fixed_standardisation = True
         self.train(self.training)
 

@@ -491,15 +491,28 @@ def test_monitor_baselines_learn_the_bank_labels_and_score_the_monitor_queries(
         stage_two.monitor_baselines(cfg, 0)
 
 
-def test_a_private_head_reports_epsilon_and_uses_no_feature_statistics(stage_one):
-    cfg, _ = _cfg(stage_one, "finetune.epochs=3", "privacy.dp_sgd.epsilon=8")
+def test_a_private_head_standardises_with_the_unlabeled_images_only(stage_one):
+    from fedssl import runtime
+    from fedssl.data.client_images import ImageDataset
+    from fedssl.data.transforms import eval_transform, pil_mode
+
+    cfg, path = _cfg(stage_one, "finetune.epochs=3", "privacy.dp_sgd.epsilon=8")
     res = stage_two.finetune(cfg, 0, run_dir=stage_one.parent / "head")
     assert 7.5 <= res["epsilon"] <= 8.0 and res["delta"] == 1e-5
     assert res["dp_steps"] == 3 * round(1 / res["dp_rate"])
     head = load_file(str(stage_one.parent / "head" / "head.safetensors"))
-    # the standardisation holds no statistics of the labeled images: they would leak
-    assert torch.equal(head["head.0.running_mean"], torch.zeros_like(head["head.0.running_mean"]))
-    assert torch.equal(head["head.0.running_var"], torch.ones_like(head["head.0.running_var"]))
+    # the standardisation holds the statistics of the unlabeled images' features, not of the
+    # labeled ones DP-SGD protects (those would be released without noise)
+    task = client_task(cfg.data, 0)
+    module, meta = stage_two.build_classifier(cfg, task.num_classes, path, task.name, 0)
+
+    def mean_feature(idx):
+        ds = ImageDataset(task.train, idx, eval_transform(28, 1), pil_mode(1))
+        return runtime.predict(module.backbone, runtime.loader(None, ds, 100), None)[0].mean(0)
+
+    unlabeled = mean_feature(task.unlabeled)
+    assert torch.allclose(head["head.0.running_mean"], unlabeled, atol=1e-5)
+    assert not torch.allclose(head["head.0.running_mean"], mean_feature(task.labeled), atol=1e-5)
     plain = stage_two.finetune(_cfg(stage_one, "finetune.epochs=3")[0], 0, stage_one.parent / "h2")
     assert "epsilon" not in plain
 
