@@ -101,7 +101,9 @@ def head_point(a, client: str, budget: int, backbone: str, eps: float | None) ->
     if eps:
         args += ["--set", f"privacy.dp_sgd.epsilon={eps:g}"]
         args += [f"finetune.lr={a.dp_head_lr:g}"] if a.dp_head_lr else []
-    run, shown, wall = launch("finetune.py", args, a.out_dir, f"privacy-head-{key}")
+    # a folder of its own: a raw-pixel head takes its clients from the newest stage-one run
+    # in its --out-dir, which must not be one of this benchmark's SecAgg+ runs
+    run, shown, wall = launch("finetune.py", args, a.out_dir / "heads", f"privacy-head-{key}")
     r = json.loads((run / "results.json").read_text())
     out = {k: r.get(k) for k in ("test_acc", "unlabeled_acc", "labeled", "epsilon", "dp_noise")}
     out.update(command=shown.replace(a.backbone, "runs/pretrain-default"), wall_s=wall)
