@@ -34,6 +34,8 @@ BUDGETS = [5, 20, 0]
 CLIENTS = ["fashion_mnist", "mnist"]
 #: Abadi et al. 2016, Table 1 / Fig. 3: DP-SGD on MNIST (PCA-60 + 1,000-unit MLP), δ = 1e-5
 ABADI = {2.0: 95.0, 8.0: 97.0, 0.5: 90.0}
+#: the page's sections, each kept in the JSON under its name
+PARTS = ("noniid", "central", "heads", "secagg")
 
 
 def launch(script: str, args: list[str], out_dir: Path, name: str) -> tuple[Path, str, float]:
@@ -78,21 +80,21 @@ def section_noniid(res: dict, a) -> None:
         if key in res["noniid"] and not a.force:
             continue
         res["noniid"][key] = noniid_point(a, f"noniid-{key}", extra)
-        save(res)
+        save(res, "noniid")
 
 
 def section_central(res: dict, a) -> None:
     base = ["--set", "federation.weighted=false", f"privacy.central.clipping_norm={a.clip:g}"]
     if "unweighted" not in res["central"] or a.force:
         res["central"]["unweighted"] = noniid_point(a, "central-unweighted", base[:2])
-        save(res)
+        save(res, "central")
     for s in SIGMAS:
         key = f"sigma{s:g}"
         if key in res["central"] and not a.force:
             continue
         extra = [*base, f"privacy.central.noise_multiplier={s:g}"]
         res["central"][key] = noniid_point(a, f"central-{key}", extra)
-        save(res)
+        save(res, "central")
 
 
 def head_point(a, client: str, budget: int, backbone: str, eps: float | None) -> dict:
@@ -121,7 +123,7 @@ def section_heads(res: dict, a) -> None:
                     if key in res["heads"] and not a.force:
                         continue
                     res["heads"][key] = head_point(a, client, budget, backbone, eps)
-                    save(res)
+                    save(res, "heads")
 
 
 def checkpoint_gap(a: Path, b: Path) -> float | None:
@@ -169,7 +171,7 @@ def section_secagg(res: dict, a) -> None:
             "command": cmd2,
         }
         print(f"[bench] secagg {label}: {p:.2f} -> {s:.2f} s/round ({s / p:.2f}x)", flush=True)
-        save(res)
+        save(res, "secagg")
 
 
 def _sci(x) -> str:
@@ -302,7 +304,14 @@ def render(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def save(res: dict) -> None:
+def save(res: dict, section: str | None = None) -> None:
+    """Write the JSON and the page; with ``section``, only that part of ``res`` (and the run's
+    stamp) replaces what the JSON holds, so sections run side by side keep each other's."""
+    if section is not None and RESULTS.is_file():
+        kept = json.loads(RESULTS.read_text())
+        kept.update({k: v for k, v in res.items() if k not in PARTS})
+        kept[section] = res[section]
+        res = kept
     harness.write_results(PAGE, res, render, json_path=RESULTS)
 
 
@@ -320,7 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="re-measure points already kept")
     a = p.parse_args(argv)
     res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for part in ("noniid", "central", "heads", "secagg"):
+    for part in PARTS:
         res.setdefault(part, {})
     if a.section == "render":
         save(res)
@@ -329,7 +338,7 @@ def main(argv=None) -> int:
     res.pop("load_at_end", None)
     {"noniid": section_noniid, "central": section_central, "heads": section_heads,
      "secagg": section_secagg}[a.section](res, a)  # fmt: skip
-    save(res)
+    save(res, a.section)
     print(f"[bench] wrote {PAGE}")
     return 0
 

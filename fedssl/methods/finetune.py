@@ -118,12 +118,12 @@ def finetune_config(
     source = bb if bb is not None else _newest_backbone(cfg.out_dir)
     run_cfg = source.parent / "config.yaml" if source is not None else None
     if run_cfg is None or not run_cfg.is_file():
-        run_cfg = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "default.yaml"
+        run_cfg = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "default.yaml"
+    data = read_config(path)
     if run_cfg.is_file():
         run = load_config(run_cfg)
-        data = read_config(path)
         data.update({"data": to_dict(run.data), "model": to_dict(run.model), "seed": run.seed})
-        cfg = from_dict(ExperimentConfig, apply_overrides(data, ov))
+    cfg = from_dict(ExperimentConfig, apply_overrides(data, ov))  # every override, checked
     cfg.experiment = "finetune"
     return cfg, bb
 

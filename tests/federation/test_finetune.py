@@ -524,3 +524,13 @@ def test_privacy_settings_are_checked_against_the_stage_one_runs_clients(stage_o
     secagg = ["privacy.secagg.enabled=true", "federation.weighted=false"]
     cfg, _ = _cfg(stage_one, *secagg, "federation.min_clients=3")
     assert cfg.privacy.secagg.enabled and len(cfg.data.clients) == 3
+
+
+def test_without_a_stage_one_run_the_default_clients_and_every_override_hold(tmp_path):
+    cfg, path = stage_two.finetune_config(
+        FINETUNE_CONFIG,
+        ["finetune.backbone=pixels", f"out_dir={tmp_path}", "privacy.dp_sgd.epsilon=8"],
+    )
+    default = load_config("configs/pretrain/default.yaml")
+    assert path is None and cfg.data.clients == default.data.clients
+    assert cfg.privacy.dp_sgd.epsilon == 8.0  # a private head stays private
