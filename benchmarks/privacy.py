@@ -191,6 +191,33 @@ def _eps(p: dict | None, part: str) -> str:
     return f"{min(vals):.3g}-{max(vals):.3g}" if min(vals) != max(vals) else f"{vals[0]:.3g}"
 
 
+def _targets(res: dict) -> list[str]:
+    """The page's opening: each target beside what was measured, met or not."""
+    lines = []
+    n, h, s = res["noniid"], res["heads"], res["secagg"]
+    base = n.get("none", {}).get("fed_acc")
+    eps8 = [(k, r["fed_acc"] / base) for k, r in n.items() if k.startswith("eps8") and base]
+    if eps8:
+        best = max(eps8, key=lambda kv: kv[1])
+        verdict = "met" if best[1] >= 0.95 else "**not met**"
+        lines.append(f"- DP-SGD on the non-IID study at ε = 8 >= 0.95x non-private: {verdict}, "
+                     f"{best[1]:.3f}x at best ({best[0]})")  # fmt: skip
+    ratios = []
+    for c in CLIENTS:
+        none, e8 = h.get(f"{c}-stage-one-l0-none"), h.get(f"{c}-stage-one-l0-eps8")
+        if none and e8:
+            ratios.append(e8["test_acc"] / none["test_acc"])
+    if ratios:
+        verdict = "met" if min(ratios) >= 0.95 else "**not met**"
+        shown = " / ".join(f"{r:.3f}x" for r in ratios)
+        lines.append(f"- private heads at ε = 8, 25 % labels, >= 0.95x the non-private head on "
+                     f"both clients: {verdict}, {shown}")  # fmt: skip
+    for label, r in s.items():
+        verdict = "met" if r["ratio"] <= 1.5 else "**not met**"
+        lines.append(f"- SecAgg+ round time <= 1.5x FedAvg, {label}: {verdict}, {r['ratio']:.2f}x")
+    return ["## Where the targets stand", "", *lines, ""] if lines else []
+
+
 def render(res: dict) -> str:
     out = [
         "# Privacy: what it costs",
@@ -200,6 +227,7 @@ def render(res: dict) -> str:
         "end); each row's own command is beside it. Guide: [docs/privacy.md](../privacy.md).",
         "",
     ]
+    out += _targets(res)
     n = res["noniid"]
     if n:
         out += [

@@ -34,3 +34,5 @@ def test_the_page_shows_each_run_beside_the_non_private_one(bench):
     head = next(line for line in page.splitlines() if line.startswith("| mnist | 25 %"))
     assert "| 95.00 |" in head and "| 90.25 |" in head and head.endswith("| 0.950 |")
     assert "| 2.00 | 2.50 | 1.25 |" in page
+    assert "at ε = 8 >= 0.95x non-private: met, 0.960x at best (eps8)" in page
+    assert "both clients: met, 0.950x" in page
