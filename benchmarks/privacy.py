@@ -237,9 +237,9 @@ def render(res: dict) -> str:
             f"{next(iter(n.values()))['rounds']} rounds of FedAvg; every client trains with "
             "DP-SGD (per-sample clipping C = 1, Poisson batches of 32 expected), its noise sized "
             "so that the whole run spends at most ε at δ = 1e-5 on that client's records; the "
-            "study's client learning rate is 0.05, and rows marked `train.lr` use a larger one "
-            "(clipped gradients are smaller). Test accuracy of the merged model on the 10,000 "
-            "test images.",
+            "study's client optimizer is SGD at lr 0.05 without momentum; rows marked "
+            "`train.lr` or `train.momentum` change it (clipped gradients are smaller). Test "
+            "accuracy of the merged model on the 10,000 test images.",
             "",
             "| ε per client | test acc (final) | last 5 | x non-private | ε accounted "
             "| Abadi et al. 2016 (centralized) | command |",
@@ -247,9 +247,10 @@ def render(res: dict) -> str:
         ]  # fmt: skip
         base = n.get("none", {}).get("fed_acc")
         for key, r in n.items():
-            eps, _, lr = key.removeprefix("eps").partition("-lr")
+            eps, _, lr = key.removeprefix("eps").partition("-")
             paper = ABADI.get(float(eps), None) if key != "none" else None
-            eps = "∞ (no DP)" if key == "none" else eps + (f", train.lr {lr}" if lr else "")
+            lr = lr.replace("lr", "train.lr ").replace("momentum", "train.momentum ")
+            eps = "∞ (no DP)" if key == "none" else eps + (f", {lr}" if lr else "")
             ratio = f"{r['fed_acc'] / base:.3f}" if base else "-"
             out.append(
                 f"| {eps} | {_pct(r['fed_acc'])} | {_pct(r['fed_acc_last5'])} | {ratio} | "
