@@ -568,8 +568,10 @@ def _move_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and bad values."""
+def from_dict(cls, data: dict[str, Any] | None, prefix: str = "", relations: bool = True):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and bad values;
+    ``relations=False`` leaves out the checks across sections (:func:`fedssl.privacy.
+    check_privacy`), for a config that is completed before it is used."""
     data = dict(data or {})
     if cls is ExperimentConfig and not prefix:
         data = _move_legacy_keys(data)
@@ -600,7 +602,7 @@ def from_dict(cls, data: dict[str, Any] | None, prefix: str = ""):
                 f"choose one of {', '.join(allowed)}"
             )
     check_domains(obj, prefix)
-    if cls is ExperimentConfig and not prefix:
+    if cls is ExperimentConfig and not prefix and relations:
         try:
             check_privacy(obj)
         except PrivacyError as err:
@@ -732,6 +734,7 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
     cls=ExperimentConfig,
+    relations: bool = True,
 ):
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
@@ -740,6 +743,7 @@ def load_config(
             another file: :func:`read_config`).
         overrides: ``["train.lr=0.1", ...]`` or ``{"train.lr": 0.1}``.
         cls: the top-level config dataclass.
+        relations: check the settings across sections too (see :func:`from_dict`).
 
     Raises:
         ConfigError: for a missing file, unknown key or invalid value (the message names it).
@@ -747,7 +751,7 @@ def load_config(
     data: dict[str, Any] = read_config(path) if path is not None else {}
     if overrides:
         data = apply_overrides(data, overrides)
-    return from_dict(cls, data)
+    return from_dict(cls, data, relations=relations)
 
 
 def save_config(cfg, path: str | Path) -> Path:

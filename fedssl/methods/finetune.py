@@ -112,8 +112,9 @@ def finetune_config(
     from fedssl.config import apply_overrides, from_dict, load_config, read_config, to_dict
 
     ov = list(overrides or [])
-    # where the backbone is; the privacy settings are checked with the run's data, below
-    cfg = load_config(path, [o for o in ov if not o.startswith("privacy.")])
+    # where the backbone is (every value checked; the privacy settings against the run's
+    # clients below, once its data is in)
+    cfg = load_config(path, ov, relations=False)
     bb = resolve_backbone(cfg.finetune.backbone, cfg.out_dir)
     source = bb if bb is not None else _newest_backbone(cfg.out_dir)
     run_cfg = source.parent / "config.yaml" if source is not None else None
