@@ -33,7 +33,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 __all__ = ["secure_rounds", "secure_aggregation_mod", "legacy_reply", "secagg_plan", "KEYS"]
 
-log = logging.getLogger(__name__)
 
 #: the metric a client's SecAgg+ reply names its tensors in (comma-separated, in order)
 KEYS = "secagg-keys"
