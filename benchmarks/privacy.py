@@ -71,15 +71,24 @@ def noniid_point(a, key: str, extra: list[str]) -> dict:
     return out
 
 
+def _tag(settings: list[str]) -> str:
+    """A point's key suffix from its extra settings: ``train.lr=0.5`` -> ``lr0.5``."""
+    return "".join(f"-{k.rpartition('.')[2].replace('_', '')}{v}"
+                   for k, _, v in (x.partition("=") for x in settings))  # fmt: skip
+
+
 def section_noniid(res: dict, a) -> None:
-    lr = [f"train.lr={a.dp_lr:g}"] if a.dp_lr else []
-    tag = f"-lr{a.dp_lr:g}" if a.dp_lr else ""
-    points = {"none": []} | {f"eps{e:g}{tag}": ["--set", f"privacy.dp_sgd.epsilon={e:g}", *lr]
-                             for e in (a.epsilons or EPSILONS)}  # fmt: skip
-    for key, extra in points.items():
+    extra = [*(a.dp_set or []), *([f"train.lr={a.dp_lr:g}"] if a.dp_lr else [])]
+    tag = _tag(extra)
+    points = {f"eps{e:g}{tag}": ["--set", f"privacy.dp_sgd.epsilon={e:g}", *extra]
+              for e in (a.epsilons or EPSILONS)}  # fmt: skip
+    # the non-private run with the same client and server settings, so a tuned private run is
+    # compared with the same tuning as well as with the study's own settings
+    points = {f"none{tag}": ["--set", *extra] if extra else []} | points
+    for key, args in points.items():
         if key in res["noniid"] and not a.force:
             continue
-        res["noniid"][key] = noniid_point(a, f"noniid-{key}", extra)
+        res["noniid"][key] = noniid_point(a, f"noniid-{key}", args)
         save(res, "noniid")
 
 
@@ -191,6 +200,13 @@ def _eps(p: dict | None, part: str) -> str:
     return f"{min(vals):.3g}-{max(vals):.3g}" if min(vals) != max(vals) else f"{vals[0]:.3g}"
 
 
+def _settings(command: str) -> str:
+    """The ``--set`` values of a command other than the DP-SGD budget, as the page shows them."""
+    words = shlex.split(command)
+    sets = words[words.index("--set") + 1 :] if "--set" in words else []
+    return ", ".join(x.replace("=", " ") for x in sets if not x.startswith("privacy.dp_sgd.epsilon"))
+
+
 def _targets(res: dict) -> list[str]:
     """The page's opening: each target beside what was measured, met or not."""
     lines = []
@@ -198,10 +214,15 @@ def _targets(res: dict) -> list[str]:
     base = n.get("none", {}).get("fed_acc")
     eps8 = [(k, r["fed_acc"] / base) for k, r in n.items() if k.startswith("eps8") and base]
     if eps8:
-        best = max(eps8, key=lambda kv: kv[1])
-        verdict = "met" if best[1] >= 0.95 else "**not met**"
+        key, best = max(eps8, key=lambda kv: kv[1])
+        verdict = "met" if best >= 0.95 else "**not met**"
+        tag = key.partition("-")[2]
+        same = n.get(f"none-{tag}" if tag else "none")
+        shown = f"`{_settings(n[key]['command'])}`" if tag else "the study's settings"
+        against = (f"; {n[key]['fed_acc'] / same['fed_acc']:.3f}x the non-private run with the "
+                   "same settings") if same and tag else ""  # fmt: skip
         lines.append(f"- DP-SGD on the non-IID study at ε = 8 >= 0.95x non-private: {verdict}, "
-                     f"{best[1]:.3f}x at best ({best[0]})")  # fmt: skip
+                     f"{best:.3f}x at best ({shown}){against}")  # fmt: skip
     ratios = []
     for c in CLIENTS:
         none, e8 = h.get(f"{c}-stage-one-l0-none"), h.get(f"{c}-stage-one-l0-eps8")
@@ -241,19 +262,22 @@ def render(res: dict) -> str:
             "`train.lr` or `train.momentum` change it (clipped gradients are smaller). Test "
             "accuracy of the merged model on the 10,000 test images.",
             "",
-            "| ε per client | test acc (final) | last 5 | x non-private | ε accounted "
-            "| Abadi et al. 2016 (centralized) | command |",
-            "|---|---|---|---|---|---|---|",
+            "| ε per client | other settings | test acc (final) | last 5 | x non-private "
+            "| x non-private, same settings | ε accounted | Abadi et al. 2016 (centralized) "
+            "| command |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         base = n.get("none", {}).get("fed_acc")
         for key, r in n.items():
-            eps, _, lr = key.removeprefix("eps").partition("-")
-            paper = ABADI.get(float(eps), None) if key != "none" else None
-            lr = lr.replace("lr", "train.lr ").replace("momentum", "train.momentum ")
-            eps = "∞ (no DP)" if key == "none" else eps + (f", {lr}" if lr else "")
+            eps, _, tag = key.partition("-")
+            eps = eps.removeprefix("eps")
+            same = n.get(f"none-{tag}" if tag else "none")
+            paper = ABADI.get(float(eps)) if eps != "none" else None
             ratio = f"{r['fed_acc'] / base:.3f}" if base else "-"
+            ratio_same = f"{r['fed_acc'] / same['fed_acc']:.3f}" if same else "-"
             out.append(
-                f"| {eps} | {_pct(r['fed_acc'])} | {_pct(r['fed_acc_last5'])} | {ratio} | "
+                f"| {'∞ (no DP)' if eps == 'none' else eps} | {_settings(r['command']) or '-'} | "
+                f"{_pct(r['fed_acc'])} | {_pct(r['fed_acc_last5'])} | {ratio} | {ratio_same} | "
                 f"{_eps(r.get('privacy'), 'dp_sgd')} | {paper or '-'} | `{r['command']}` |"
             )
         out.append("")
@@ -374,6 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--clip", type=float, default=1.0, help="client-level DP's clipping norm")
     p.add_argument("--dp-lr", type=float, help="noniid: the private runs' train.lr")
     p.add_argument("--epsilons", type=float, nargs="+", help="noniid: the budgets to run")
+    p.add_argument("--dp-set", nargs="+", metavar="KEY=VALUE",
+                   help="noniid: settings for the section's runs, private and not "
+                        "(e.g. train.momentum=0.9 federation.server_lr=2)")
     p.add_argument("--secagg-rounds", type=int, default=6)
     p.add_argument("--backbone", default="runs/pretrain-default", help="stage-one run (heads)")
     p.add_argument("--dp-head-lr", type=float, help="finetune.lr of private heads")

@@ -409,7 +409,7 @@ class SecAggConfig:
     updates. Needs at least three clients per round, federation.method avg, unweighted."""
 
     enabled: bool = False
-    # shares each client's masking key is split into (null: one per sampled client)
+    # shares of each client's key = its masking neighbours + 1 (null: ceil(log2 n) + 1, >= 3)
     num_shares: Annotated[int, Range(lo=3)] | None = None
     # shares that rebuild a dropped client's mask (null: a majority of num_shares)
     reconstruction_threshold: Annotated[int, Range(lo=2)] | None = None

@@ -263,12 +263,11 @@ def _check_secagg(cfg) -> None:
             f"privacy.secagg needs at least 3 clients per round, this federation asks {n}: "
             "with two, each client can subtract its own update from the mean and read the other"
         )
-    shares = s.num_shares or n
-    if shares > n:
+    if s.num_shares and s.num_shares > n:
         raise PrivacyError(
-            f"privacy.secagg.num_shares={shares} is more than the {n} clients of a round"
+            f"privacy.secagg.num_shares={s.num_shares} is more than the {n} clients of a round"
         )
-    threshold = s.reconstruction_threshold or shares // 2 + 1
+    shares, threshold = secagg_shares(s, n)
     if threshold >= shares:
         raise PrivacyError(
             f"privacy.secagg.reconstruction_threshold={threshold} must be below num_shares="
@@ -279,6 +278,16 @@ def _check_secagg(cfg) -> None:
             "privacy.central with privacy.secagg needs privacy.central.clipping=client: the "
             "server never sees an update to clip"
         )
+
+
+def secagg_shares(secagg, clients: int) -> tuple[int, int]:
+    """SecAgg+'s shares per client key and the threshold that rebuilds one, for ``clients``
+    per round from a ``privacy.secagg`` section. Unset, each client masks with a neighbourhood
+    of ``ceil(log2 n) + 1`` shares (at least 3, at most n), the O(log n) of SecAgg+ (Bell et al.
+    2020): 3 for 4 clients, 5 for 10, 8 for 100; ``num_shares = n`` is the all-pairs SecAgg of
+    Bonawitz et al. 2017. The threshold is a majority of the shares unless set."""
+    shares = secagg.num_shares or min(clients, max(3, math.ceil(math.log2(clients)) + 1))
+    return shares, secagg.reconstruction_threshold or shares // 2 + 1
 
 
 def count_stddev(central, clients: int) -> float:

@@ -2,11 +2,13 @@
 target ε, the ledger a resumed run continues, and the settings refused while loading."""
 
 import math
+from pathlib import Path
 
 import pytest
 
 from fedssl.config import ConfigError, load_config
-from fedssl.privacy import ORDERS, Ledger, epsilon, noise_for_epsilon
+from fedssl.config import SecAggConfig
+from fedssl.privacy import ORDERS, Ledger, epsilon, noise_for_epsilon, secagg_shares
 
 
 def _gaussian_epsilon(sigma: float, steps: int, delta: float) -> float:
@@ -117,6 +119,20 @@ def test_private_settings_that_hold_together_load():
     )  # fmt: skip
     assert cfg.privacy.central.enabled and cfg.privacy.dp_sgd.enabled
     assert not load_config(None).privacy.central.enabled
+
+
+@pytest.mark.parametrize("clients, shares", [(3, 3), (4, 3), (10, 5), (100, 8), (1000, 11)])
+def test_secagg_neighbourhoods_grow_with_the_log_of_the_clients(clients, shares):
+    assert secagg_shares(SecAggConfig(), clients) == (shares, shares // 2 + 1)
+
+
+def test_secagg_shares_that_are_set_are_kept():
+    assert secagg_shares(SecAggConfig(num_shares=10), 10) == (10, 6)
+    assert secagg_shares(SecAggConfig(reconstruction_threshold=4), 10) == (5, 4)
+    with pytest.raises(ConfigError, match="reconstruction_threshold=5 must be below num_shares=5"):
+        load_config(Path(__file__).parents[1] / "configs/noniid/paper.yaml",
+                    ["privacy.secagg.enabled=true", "federation.weighted=false",
+                     "privacy.secagg.reconstruction_threshold=5"])  # fmt: skip
 
 
 def test_compare_with_dp_sgd_keeps_to_the_linear_heads():

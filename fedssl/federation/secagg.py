@@ -28,6 +28,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from fedssl.privacy import secagg_shares
+
 # torch and the records module load when a SecAgg+ round first needs them: the ClientApp
 # imports this module, and a deployed client's process starts for every message
 
@@ -52,11 +54,10 @@ logging.getLogger("flwr").addFilter(_RoundStart())
 
 def secagg_plan(settings, sampled: int, clip_norm: float | None = None) -> dict:
     """Flower's ``SecAggPlusWorkflow`` arguments for ``sampled`` clients per round from a
-    ``privacy.secagg`` section: shares (every sampled client unless set), threshold (a
-    majority of the shares unless set), the clipping range (``clip_norm`` of client-side
+    ``privacy.secagg`` section: shares and threshold (:func:`fedssl.privacy.secagg_shares`),
+    the clipping range (``clip_norm`` of client-side
     clipping when given and the range is not set, else 8) and the quantisation range."""
-    shares = settings.num_shares or sampled
-    threshold = settings.reconstruction_threshold or shares // 2 + 1
+    shares, threshold = secagg_shares(settings, sampled)
     clip = settings.clipping_range or (clip_norm if clip_norm else 8.0)
     return {
         "num_shares": int(shares),
