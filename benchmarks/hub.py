@@ -246,7 +246,7 @@ def render(res: dict) -> str:
             "(encoded while it is sent in 1 MiB chunks over gRPC; the server hashes while "
             "receiving, then writes and flushes the blob file while it decodes and validates "
             "every tensor, then the row); download = `HubClient.pull` (read, stream, sha256 "
-            "check, decode). Reference, as the issue sets it: the `safetensors` library "
+            "check, decode). Reference: the `safetensors` library "
             "serialising the same state dict in memory (`safetensors.torch.save`); "
             "deserialising (`load`, a stricter yardstick for downloads) beside it. Target: >= "
             f"50% of serialisation. Timed in turns, median of {r.get('repeats', 3)} passes, so "

@@ -312,8 +312,8 @@ def render(results: dict) -> str:
         "",
         "Paper 003 (stage one) trains a shared backbone with SimCLR on each client's unlabeled",
         "data and merges it by FedAvg. The paper reports no stage-one numbers of its own (its",
-        "results are the stage-two accuracies, see multitask.md), so this page measures what the",
-        "issue asks: speed against plain PyTorch, Flower's overhead, and federated against",
+        "results are the stage-two accuracies, see multitask.md), so this page measures",
+        "stage one's speed against plain PyTorch, Flower's overhead, and federated against",
         "centralized SimCLR on the same data and budget.",
         "",
         f"Machine: {env.get('machine', '?')}; torch {env.get('torch', '?')}. Every section is "

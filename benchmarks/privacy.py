@@ -204,7 +204,8 @@ def _settings(command: str) -> str:
     """The ``--set`` values of a command other than the DP-SGD budget, as the page shows them."""
     words = shlex.split(command)
     sets = words[words.index("--set") + 1 :] if "--set" in words else []
-    return ", ".join(x.replace("=", " ") for x in sets if not x.startswith("privacy.dp_sgd.epsilon"))
+    kept = [x for x in sets if not x.startswith("privacy.dp_sgd.epsilon")]
+    return ", ".join(x.replace("=", " ") for x in kept)
 
 
 def _targets(res: dict) -> list[str]:
@@ -398,9 +399,13 @@ def main(argv=None) -> int:
     p.add_argument("--clip", type=float, default=1.0, help="client-level DP's clipping norm")
     p.add_argument("--dp-lr", type=float, help="noniid: the private runs' train.lr")
     p.add_argument("--epsilons", type=float, nargs="+", help="noniid: the budgets to run")
-    p.add_argument("--dp-set", nargs="+", metavar="KEY=VALUE",
-                   help="noniid: settings for the section's runs, private and not "
-                        "(e.g. train.momentum=0.9 federation.server_lr=2)")
+    p.add_argument(
+        "--dp-set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="noniid: settings for the section's runs, private and not "
+        "(e.g. train.momentum=0.9 federation.server_lr=2)",
+    )
     p.add_argument("--secagg-rounds", type=int, default=6)
     p.add_argument("--backbone", default="runs/pretrain-default", help="stage-one run (heads)")
     p.add_argument("--dp-head-lr", type=float, help="finetune.lr of private heads")

@@ -1,7 +1,7 @@
 """Score saved stage-one backbones again with the kNN monitor, once with the BatchNorm
 statistics the merged weights carry (``ssl.knn_bn=merged``) and once with each client's own
-(``client``), beside raw pixels: how docs/pretrain.md compares the two readouts on runs that
-were trained before the choice existed (training does not depend on it).
+(``client``), beside raw pixels: how docs/results/stage-one.md compares the two readouts on
+runs that were trained before the choice existed (training does not depend on it).
 
     python benchmarks/rescore_knn.py runs/pretrain-default [more run directories]
     python benchmarks/rescore_knn.py runs/pretrain-personal --per-class

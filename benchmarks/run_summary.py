@@ -2,7 +2,7 @@
 round, the mean and range of the last N evaluated rounds, the best round, raw pixels and the
 first round above them, and optionally the accuracy at given rounds and the first round at or
 above a target and how many rounds of the window are. The "last ten rounds" and "first round
-above" figures of docs/pretrain.md come from here.
+above" figures of docs/results/stage-one.md come from here.
 
     python benchmarks/run_summary.py runs/pretrain-default [more run directories]
     python benchmarks/run_summary.py RUN --at 55 100 --target fashion_mnist=0.80 mnist=0.95

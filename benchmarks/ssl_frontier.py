@@ -344,7 +344,7 @@ def render_baselines(res: dict) -> list[str]:
 STATISTICS = {
     "client": "each client with its own BatchNorm statistics (`ssl.knn_bn: client`)",
     "merged": "with the merged backbone's BatchNorm statistics (`ssl.knn_bn: merged`; "
-    "each client's own add about 2 points on MNIST: docs/pretrain.md)",
+    "each client's own add about 2 points on MNIST: docs/results/stage-one.md)",
 }
 
 

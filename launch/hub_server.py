@@ -5,7 +5,7 @@
     python launch/hub_server.py --init-manager alice              # prints alice's manager key once
     python launch/hub_server.py --tls-cert server.pem --tls-key server.key
 
-See docs/how-to-hub.md for a manager's and a participant's first session.
+See docs/how-to-hub.md for a manager's and a participant's first steps.
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ def test_experiment_merge_is_a_deprecated_name_for_supervised(tmp_path):
 
 
 def test_personal_recipe_is_the_default_with_its_documented_overrides():
-    """configs/pretrain/personal.yaml is the run docs/pretrain.md measured: the default plus
-    the overrides its command line names, nothing else (so the file and the page cannot drift
+    """configs/pretrain/personal.yaml is the run docs/results/stage-one.md measured: the default
+    plus the overrides its command line names, nothing else (so the file and the page cannot drift
     apart, nor the file from the default it says it builds on)."""
     from fedssl.config import to_dict
 

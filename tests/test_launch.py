@@ -93,7 +93,7 @@ def _snapshot(folder):
         (["ssl.client_views.mnist.rr_degrees=0"], "(client 1: mnist): rr_prob=0.5 needs rr_deg"),
         (["ssl.knn_bn_images=-5"], "ssl.knn_bn_images: -5 is not allowed; it must be >= 0"),
         (["ssl.knn_bn=mine"], "ssl.knn_bn: 'mine' is not allowed"),
-        # a valid config: the finished run is not started over (issue 16's data loss)
+        # a valid config: the finished run is not started over (data would be lost)
         ([], "already holds a run that completed round 1; continue it with --resume"),
     ],
 )

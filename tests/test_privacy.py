@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.config import ConfigError, load_config
-from fedssl.config import SecAggConfig
+from fedssl.config import ConfigError, SecAggConfig, load_config
 from fedssl.privacy import ORDERS, Ledger, epsilon, noise_for_epsilon, secagg_shares
 
 

@@ -260,7 +260,7 @@ def test_the_data_path_line_says_where_views_are_made_and_images_kept(tiny_pretr
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_two_runs_of_one_config_give_bit_identical_backbones(tiny_pretrain, tmp_path, workers):
-    """Issue 16: two 2-round federated stage ones of one config, same machine, same bits
+    """Two 2-round federated stage ones of one config, same machine, same bits
     (before: not, with either worker setting). About a minute: `pytest -m slow`."""
     backbones = []
     for name in ("a", "b"):
