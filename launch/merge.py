@@ -58,7 +58,8 @@ def overrides(args) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from fedssl.data.datasets import DatasetNotFoundError
-    from fedssl.federation.simulation import preflight, simulate
+    from fedssl.federation.preflight import preflight
+    from fedssl.federation.simulation import simulate
     from fedssl.federation.strategy import FederationFailed
 
     try:

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             )
         from fedssl.data.client_tensors import check_splits
         from fedssl.experiments.noniid import histogram_table
-        from fedssl.federation.simulation import preflight
+        from fedssl.federation.preflight import preflight
 
         preflight(cfg)
         check_splits(cfg.data)  # the data exists and splits as asked

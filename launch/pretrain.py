@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         if cfg.experiment != "pretrain":
             raise ConfigError(f"experiment: {cfg.experiment!r}; launch/pretrain.py runs pretrain")
         from fedssl.data.datasets import DatasetNotFoundError
-        from fedssl.federation.simulation import preflight
+        from fedssl.federation.preflight import preflight
 
         preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
 

@@ -134,3 +134,47 @@ def test_benchmarks_use_the_installed_package():
         p.name for p in (ROOT / "benchmarks").glob("*.py") if "sys.path.insert" in p.read_text()
     ]
     assert offenders == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the fedssl modules it imports (at the top or inside a function). ``from a
+    import b`` counts as importing ``a.b`` when that is a module, else ``a``; a package's
+    ``__init__``, which Python runs on the way to its modules, is not counted for them."""
+    names = dict(_modules())
+
+    def module_of(dotted: str) -> str:
+        while dotted and dotted not in names:
+            dotted = dotted.rpartition(".")[0]
+        return dotted
+
+    graph = {}
+    for name, path in names.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(module_of(a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.update(module_of(f"{node.module}.{a.name}") for a in node.names)
+        graph[name] = {t for t in targets if t.startswith("fedssl") and t != name}
+    return graph
+
+
+def test_the_package_has_no_import_circle():
+    """Not even a lazy one inside a function: a circle means two modules that need each other,
+    so neither can be read (or moved) alone."""
+    graph, circles = _import_graph(), []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert circles == []

@@ -82,7 +82,7 @@ def run_client(cfg: ExperimentConfig, client: str, built: tuple | None = None) -
 def check_federated(cfg: ExperimentConfig) -> None:
     """Raises ConfigError where a federated fine-tuning cannot run (fewer than two clients,
     resources this machine lacks)."""
-    from fedssl.federation.simulation import preflight
+    from fedssl.federation.preflight import preflight
 
     if len(cfg.data.clients) < 2:
         raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")

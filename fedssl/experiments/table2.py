@@ -163,7 +163,8 @@ def stage_one_config(args):
 def stage_one(args) -> tuple[Path, float | None]:
     """The federated backbone's run directory and the seconds spent on it now: a finished run
     is reused, an interrupted one (same config) resumed from its last round, else one is run."""
-    from fedssl.federation.simulation import preflight, simulate
+    from fedssl.federation.preflight import preflight
+    from fedssl.federation.simulation import simulate
     from fedssl.runs import RunDir, holds_run
 
     cfg, run = stage_one_config(args)

@@ -21,8 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
 from fedssl.data.manifest import write_manifest
-from fedssl.federation.client_app import CONFIG_KEY
+from fedssl.federation.client_work import CONFIG_KEY
 from fedssl.federation.kinds import Task, get_task
+from fedssl.federation.preflight import check_ssl_section
 from fedssl.federation.records import from_record, to_record
 from fedssl.federation.secagg import secagg_plan, secure_rounds
 from fedssl.federation.strategy import (
@@ -475,8 +476,6 @@ def make_server_app(
             poll_replies(grid)
             run_cfg = cfg  # given: the simulation launcher checked it before starting
             if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
-                from fedssl.federation.simulation import check_ssl_section
-
                 run_cfg = config_from_run_config(context.run_config)
                 check_ssl_section(run_cfg)
             run_server(grid, run_cfg, resume)

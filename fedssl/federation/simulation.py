@@ -8,7 +8,8 @@ caller; no SuperLink to start or stop) and drops exactly that one banner. The sa
 under ``flwr run .`` (``tests/federation/test_flwr_run.py``), so the day Flower removes
 ``run_simulation`` only this module changes (docs/architecture.md).
 
-Everything that can be refused is checked by :func:`preflight` before Ray starts: the runtime
+Everything that can be refused is checked by :func:`~fedssl.federation.preflight.preflight`
+before Ray starts: the runtime
 (device, precision, workers), Ray's client resources against this machine, the backbone name.
 An engine that cannot start or dies raises :class:`~fedssl.federation.strategy.EngineFailed`
 within seconds, its cause in one line, and the server thread stops with it (never a hang).
@@ -23,67 +24,10 @@ import traceback
 import warnings
 from contextlib import contextmanager
 
-from fedssl import runtime
-from fedssl.config import ConfigError, ExperimentConfig
+from fedssl.config import ExperimentConfig
+from fedssl.federation.preflight import num_clients, preflight
 
-__all__ = ["simulate", "preflight", "num_clients", "check_model", "engine_cause"]
-
-
-def num_clients(cfg: ExperimentConfig) -> int:
-    """Virtual SuperNodes: one per ``data.clients`` entry, else ``data.num_clients``."""
-    return len(cfg.data.clients) or cfg.data.num_clients
-
-
-def check_model(cfg: ExperimentConfig) -> None:
-    """Refuse an unknown backbone (timm name or small-image ResNet) before anything starts
-    (stage one and two).
-
-    Raises:
-        ConfigError: names the key and how to list the valid names.
-    """
-    if cfg.experiment not in ("pretrain", "finetune"):
-        return
-    from fedssl.models.backbones import check_backbone_name
-
-    try:
-        check_backbone_name(cfg.model.backbone)
-    except ValueError as err:
-        raise ConfigError(f"model.backbone: {err}") from None
-
-
-def check_ssl_section(cfg: ExperimentConfig) -> None:
-    """Refuse stage one's SSL settings that would fail on every client (a travelling part the
-    method lacks, a client's bad views) before anything starts.
-
-    Raises:
-        ConfigError: the message names the key.
-    """
-    if cfg.experiment != "pretrain":
-        return
-    from fedssl.methods.pretrain import check_ssl
-
-    try:
-        check_ssl(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def preflight(cfg: ExperimentConfig, machine: runtime.Machine | None = None) -> dict:
-    """Every check of ``cfg`` against this machine that can fail before Ray starts.
-
-    Returns Flower's Ray ``backend_config`` (client resources and Ray's own limits).
-
-    Raises:
-        ConfigError: impossible resources, a device or precision the machine cannot do, an
-            unknown backbone, SSL settings no client can run (one line that says what to set).
-    """
-    check_model(cfg)
-    check_ssl_section(cfg)
-    resources, init = runtime.client_resources(cfg, num_clients(cfg), machine)
-    return {
-        "client_resources": resources,
-        "init_args": {**init, "include_dashboard": False},
-    }
+__all__ = ["simulate", "engine_cause"]
 
 
 class _DropRunSimulationBanner(logging.Filter):
@@ -139,7 +83,7 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
     train at once with one thread each (``train.threads``).
 
     Raises:
-        ConfigError: from :func:`preflight`, before Ray starts.
+        ConfigError: from :func:`~fedssl.federation.preflight.preflight`, before Ray starts.
         fedssl.federation.strategy.FederationFailed: no usable reply for
             ``federation.max_failed_rounds`` consecutive rounds.
         fedssl.federation.strategy.EngineFailed: the engine could not start or stopped (the

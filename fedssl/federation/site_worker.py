@@ -11,7 +11,7 @@ each message to it over a local socket (``worker`` in the SuperNode's node confi
     flower-supernode ... --node-config "partition-id=0 worker='/run/fedssl/site0.sock'"
 
 The worker answers with exactly what the ClientApp would have computed itself
-(:func:`fedssl.federation.client_app.handle`), keeping its image cache, imports and CUDA context
+(:func:`fedssl.federation.client_work.handle`), keeping its image cache, imports and CUDA context
 across rounds and runs. The Flower node state travels with each message and back, so a restarted
 worker loses nothing but its warm caches.
 
@@ -130,7 +130,7 @@ def _handle(request) -> tuple:
     if not (isinstance(request, tuple) and len(request) == 5 and request[0] == PROTOCOL):
         return ("error", f"ValueError: not a {PROTOCOL} request")
     _, kind, content, node_config, state = request
-    from fedssl.federation.client_app import handle
+    from fedssl.federation.client_work import handle
 
     try:
         reply = handle(kind, content, node_config, state)
@@ -175,7 +175,7 @@ def serve(socket_path: str | Path, max_messages: int | None = None) -> int:
         os.umask(old_umask)
     t0 = time.perf_counter()
     # torch, Lightning and the training path, once: before the first message, not during it
-    import fedssl.federation.client_app  # noqa: F401
+    import fedssl.federation.client_work  # noqa: F401
     import fedssl.federation.kinds  # noqa: F401
 
     print(

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.aggregation.dp import noise_std, noised_mean
-from fedssl.federation.client_app import CLIP_KEY
+from fedssl.federation.client_work import CLIP_KEY
 from fedssl.federation.records import from_record, num_bytes, to_record
 
 __all__ = [

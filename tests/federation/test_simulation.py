@@ -188,7 +188,7 @@ def test_too_few_replies_keep_the_global_model(cfg, monkeypatch):
 
 def test_fault_specification_errors():
     from fedssl.config import ConfigError
-    from fedssl.federation.client_app import inject_fault
+    from fedssl.federation.client_work import inject_fault
 
     inject_fault(0, 1, "1:raise")  # another client: nothing happens
     with pytest.raises(RuntimeError, match="injected failure"):
