@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,23 @@ def resolve_config(
     if args.name:
         cfg.name = args.name
     return cfg, False
+
+
+def exit_code(work: Callable[[], int | None]) -> int:
+    """Run a launcher's ``work`` and give the exit code every launcher documents: ``work``'s own
+    (0 when it returns None); **2** with ``error: ...`` on stderr for input refused before
+    anything started or was written (:class:`ConfigError`, a missing dataset, an existing run);
+    **1** with ``error: ...`` for a federation that started and failed (no usable round, or the
+    engine died: the run directory keeps every good round)."""
+    from fedssl.data.datasets import DatasetNotFoundError
+    from fedssl.federation.strategy import FederationFailed
+    from fedssl.runs import RunExistsError
+
+    try:
+        return work() or 0
+    except (ConfigError, DatasetNotFoundError, RunExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FederationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 import fedssl  # noqa: F401  (allocator settings before torch)
-from fedssl.config import ConfigError
+from fedssl.cli import exit_code
 from fedssl.domains import Count, Size, option
 from fedssl.experiments import table2
 
@@ -77,25 +77,15 @@ def options(args: argparse.Namespace) -> table2.Options:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        opts = options(args)
-    except ConfigError as err:  # a bad --labels or --methods: nothing started
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    command = " ".join(["python launch/compare.py", *(argv if argv is not None else sys.argv[1:])])
+    return exit_code(lambda: _main(args, command))
+
+
+def _main(args: argparse.Namespace, command: str) -> int | None:
+    opts = options(args)  # a bad --labels or --methods: refused before anything starts
     if args.print_config:
         return table2.print_configs(opts)
-    from fedssl.federation.strategy import FederationFailed
-
-    command = " ".join(["python launch/compare.py", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        table2.run(opts, command)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    table2.run(opts, command)
 
 
 if __name__ == "__main__":

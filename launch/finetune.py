@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedssl.cli import add_overwrite, add_print_config, print_config
+from fedssl.cli import add_overwrite, add_print_config, exit_code, print_config
 from fedssl.config import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "default.yaml"
@@ -103,7 +103,10 @@ def keep_earlier(cfg, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from fedssl.data.datasets import DatasetNotFoundError
+    return exit_code(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int | None:
     from fedssl.experiments import finetune as stage_two
     from fedssl.methods.finetune import finetune_config
 
@@ -119,20 +122,12 @@ def main(argv=None) -> int:
         else:
             built = stage_two.check_client(cfg, args.client)
         keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not args.federated:
-        stage_two.run_client(cfg, args.client, built)
-        return 0
-    from fedssl.federation.strategy import FederationFailed
-
-    try:
+    except (FileNotFoundError, ValueError) as err:  # a backbone or head file that cannot be used
+        raise ConfigError(str(err)) from err
+    if args.federated:
         stage_two.run_federated(cfg, verbose=args.verbose)
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    else:
+        stage_two.run_client(cfg, args.client, built)
 
 
 if __name__ == "__main__":

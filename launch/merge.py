@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedssl.cli import add_run_args, print_config, resolve_config, run_overrides
+from fedssl.cli import add_run_args, exit_code, print_config, resolve_config, run_overrides
 from fedssl.config import ConfigError, load_config
 from fedssl.domains import Count, option
 
@@ -57,51 +57,42 @@ def overrides(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from fedssl.data.datasets import DatasetNotFoundError
+    return exit_code(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int | None:
     from fedssl.federation.preflight import preflight
     from fedssl.federation.simulation import simulate
-    from fedssl.federation.strategy import FederationFailed
 
-    try:
-        if args.resume:
-            cfg, _ = resolve_config(args, env_overrides(args))
-            if args.print_config:
-                print_config(cfg)
-                return 0
-            simulate(cfg, resume=True, verbose=args.verbose)
-            print(f"[fedssl] metrics: {cfg.run_dir() / 'metrics.csv'}")
-            return 0
-        base = load_config(args.config, overrides(args))
+    if args.resume:
+        cfg, _ = resolve_config(args, env_overrides(args))
         if args.print_config:
-            print_config(base)
+            print_config(cfg)
             return 0
-        if args.centralized:
-            from fedssl import runtime
+        simulate(cfg, resume=True, verbose=args.verbose)
+        print(f"[fedssl] metrics: {cfg.run_dir() / 'metrics.csv'}")
+        return 0
+    base = load_config(args.config, overrides(args))
+    if args.print_config:
+        print_config(base)
+        return 0
+    if args.centralized:
+        from fedssl import runtime
 
-            runtime.resolve(base)
-        else:
-            preflight(base)
-        from fedssl.data.client_tensors import check_splits
+        runtime.resolve(base)
+    else:
+        preflight(base)
+    from fedssl.data.client_tensors import check_splits
 
-        check_splits(base.data)  # the data exists and splits as asked, before anything starts
-    except (ConfigError, DatasetNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    check_splits(base.data)  # the data exists and splits as asked, before anything starts
     env = {v: k for k, v in ENVS.items()}.get(base.data.partition, base.data.partition)
 
     from fedssl.experiments import merges
-    from fedssl.runs import RunExistsError, claim_run_dir, holds_run
+    from fedssl.runs import claim_run_dir, holds_run
 
     if args.centralized:
         out = Path(base.out_dir) / (args.name or f"{base.name}-{env}-centralized")
-        try:
-            claim_run_dir(out, overwrite=args.overwrite, resumable=False)
-        except RunExistsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        claim_run_dir(out, overwrite=args.overwrite, resumable=False)
         merges.run_centralized(base, args.centralized, out)
         return 0
     from fedssl.aggregation import resolve_method
@@ -112,25 +103,19 @@ def main(argv=None) -> int:
         try:
             resolve_method(method)
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise ConfigError(str(err)) from None
         cfg = load_config(args.config, overrides(args) + [f"federation.method={method}"])
         prefix = args.name or f"{cfg.name}-{env}"
         cfg.name = f"{prefix}-{method}" if (args.method == "all" or not args.name) else args.name
         cfgs.append((method, cfg))
     taken = [str(c.run_dir()) for _, c in cfgs if holds_run(c.run_dir())]
     if taken and not args.overwrite:  # every run checked before the first one starts
-        print(f"error: {', '.join(taken)} already hold(s) a run; continue one with --resume "
-              "RUN_DIR, choose another --name, or pass --overwrite to move the old runs aside "
-              "(kept)", file=sys.stderr)  # fmt: skip
-        return 2
+        raise ConfigError(
+            f"{', '.join(taken)} already hold(s) a run; continue one with --resume RUN_DIR, "
+            "choose another --name, or pass --overwrite to move the old runs aside (kept)"
+        )
     summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
-    try:
-        merges.run_methods(cfgs, summary, args.overwrite, args.verbose)
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    merges.run_methods(cfgs, summary, args.overwrite, args.verbose)
 
 
 if __name__ == "__main__":

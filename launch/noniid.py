@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedssl.cli import add_run_args, print_config, resolve_config
+from fedssl.cli import add_run_args, exit_code, print_config, resolve_config
 from fedssl.config import ConfigError
 from fedssl.experiments.noniid import STRATEGIES, run_name
 
@@ -78,45 +78,35 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from fedssl.data.datasets import DatasetNotFoundError
-    from fedssl.runs import RunExistsError, claim_run_dir
+    return exit_code(lambda: _main(args))
 
-    try:
-        cfg, resume = resolve_config(args, overrides(args))
-        if not resume:
-            cfg.name = run_name(cfg, args.strategy, args.name)
-        if args.print_config:
-            print_config(cfg)
-            return 0
-        if cfg.experiment != "supervised":
-            raise ConfigError(
-                f"experiment: {cfg.experiment!r}; launch/noniid.py runs supervised federated "
-                "training (experiment: supervised)"
-            )
-        from fedssl.data.client_tensors import check_splits
-        from fedssl.experiments.noniid import histogram_table
-        from fedssl.federation.preflight import preflight
 
-        preflight(cfg)
-        check_splits(cfg.data)  # the data exists and splits as asked
-        histogram = histogram_table(cfg)
-        aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
-    except (ConfigError, DatasetNotFoundError, RunExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(args: argparse.Namespace) -> int | None:
+    cfg, resume = resolve_config(args, overrides(args))
+    if not resume:
+        cfg.name = run_name(cfg, args.strategy, args.name)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    if cfg.experiment != "supervised":
+        raise ConfigError(
+            f"experiment: {cfg.experiment!r}; launch/noniid.py runs supervised federated "
+            "training (experiment: supervised)"
+        )
+    from fedssl.data.client_tensors import check_splits
+    from fedssl.experiments import noniid
+    from fedssl.federation.preflight import preflight
+    from fedssl.runs import claim_run_dir
+
+    preflight(cfg)
+    check_splits(cfg.data)  # the data exists and splits as asked
+    histogram = noniid.histogram_table(cfg)
+    aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
     if aside is not None:
         print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
-    from fedssl.experiments import noniid
-    from fedssl.federation.strategy import FederationFailed
-
-    try:
-        noniid.run(
-            cfg, args.strategy, resume, not args.no_centralized, args.verbose, histogram=histogram
-        )
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    noniid.run(
+        cfg, args.strategy, resume, not args.no_centralized, args.verbose, histogram=histogram
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedssl.cli import add_run_args, print_config, resolve_config
+from fedssl.cli import add_run_args, exit_code, print_config, resolve_config
 from fedssl.config import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "default.yaml"
@@ -41,43 +41,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg, resume = resolve_config(args)
-        if args.print_config:
-            print_config(cfg)
-            return 0
-        if cfg.experiment != "pretrain":
-            raise ConfigError(f"experiment: {cfg.experiment!r}; launch/pretrain.py runs pretrain")
-        from fedssl.data.datasets import DatasetNotFoundError
-        from fedssl.federation.preflight import preflight
+    return exit_code(lambda: _main(args))
 
-        preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
 
-        from fedssl.runs import RunExistsError, claim_run_dir
+def _main(args: argparse.Namespace) -> int | None:
+    cfg, resume = resolve_config(args)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    if cfg.experiment != "pretrain":
+        raise ConfigError(f"experiment: {cfg.experiment!r}; launch/pretrain.py runs pretrain")
+    from fedssl.experiments.pretrain import check_data, run
+    from fedssl.federation.preflight import preflight
+    from fedssl.runs import claim_run_dir
 
-        try:
-            from fedssl.experiments.pretrain import check_data
-
-            lines = check_data(cfg)
-            aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)  # the last check
-        except (DatasetNotFoundError, RunExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        if aside is not None:
-            print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from fedssl.experiments.pretrain import run
-    from fedssl.federation.strategy import FederationFailed
-
-    try:
-        run(cfg, lines, resume=resume, verbose=args.verbose)
-    except FederationFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
+    lines = check_data(cfg)
+    aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)  # the last check
+    if aside is not None:
+        print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
+    run(cfg, lines, resume=resume, verbose=args.verbose)
 
 
 if __name__ == "__main__":
