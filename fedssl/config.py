@@ -67,6 +67,12 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
+#: ``ssl.method``: one file each in ``fedssl/methods/ssl/``
+SSL_METHODS = ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino")
+#: ``federation.server_opt``: Flower's FedOpt family over the merge (``none``: the merge itself)
+SERVER_OPTIMIZERS = ("none", "adam", "yogi", "adagrad")
+
+
 @dataclass
 class DataConfig:
     """Which dataset, and how it is split over clients."""
@@ -207,7 +213,7 @@ class SSLConfig:
     knn_bn_images: Size = 1000
 
     _choices = {
-        "method": ("simclr", "byol", "simsiam", "moco", "vicreg", "barlowtwins", "dino"),
+        "method": SSL_METHODS,
         "client_update": ("none", "fedema", "fedu"),
         "knn_bn": ("client", "merged"),
         "views": ("auto", "batched", "lightly"),
@@ -281,7 +287,7 @@ class FederationConfig:
     server_opt_args: dict[str, float] = field(default_factory=dict)
     timeout_s: Positive = 3600.0
 
-    _choices = {"server_opt": ("none", "adam", "yogi", "adagrad")}
+    _choices = {"server_opt": SERVER_OPTIMIZERS}
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
 
 from fedssl.aggregation import first_non_finite, merge, resolve_method
 from fedssl.aggregation.dp import noise_std, noised_mean
@@ -30,7 +30,11 @@ __all__ = [
     "EngineFailed",
     "merge_contents",
     "build_strategy",
-    "SERVER_OPTIMIZERS",
+    "STRATEGIES",
+    "ServerOptMerge",
+    "AdamMerge",
+    "YogiMerge",
+    "AdagradMerge",
 ]
 
 log = logging.getLogger(__name__)
@@ -486,16 +490,83 @@ class MergeStrategy(FedAvg):
         return merged, [m for m, _ in pairs]
 
 
-def _flower_optimizers() -> dict[str, type]:
-    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi
+class ServerOptMerge:
+    """Flower's server optimizer (FedAdam, FedYogi, FedAdagrad; Reddi et al. 2020) over
+    fedssl's merge: the merged result is the "pseudo-gradient" Flower's optimizer applies with
+    its own server learning rate ``eta`` and moments. Used as the first base of
+    :class:`AdamMerge`, :class:`YogiMerge` and :class:`AdagradMerge` (MRO: this class ->
+    Flower's optimizer -> :class:`MergeStrategy` -> FedAvg), so fedssl's bookkeeping and dtypes
+    stay. Its records are one array per tensor: Flower's update computes on them.
 
-    return {"adam": FedAdam, "yogi": FedYogi, "adagrad": FedAdagrad}
+    Args:
+        opt_args: Flower's FedOpt parameters (``eta``, ``beta_1``, ``beta_2``, ``tau``).
+        moments: the optimizer's saved first / second moments (``m.<key>`` / ``v.<key>``), to
+            resume with.
+        **kwargs: :class:`MergeStrategy` and Flower ``FedAvg`` arguments.
+
+    Raises:
+        ValueError: server momentum or a server learning rate beside the optimizer's own.
+    """
+
+    packs_records = False
+
+    def __init__(self, opt_args: dict | None = None, moments=None, **kwargs):
+        if kwargs.get("server_momentum") or kwargs.get("server_lr", 1.0) != 1.0:
+            raise ValueError(
+                f"server_opt {type(self).__name__} brings its own server learning rate and "
+                "moments; leave server_momentum at 0 and server_lr at 1"
+            )
+        merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
+        kwargs.setdefault("fraction_evaluate", 0.0)
+        # Flower's optimizer takes its own and FedAvg's arguments and hands FedAvg's on, through
+        # MergeStrategy.__init__, which sets up the default merge; then the merge asked for
+        super().__init__(**(opt_args or {}), **kwargs)
+        self._setup(**merge_args)
+        if moments:
+            self.m_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("m.")}
+            self.v_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("v.")}
+
+    def aggregate_train(self, server_round, replies):
+        current = dict(self.current_arrays or {})
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        # Flower's update is float64 numpy; keep each tensor's dtype as it was
+        state = from_record(arrays)
+        typed = {
+            k: v.to(torch.from_numpy(current[k]).dtype) if k in current else v
+            for k, v in state.items()
+        }
+        return to_record(typed, packed=False), metrics
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The optimizer state to save for --resume."""
+        out = {}
+        for prefix, d in (("m.", self.m_t), ("v.", getattr(self, "v_t", None))):
+            for k, v in (d or {}).items():
+                out[prefix + k] = torch.from_numpy(np.ascontiguousarray(v))
+        return out
 
 
-#: Server optimizers of Flower's FedOpt family (Reddi et al. 2020) that can sit on top of any
-#: fedssl merge: the merged result is the "pseudo-gradient" Flower's FedAdam/FedYogi/FedAdagrad
-#: apply with their own server learning rate ``eta`` and moments.
-SERVER_OPTIMIZERS = ("none", "adam", "yogi", "adagrad")
+class AdamMerge(ServerOptMerge, FedAdam, MergeStrategy):
+    """FedAdam over fedssl's merge (:class:`ServerOptMerge`)."""
+
+
+class YogiMerge(ServerOptMerge, FedYogi, MergeStrategy):
+    """FedYogi over fedssl's merge (:class:`ServerOptMerge`)."""
+
+
+class AdagradMerge(ServerOptMerge, FedAdagrad, MergeStrategy):
+    """FedAdagrad over fedssl's merge (:class:`ServerOptMerge`)."""
+
+
+#: ``federation.server_opt`` -> its strategy class (``none``: the merge itself)
+STRATEGIES: dict[str, type[MergeStrategy]] = {
+    "none": MergeStrategy,
+    "adam": AdamMerge,
+    "yogi": YogiMerge,
+    "adagrad": AdagradMerge,
+}
 
 
 def build_strategy(
@@ -504,66 +575,16 @@ def build_strategy(
     moments: dict[str, torch.Tensor] | None = None,
     **kwargs,
 ) -> MergeStrategy:
-    """The round strategy: :class:`MergeStrategy` (``none``; FedAvgM through its
-    ``server_momentum``), or Flower's own FedAdam / FedYogi / FedAdagrad applied to the result of
-    the fedssl merge.
-
-    Args:
-        server_opt: one of :data:`SERVER_OPTIMIZERS`.
-        opt_args: Flower's FedOpt parameters (``eta``, ``beta_1``, ``beta_2``, ``tau``).
-        moments: the optimizer's saved first/second moments (``m.<key>`` / ``v.<key>``), to
-            resume with.
-        **kwargs: :class:`MergeStrategy` and Flower ``FedAvg`` arguments.
+    """The round strategy of ``federation.server_opt`` (:data:`STRATEGIES`): the merge itself
+    (FedAvgM through its ``server_momentum``), or a :class:`ServerOptMerge`.
 
     Raises:
         ValueError: unknown ``server_opt``, or FedOpt combined with server momentum.
     """
-    if server_opt not in SERVER_OPTIMIZERS:
+    if server_opt not in STRATEGIES:
         raise ValueError(
-            f"unknown server optimizer {server_opt!r}; choose one of {', '.join(SERVER_OPTIMIZERS)}"
+            f"unknown server optimizer {server_opt!r}; choose one of {', '.join(STRATEGIES)}"
         )
     if server_opt == "none":
         return MergeStrategy(**kwargs)
-    if kwargs.get("server_momentum") or kwargs.get("server_lr", 1.0) != 1.0:
-        raise ValueError(
-            f"server_opt {server_opt!r} brings its own server learning rate and moments; "
-            "leave server_momentum at 0 and server_lr at 1"
-        )
-    base = _flower_optimizers()[server_opt]
-    merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
-    kwargs.setdefault("fraction_evaluate", 0.0)
-
-    class FlowerOptMerge(base, MergeStrategy):
-        """Flower's server optimizer over fedssl's merge (MRO: FedOpt -> MergeStrategy ->
-        FedAvg), keeping fedssl's bookkeeping and dtypes. Its records are one array per tensor:
-        Flower's update computes on them."""
-
-        packs_records = False
-
-        def aggregate_train(self, server_round, replies):
-            current = dict(self.current_arrays or {})
-            arrays, metrics = super().aggregate_train(server_round, replies)
-            if arrays is None:
-                return arrays, metrics
-            # Flower's update is float64 numpy; keep each tensor's dtype as it was
-            state = from_record(arrays)
-            typed = {
-                k: v.to(torch.from_numpy(current[k]).dtype) if k in current else v
-                for k, v in state.items()
-            }
-            return to_record(typed, packed=False), metrics
-
-        def moments(self) -> dict[str, torch.Tensor]:
-            """The optimizer state to save for --resume."""
-            out = {}
-            for prefix, d in (("m.", self.m_t), ("v.", getattr(self, "v_t", None))):
-                for k, v in (d or {}).items():
-                    out[prefix + k] = torch.from_numpy(np.ascontiguousarray(v))
-            return out
-
-    strategy = FlowerOptMerge(**(opt_args or {}), **kwargs)
-    MergeStrategy._setup(strategy, **merge_args)
-    if moments:
-        strategy.m_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("m.")}
-        strategy.v_t = {k[2:]: v.numpy() for k, v in moments.items() if k.startswith("v.")}
-    return strategy
+    return STRATEGIES[server_opt](opt_args=opt_args, moments=moments, **kwargs)

@@ -204,3 +204,22 @@ def test_the_deployment_grid_is_polled_for_replies_every_fifth_of_a_second(monke
 
     sim = SimGrid()
     assert "send_and_receive" not in vars(poll_replies(sim))
+
+
+def test_every_server_optimizer_a_config_accepts_has_one_strategy_class():
+    from fedssl.config import SERVER_OPTIMIZERS
+    from fedssl.federation.strategy import STRATEGIES, MergeStrategy, ServerOptMerge
+
+    assert tuple(STRATEGIES) == SERVER_OPTIMIZERS
+    for name, cls in STRATEGIES.items():
+        assert issubclass(cls, MergeStrategy)
+        assert issubclass(cls, ServerOptMerge) == (name != "none")
+
+
+def test_a_server_optimizer_keeps_the_merge_it_was_given():
+    from fedssl.federation.strategy import build_strategy
+
+    s = build_strategy("adam", {"eta": 0.02}, method="median", weighted=False)
+    assert (s.method, s.weighted, s.eta) == ("median", False, 0.02)
+    with pytest.raises(ValueError, match="brings its own server learning rate"):
+        build_strategy("yogi", server_momentum=0.9)

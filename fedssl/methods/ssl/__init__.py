@@ -1,30 +1,31 @@
-"""fedssl's SSL methods, one file each, chosen by ``ssl.method`` (:data:`METHODS`)."""
+"""fedssl's SSL methods, one file each, chosen by ``ssl.method``: the file
+``fedssl/methods/ssl/<name>.py`` holds the method's one
+:class:`~fedssl.methods.ssl.base.SSLMethod` subclass."""
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "method_class"]
+from fedssl.config import SSL_METHODS as METHODS
 
-#: ``ssl.method`` -> ``module:class`` (imported on use: lightly is loaded only when needed)
-METHODS = {
-    "simclr": "simclr:SimCLR",
-    "byol": "byol:BYOL",
-    "simsiam": "simsiam:SimSiam",
-    "moco": "moco:MoCo",
-    "vicreg": "vicreg:VICReg",
-    "barlowtwins": "barlowtwins:BarlowTwins",
-    "dino": "dino:DINO",
-}
+__all__ = ["METHODS", "method_class"]
 
 
 def method_class(name: str):
-    """The :class:`~fedssl.methods.ssl.base.SSLMethod` subclass of ``ssl.method`` ``name``.
+    """The :class:`~fedssl.methods.ssl.base.SSLMethod` subclass of ``ssl.method`` ``name``
+    (its module is imported on use: lightly loads only when needed).
 
     Raises:
         ValueError: an unknown method.
     """
     import importlib
 
+    from fedssl.methods.ssl.base import SSLMethod
+
     if name not in METHODS:
         raise ValueError(f"ssl.method: unknown {name!r}; choose one of {', '.join(METHODS)}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(f"fedssl.methods.ssl.{module}"), cls)
+    module = importlib.import_module(f"fedssl.methods.ssl.{name}")
+    (cls,) = (
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, SSLMethod) and v.__module__ == module.__name__
+    )
+    return cls
