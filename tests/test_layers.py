@@ -114,7 +114,7 @@ def test_the_client_app_imports_without_torch():
 #: what a launch script may define: argument parsing and the call into the package
 LAUNCHER_FUNCTIONS = {
     "parse_args", "overrides", "env_overrides", "options", "name_run", "keep_earlier",
-    "runtime_config", "main",
+    "runtime_config", "main", "_main",  # _main: main's body, run under fedssl.cli.exit_code
 }  # fmt: skip
 
 

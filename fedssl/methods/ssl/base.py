@@ -33,6 +33,11 @@ from fedssl.models.backbones import build_backbone
 __all__ = ["SSLMethod", "MomentumTarget", "momentum_copy", "recipe"]
 
 
+#: the optimizer of the methods whose loss diverges at SimCLR's SGD 0.06 (VICReg, Barlow Twins,
+#: DINO): AdamW as their papers' recipes train, at a rate the small-image backbones take
+ADAMW_RECIPE: dict[str, object] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+
+
 class SSLMethod(pl.LightningModule):
     """Base of the SSL methods (see the module docstring).
 

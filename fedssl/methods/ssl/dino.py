@@ -16,7 +16,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad
 from torch import nn
 
-from fedssl.methods.ssl.base import MomentumTarget, SSLMethod, momentum_copy
+from fedssl.methods.ssl.base import ADAMW_RECIPE, MomentumTarget, SSLMethod, momentum_copy
 
 __all__ = ["DINO"]
 
@@ -36,7 +36,7 @@ class DINO(MomentumTarget, SSLMethod):
     falls (``tests/models/test_ssl_methods.py`` shows both; results/ssl-methods.md notes it)."""
 
     name = "dino"
-    TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+    TRAIN = ADAMW_RECIPE
     PARTS = {
         "backbone": ("backbone",),
         "projection_head": ("projection_head",),

@@ -5,25 +5,19 @@ terms on the two views' embeddings; no negatives, no momentum network, no predic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from lightly.loss import VICRegLoss
-from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import nn
 
-from fedssl.methods.ssl.base import SSLMethod
+from fedssl.methods.ssl.expander import ExpanderMethod
 
 __all__ = ["VICReg"]
 
 
-class VICReg(SSLMethod):
-    """VICReg; recipe args: ``proj_hidden``, ``proj_out`` (the expander, reduced from the
-    paper's 8192/8192 for CPUs)."""
+class VICReg(ExpanderMethod):
+    """VICReg; recipe args: ``proj_hidden``, ``proj_out`` (the expander)."""
 
     name = "vicreg"
     BATCH_VIEWS = ({"solarize": 0.1}, {"solarize": 0.1})  # VICRegTransform's solarize_prob
-    TRAIN = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
     def __init__(
         self,
@@ -32,13 +26,8 @@ class VICReg(SSLMethod):
         proj_out: int = 1024,
         **base,
     ):
-        super().__init__(backbone, **base)
-        self.projection_head = BarlowTwinsProjectionHead(self.num_features, proj_hidden, proj_out)
+        super().__init__(backbone, proj_hidden, proj_out, **base)
         self.criterion = VICRegLoss()
-
-    def loss(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        z0, z1 = self.projection_head(self.backbone(torch.cat([views[0], views[1]]))).chunk(2)
-        return self.criterion(z0, z1)
 
     @classmethod
     def views(cls, **aug):
