@@ -515,33 +515,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp in (int, float):
+        return _number(value, tp, key)
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     return value
+
+
+def _number(value: Any, tp: type, key: str) -> int | float:
+    """``value`` as ``tp`` (int or float): a number of that kind, a float with an integer value
+    for an int, or a string that parses as one."""
+    if isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if tp is float or isinstance(value, int) or value.is_integer():
+            return tp(value)
+    raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
 
 
 #: Keys that moved, old dotted name -> new: configs saved by earlier runs still load.
@@ -647,20 +641,15 @@ def config_diff(a, b, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]
     ``ignore`` names keys or whole sections (``"tracking"``, ``"out_dir"``) left out.
     """
 
-    def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if key in ignore:
-                continue
-            if isinstance(v, dict):
-                out.update(leaves(v, key + "."))
-            else:
-                out[key] = v
-        return out
+    def kept(d) -> dict[str, Any]:
+        flat = _leaves(d if isinstance(d, dict) else to_dict(d))
+        return {
+            k: v
+            for k, v in flat.items()
+            if not any(k == i or k.startswith(i + ".") for i in ignore)
+        }
 
-    la = leaves(a if isinstance(a, dict) else to_dict(a))
-    lb = leaves(b if isinstance(b, dict) else to_dict(b))
+    la, lb = kept(a), kept(b)
     keys = sorted(la.keys() | lb.keys())
     return [(k, la.get(k), lb.get(k)) for k in keys if la.get(k) != lb.get(k)]
 

@@ -23,7 +23,7 @@ from fedssl.config import ExperimentConfig, load_config, save_config, to_dict
 from fedssl.data.manifest import write_manifest
 from fedssl.federation.client_work import CONFIG_KEY
 from fedssl.federation.kinds import Task, get_task
-from fedssl.federation.preflight import check_ssl_section
+from fedssl.federation.preflight import check_ssl_section, num_clients
 from fedssl.federation.records import from_record, to_record
 from fedssl.federation.secagg import secagg_plan, secure_rounds
 from fedssl.federation.strategy import (
@@ -266,7 +266,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDi
     ledger = Ledger((rd.state().get("privacy") or {}) if resume else None)
     ledger.keep_until(start_round)
     f = cfg.federation
-    n_clients = len(cfg.data.clients) or cfg.data.num_clients
+    n_clients = num_clients(cfg)
     strategy = build_strategy(
         server_opt=f.server_opt,
         opt_args=f.server_opt_args,

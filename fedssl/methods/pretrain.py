@@ -114,8 +114,6 @@ def method_settings(cfg: ExperimentConfig, warn: bool = True) -> dict:
             settings[name] = value
     if warn:
         _check_train_recipe(cfg, cls)
-    if int(settings.get("proj_layers", 2)) < 2:
-        raise ValueError(f"model.proj_layers must be 2 or more, got {settings['proj_layers']}")
     parts = cls.check_travel(cfg.ssl.travel)
     if cfg.ssl.client_update == "fedu" and "prediction_head" not in parts:
         raise ValueError(
