@@ -315,7 +315,7 @@ def input_pipeline(cfg, device: torch.device) -> list[dict]:
     (``ssl.views: batched``: the workers decode and resize, the views are made on ``device``
     after the batch lands)."""
     from fedssl import runtime
-    from fedssl.methods.pretrain import batch_views, views_dataset, views_loader
+    from fedssl.methods.views import batch_views, views_dataset, views_loader
 
     rt = runtime.resolve(cfg)
     out = []

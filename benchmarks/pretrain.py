@@ -55,12 +55,8 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
-    from fedssl.methods.pretrain import (
-        method_settings,
-        model_in_chans,
-        views_dataset,
-        views_loader,
-    )
+    from fedssl.methods.ssl_recipe import method_settings, model_in_chans
+    from fedssl.methods.views import views_dataset, views_loader
     from fedssl.models.backbones import build_backbone
 
     torch.manual_seed(seed)

@@ -40,7 +40,8 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
     from fedssl.config import load_config
     from fedssl.data.client_images import client_task
     from fedssl.methods.knn import class_accuracy, top1
-    from fedssl.methods.pretrain import backbone_predictions, build_ssl, pixels_predictions
+    from fedssl.methods.monitor import backbone_predictions, pixels_predictions
+    from fedssl.methods.pretrain import build_ssl
     from fedssl.models.backbones import load_backbone
 
     cfg = load_config(run / "config.yaml")

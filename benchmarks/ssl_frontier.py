@@ -167,13 +167,9 @@ def centralized(cfg, budget_s: float) -> list[dict]:
     from torch.utils.data import ConcatDataset
 
     from fedssl import runtime
-    from fedssl.methods.pretrain import (
-        CENTRAL,
-        backbone_knn,
-        build_ssl,
-        views_dataset,
-        views_loader,
-    )
+    from fedssl.methods.monitor import backbone_knn
+    from fedssl.methods.pretrain import CENTRAL, build_ssl
+    from fedssl.methods.views import views_dataset, views_loader
 
     torch.set_num_threads(2)
     torch.manual_seed(cfg.seed)
@@ -216,7 +212,9 @@ def run(a) -> dict:
 def _entries(a, res: dict, tmp: str) -> None:
     import torch
 
-    from fedssl.methods.pretrain import build_ssl, model_in_chans, pixels_knn
+    from fedssl.methods.monitor import pixels_knn
+    from fedssl.methods.pretrain import build_ssl
+    from fedssl.methods.ssl_recipe import model_in_chans
     from fedssl.models.backbones import macs_per_image
 
     base = entry_config(a, a.entries[0], tmp)
@@ -260,7 +258,8 @@ def baselines(a, res: dict, tmp: str) -> None:
     import torch
 
     from fedssl.methods.finetune import monitor_baselines
-    from fedssl.methods.pretrain import backbone_knn, build_ssl
+    from fedssl.methods.monitor import backbone_knn
+    from fedssl.methods.pretrain import build_ssl
 
     first = {}  # backbone -> the first entry that uses it
     for name in a.entries:

@@ -57,7 +57,7 @@ def views_alone(cfgs: dict, passes: int) -> dict[str, float]:
     the batched dataset's items (the image alone) stacked and made into views in one call."""
     import torch
 
-    from fedssl.methods.pretrain import batch_views, views_dataset
+    from fedssl.methods.views import batch_views, views_dataset
 
     pid = len(cfgs["lightly"].data.clients) - 1
     plain, images = views_dataset(cfgs["lightly"], pid), views_dataset(cfgs["batched"], pid)

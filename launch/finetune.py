@@ -116,16 +116,16 @@ def _main(args: argparse.Namespace) -> int | None:
         if args.print_config:
             print_config(cfg)
             return 0
-        built = None
+        built = backend = None
         if args.federated:
-            stage_two.check_federated(cfg)
+            backend = stage_two.check_federated(cfg)
         else:
             built = stage_two.check_client(cfg, args.client)
         keep_earlier(cfg, args)  # also: a new run never starts from an earlier run's heads
     except (FileNotFoundError, ValueError) as err:  # a backbone or head file that cannot be used
         raise ConfigError(str(err)) from err
     if args.federated:
-        stage_two.run_federated(cfg, verbose=args.verbose)
+        stage_two.run_federated(cfg, verbose=args.verbose, backend=backend)
     else:
         stage_two.run_client(cfg, args.client, built)
 

@@ -76,12 +76,13 @@ def _main(args: argparse.Namespace) -> int | None:
     if args.print_config:
         print_config(base)
         return 0
+    backend = None
     if args.centralized:
         from fedssl import runtime
 
         runtime.resolve(base)
     else:
-        preflight(base)
+        backend = preflight(base)  # the methods' runs differ only in federation.method
     from fedssl.data.client_tensors import check_splits
 
     check_splits(base.data)  # the data exists and splits as asked, before anything starts
@@ -115,7 +116,7 @@ def _main(args: argparse.Namespace) -> int | None:
             "choose another --name, or pass --overwrite to move the old runs aside (kept)"
         )
     summary = Path(base.out_dir) / f"{args.name or base.name + '-' + env}-summary.md"
-    merges.run_methods(cfgs, summary, args.overwrite, args.verbose)
+    merges.run_methods(cfgs, summary, args.overwrite, args.verbose, backend)
 
 
 if __name__ == "__main__":

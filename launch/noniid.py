@@ -98,14 +98,14 @@ def _main(args: argparse.Namespace) -> int | None:
     from fedssl.federation.preflight import preflight
     from fedssl.runs import claim_run_dir
 
-    preflight(cfg)
+    backend = preflight(cfg)
     check_splits(cfg.data)  # the data exists and splits as asked
     histogram = noniid.histogram_table(cfg)
     aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)
     if aside is not None:
         print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
     noniid.run(
-        cfg, args.strategy, resume, not args.no_centralized, args.verbose, histogram=histogram
+        cfg, args.strategy, resume, not args.no_centralized, args.verbose, histogram, backend
     )
 
 

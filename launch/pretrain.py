@@ -55,12 +55,12 @@ def _main(args: argparse.Namespace) -> int | None:
     from fedssl.federation.preflight import preflight
     from fedssl.runs import claim_run_dir
 
-    preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
+    backend = preflight(cfg)  # device, precision, Ray resources, backbone: before anything starts
     lines = check_data(cfg)
     aside = claim_run_dir(cfg.run_dir(), resume, args.overwrite)  # the last check
     if aside is not None:
         print(f"[fedssl] the earlier run is kept at {aside}", flush=True)
-    run(cfg, lines, resume=resume, verbose=args.verbose)
+    run(cfg, lines, resume=resume, verbose=args.verbose, backend=backend)
 
 
 if __name__ == "__main__":

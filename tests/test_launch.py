@@ -260,3 +260,32 @@ def test_stage_one_whose_every_client_fails_in_training_exits_1_without_a_backbo
     run = tmp_path / "allfail"
     assert not (run / "backbone.safetensors").exists() and not (run / "checkpoints").exists()
     assert "injected failure" in RunDir(run).state()["failed"]
+
+
+def test_a_launch_checks_its_config_and_claims_its_run_directory_once(
+    pretrain, tiny_pretrain, tmp_path, monkeypatch
+):
+    import fedssl.federation.preflight as checks
+    import fedssl.federation.server_app as server_app
+    import fedssl.federation.simulation as simulation
+    import fedssl.runs as runs
+
+    calls = []
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    preflight = counted("preflight", checks.preflight)
+    claim = counted("claim_run_dir", runs.claim_run_dir)
+    for module in (checks, simulation):
+        monkeypatch.setattr(module, "preflight", preflight)
+    for module in (runs, server_app):
+        monkeypatch.setattr(module, "claim_run_dir", claim)
+    argv = ["--rounds", "1", "--set", *tiny_pretrain(tmp_path, "once")]
+    assert pretrain.main(argv) == 0
+    assert sorted(calls) == ["claim_run_dir", "preflight"]
+    assert (tmp_path / "once" / "backbone.safetensors").is_file()

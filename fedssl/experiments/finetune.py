@@ -79,19 +79,25 @@ def run_client(cfg: ExperimentConfig, client: str, built: tuple | None = None) -
     return r
 
 
-def check_federated(cfg: ExperimentConfig) -> None:
-    """Raises ConfigError where a federated fine-tuning cannot run (fewer than two clients,
-    resources this machine lacks)."""
+def check_federated(cfg: ExperimentConfig) -> dict:
+    """Preflight's backend config for a federated fine-tuning of ``cfg``.
+
+    Raises:
+        ConfigError: it cannot run (fewer than two clients, resources this machine lacks).
+    """
     from fedssl.federation.preflight import preflight
 
     if len(cfg.data.clients) < 2:
         raise ConfigError(f"--federated needs two or more data.clients, got {cfg.data.clients}")
-    preflight(cfg)
+    return preflight(cfg)
 
 
-def run_federated(cfg: ExperimentConfig, verbose: bool = False) -> list[dict]:
+def run_federated(
+    cfg: ExperimentConfig, verbose: bool = False, backend: dict | None = None
+) -> list[dict]:
     """Every client's head at once on Flower (simulation); prints each client's last scores.
-    Returns the run's metric rows.
+    Returns the run's metric rows. ``backend``: :func:`check_federated`'s, where the caller ran
+    it and claimed the run directory.
 
     Raises:
         FederationFailed: the federation could not go on.
@@ -107,7 +113,7 @@ def run_federated(cfg: ExperimentConfig, verbose: bool = False) -> list[dict]:
         flush=True,
     )
     t = time.perf_counter()
-    simulate(cfg, verbose=verbose)
+    simulate(cfg, verbose=verbose, backend=backend)
     rows = RunDir(cfg.run_dir()).metrics()
     scored = [r for r in rows if r.get("test_acc_mean") is not None]
     if scored:

@@ -35,23 +35,28 @@ def run_methods(
     summary: Path,
     overwrite: bool = False,
     verbose: bool = False,
+    backend: dict | None = None,
 ) -> dict:
     """Each ``(method, config)`` federated run in turn; with more than one, the table of their
     final accuracies is printed and written to ``summary``. Returns ``{method: RunDir}``.
+    ``backend``: preflight's for the configs, where the caller ran it.
 
     Raises:
         FederationFailed: a federation could not go on (the runs before it are kept).
     """
+    from fedssl.federation.preflight import preflight
     from fedssl.federation.simulation import simulate
     from fedssl.runs import RunDir, claim_run_dir, write_text_atomic
 
+    if backend is None and cfgs:
+        backend = preflight(cfgs[0][1])
     runs, t_all = {}, time.perf_counter()
     for method, cfg in cfgs:
         aside = claim_run_dir(cfg.run_dir(), overwrite=overwrite)
         if aside is not None:
             print(f"[fedssl] the earlier {cfg.name} is kept at {aside}", flush=True)
         t = time.perf_counter()
-        simulate(cfg, verbose=verbose)
+        simulate(cfg, verbose=verbose, backend=backend)
         rd = RunDir(cfg.run_dir())
         last = rd.metrics()[-1]
         print(

@@ -164,11 +164,13 @@ def run(
     centralized: bool = True,
     verbose: bool = False,
     histogram: tuple[str, list[str]] | None = None,
+    backend: dict | None = None,
 ) -> dict:
     """The federated run of ``cfg`` (its run directory already claimed), the centralized
     baseline beside it (unless ``centralized`` is False), the plots and ``summary.json``.
     Returns the summary. ``histogram``: :func:`histogram_table` of ``cfg`` when the caller
-    already computed it (the launcher does, as a check before anything starts).
+    already computed it (the launcher does, as a check before anything starts); ``backend``:
+    preflight's, where the caller ran it (:func:`fedssl.federation.simulation.simulate`).
 
     Raises:
         FederationFailed: the federation could not go on.
@@ -195,7 +197,7 @@ def run(
         f"# Training labels per client ({skew})\n\n{table}\n" + "".join(f"\n{n}\n" for n in notes)
     )
     t = time.perf_counter()
-    simulate(cfg, resume=resume, verbose=verbose)
+    simulate(cfg, resume=resume, verbose=verbose, backend=backend)
     fed_s = time.perf_counter() - t
     rows = rd.metrics()
     last = rows[-1]

@@ -136,7 +136,7 @@ def data_path_line(cfg: ExperimentConfig, rt=None) -> str:
     """Where stage one's views are made and where each client's images are kept, in one line
     (what ``ssl.views`` and ``data.cache`` resolve to on this machine)."""
     from fedssl import runtime
-    from fedssl.methods.pretrain import views_mode
+    from fedssl.methods.views import views_mode
 
     views, mode = views_mode(cfg), cfg.data.cache
     src = f"ssl.views={cfg.ssl.views}" if cfg.ssl.views != views else "ssl.views"
@@ -236,9 +236,16 @@ def summary(cfg: ExperimentConfig) -> list[str]:
     return out
 
 
-def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verbose: bool = False):
-    """The federated stage one of ``cfg`` (its run directory already claimed), with progress
-    and the final report. ``data_lines``: :func:`check_data`'s.
+def run(
+    cfg: ExperimentConfig,
+    data_lines: list[str],
+    resume: bool = False,
+    verbose: bool = False,
+    backend: dict | None = None,
+):
+    """The federated stage one of ``cfg``, with progress and the final report. ``data_lines``:
+    :func:`check_data`'s; ``backend``: preflight's, where the caller checked ``cfg`` and claimed
+    its run directory (:func:`fedssl.federation.simulation.simulate`).
 
     Raises:
         FederationFailed: the federation could not go on.
@@ -263,7 +270,7 @@ def run(cfg: ExperimentConfig, data_lines: list[str], resume: bool = False, verb
     print(runtime_line(cfg, comment=False), flush=True)
     print(data_path_line(cfg), flush=True)
     t0 = time.perf_counter()
-    simulate(cfg, resume=resume, verbose=verbose)
+    simulate(cfg, resume=resume, verbose=verbose, backend=backend)
     rd = cfg.run_dir()
     print("\n".join(summary(cfg)))
     from fedssl.runs import RunDir

@@ -185,7 +185,7 @@ def stage_one(args) -> tuple[Path, float | None]:
     if _finished(run, cfg.federation.rounds):
         print(f"[compare] stage one: reusing {run}", flush=True)
         return run, None
-    preflight(cfg)
+    backend = preflight(cfg)
     done = RunDir(run).state().get("round", 0) if started else 0
     resume = started and "checkpoint" in RunDir(run).state()
     if resume:
@@ -198,7 +198,7 @@ def stage_one(args) -> tuple[Path, float | None]:
                   f"{claim_run_dir(run, overwrite=True)}", flush=True)  # fmt: skip
         print(f"[compare] stage one: federated SimCLR -> {run}", flush=True)
     t = time.perf_counter()
-    simulate(cfg, resume=resume)
+    simulate(cfg, resume=resume, backend=backend)  # its run directory is free or resumed
     return run, time.perf_counter() - t
 
 

@@ -164,7 +164,7 @@ class PretrainTask(Task):
         received = weights_fingerprint(state)
         first = rnd == 1
         if first:  # the baselines, once per run: raw pixels (the one to beat) and random init
-            from fedssl.methods.pretrain import pixels_knn
+            from fedssl.methods.monitor import pixels_knn
 
             pixels = pixels_knn(cfg, pid)
             init = local_evaluate(cfg, pid, state)["knn_acc"]

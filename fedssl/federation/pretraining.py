@@ -25,9 +25,12 @@ from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.cache import ImageTensors
 from fedssl.data.client_images import client_task
 from fedssl.federation.records import travelling_keys
-from fedssl.methods.pretrain import backbone_knn, build_ssl, local_layer_keys, training_batches
+from fedssl.methods.monitor import backbone_knn
+from fedssl.methods.pretrain import build_ssl
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod
+from fedssl.methods.ssl_recipe import local_layer_keys
+from fedssl.methods.views import training_batches
 
 __all__ = [
     "travel_prefixes",

@@ -221,16 +221,21 @@ def _stop_if_failing(rd: RunDir, cfg, strategy, rnd: int) -> None:
         raise FederationFailed(f"{cfg.name}: {report}")
 
 
-def run_server(grid: Grid, cfg: ExperimentConfig, resume: bool = False) -> RunDir:
+def run_server(
+    grid: Grid, cfg: ExperimentConfig, resume: bool = False, claimed: bool = False
+) -> RunDir:
     """Run (or resume) the federated rounds of ``cfg`` and keep its run directory.
 
     Args:
         grid: Flower's grid (from the ServerApp).
         cfg: the experiment config; ``cfg.experiment`` picks the task.
         resume: continue from the last completed round saved in the run directory.
+        claimed: the caller has claimed the run directory (:func:`fedssl.runs.claim_run_dir`);
+            else it is claimed here, which refuses to start over an earlier run.
     """
     task = get_task(cfg)
-    claim_run_dir(cfg.run_dir(), resume=resume)  # refuses to start over an earlier run
+    if not claimed:
+        claim_run_dir(cfg.run_dir(), resume=resume)
     rd = RunDir(cfg.run_dir())
     start_round = 0
     velocity = moments = None
@@ -463,9 +468,11 @@ def make_server_app(
     engine_down: threading.Event | None = None,
     finished: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp running ``cfg`` (or the run config's, when None). With ``engine_down``,
-    the server stops (:class:`EngineFailed`) once it is set (:func:`watch_grid`);
-    ``finished`` is set when the server's main returns or raises."""
+    """A ServerApp running ``cfg`` (or the run config's, when None). A given ``cfg`` has been
+    checked and its run directory claimed (:func:`fedssl.federation.simulation.simulate`);
+    the run config's is checked and claimed here. With ``engine_down``, the server stops
+    (:class:`EngineFailed`) once it is set (:func:`watch_grid`); ``finished`` is set when the
+    server's main returns or raises."""
     server = ServerApp()
 
     @server.main()
@@ -474,11 +481,11 @@ def make_server_app(
             if engine_down is not None:
                 watch_grid(grid, engine_down)
             poll_replies(grid)
-            run_cfg = cfg  # given: the simulation launcher checked it before starting
+            run_cfg = cfg  # given: checked and claimed before the engine started
             if run_cfg is None:  # `flwr run`: its errors and warnings, before round one
                 run_cfg = config_from_run_config(context.run_config)
                 check_ssl_section(run_cfg)
-            run_server(grid, run_cfg, resume)
+            run_server(grid, run_cfg, resume, claimed=cfg is not None)
         finally:
             if finished is not None:
                 finished.set()

@@ -74,7 +74,9 @@ def _flower_logs(verbose: bool = False):
             flwr_log.removeFilter(tracebacks)
 
 
-def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False) -> None:
+def simulate(
+    cfg: ExperimentConfig, resume: bool = False, verbose: bool = False, backend: dict | None = None
+) -> None:
     """Run ``cfg``'s rounds with one virtual client per ``data.clients`` entry (or
     ``data.num_clients`` for the partitioned single-dataset experiments).
 
@@ -82,14 +84,23 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
     GPUs from Ray (a client with no GPU share sees no GPU), so on a 2-core machine two clients
     train at once with one thread each (``train.threads``).
 
+    ``backend`` is what :func:`~fedssl.federation.preflight.preflight` returned for ``cfg``
+    where the caller has run it and claimed the run directory (every launcher does, as its last
+    checks before the first write); without it both happen here, before Ray starts.
+
     Raises:
         ConfigError: from :func:`~fedssl.federation.preflight.preflight`, before Ray starts.
+        fedssl.runs.RunExistsError: the run directory holds a run and ``resume`` is False.
         fedssl.federation.strategy.FederationFailed: no usable reply for
             ``federation.max_failed_rounds`` consecutive rounds.
         fedssl.federation.strategy.EngineFailed: the engine could not start or stopped (the
             message names the cause).
     """
-    backend_config = preflight(cfg)
+    if backend is None:
+        from fedssl.runs import claim_run_dir
+
+        backend = preflight(cfg)
+        claim_run_dir(cfg.run_dir(), resume=resume)  # refuses to start over an earlier run
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # a client with num_gpus 0 gets CUDA_VISIBLE_DEVICES="" (Ray's default, made explicit)
     os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
@@ -109,7 +120,7 @@ def simulate(cfg: ExperimentConfig, resume: bool = False, verbose: bool = False)
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=num_clients(cfg),
-                backend_config=backend_config,
+                backend_config=backend,
                 verbose_logging=verbose,
             )
         except Exception as err:

@@ -34,7 +34,8 @@ from fedssl.data.transforms import eval_transform, pil_mode, train_transform
 from fedssl.methods.dp_sgd import PrivateFit, batches_per_epoch, plan
 from fedssl.methods.heads import BackboneClassifier, save_head
 from fedssl.methods.knn import with_own_statistics
-from fedssl.methods.pretrain import model_in_chans, monitor_sets, statistics_images
+from fedssl.methods.monitor import monitor_sets, statistics_images
+from fedssl.methods.ssl_recipe import model_in_chans
 from fedssl.methods.supervised import batches_accuracy
 from fedssl.models.backbones import RawPixels, build_backbone, load_backbone
 
@@ -536,7 +537,7 @@ def monitor_baselines(
     kinds: tuple[str, ...] = ("pixels_linear", "supervised"),
 ) -> dict[str, float]:
     """Supervised references for the stage-one kNN monitor, each scored top-1 on the monitor's
-    own queries (:func:`~fedssl.methods.pretrain.monitor_sets`), so they stand beside the
+    own queries (:func:`~fedssl.methods.monitor.monitor_sets`), so they stand beside the
     backbone's kNN on equal terms:
 
     * ``pixels_linear``: a linear head on the raw pixels;

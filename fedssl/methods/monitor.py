@@ -5,7 +5,7 @@ as the queries, after re-estimating BatchNorm statistics on its own training ima
 (:mod:`fedssl.methods.knn`). Which images make up each set is decided here, from plain values
 (:func:`monitor_indices`), for both ways of reading them: the cached ``uint8`` tensors of
 :mod:`fedssl.data.cache` (:func:`monitor_images`, the default) and the per-image loaders of
-:func:`fedssl.methods.pretrain.monitor_sets` (``data.cache: off``).
+:func:`fedssl.methods.monitor.monitor_sets` (``data.cache: off``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+from fedssl import runtime
+from fedssl.config import ExperimentConfig
 from fedssl.data.cache import ImageTensors, cached_images
-from fedssl.data.client_images import ClientTask, subsample
-from fedssl.data.transforms import normalize
+from fedssl.data.client_images import ClientTask, ImageDataset, client_task, subsample
+from fedssl.data.transforms import eval_transform, normalize, pil_mode
+from fedssl.methods.knn import extract_features, knn_predictions, top1, with_own_statistics
+from fedssl.methods.ssl.base import SSLMethod
+from fedssl.methods.ssl_recipe import model_in_chans
 
-__all__ = ["monitor_indices", "MonitorImages", "monitor_images", "Normalized"]
+__all__ = [
+    "monitor_indices",
+    "MonitorImages",
+    "monitor_images",
+    "Normalized",
+    "bn_image_count",
+    "monitor_sets",
+    "statistics_images",
+    "backbone_predictions",
+    "backbone_knn",
+    "pixels_predictions",
+    "pixels_knn",
+]
 
 
 def monitor_indices(
@@ -97,3 +116,136 @@ class Normalized:
         for b in range(len(self)):
             s = slice(b * self.batch_size, (b + 1) * self.batch_size)
             yield self.images.floats(s).sub_(self.mean).div_(self.std), self.images.labels[s]
+
+
+def bn_image_count(cfg: ExperimentConfig) -> int:
+    n = cfg.ssl.knn_bn_images
+    if n < 0:
+        raise ValueError(f"ssl.knn_bn_images must be >= 0 (0: every image), got {n}")
+    return n
+
+
+def _indices(cfg: ExperimentConfig, partition_id: int):
+    s = cfg.ssl
+    task = client_task(cfg.data, partition_id)
+    idx = monitor_indices(
+        task, partition_id, cfg.data.seed, s.knn_bank, s.knn_queries, bn_image_count(cfg)
+    )
+    return task, idx
+
+
+def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+    """The kNN monitor's sets: ``(task, runtime, bank, queries)``, the bank being the client's
+    labeled part (at most ``ssl.knn_bank`` images) and the queries its test split (at most
+    ``ssl.knn_queries``), each a loader of evaluation-transformed ``(images, labels)`` batches
+    (:func:`~fedssl.methods.monitor.monitor_indices`). Every baseline the monitor is compared
+    with is scored on these same queries."""
+    task, (bank_idx, query_idx, _) = _indices(cfg, partition_id)
+    tf = eval_transform(cfg.model.image_size, in_chans)
+    mode = pil_mode(in_chans)
+    rt = runtime.resolve(cfg)
+
+    def loader(data, idx: np.ndarray):
+        return runtime.loader(rt, ImageDataset(data, idx, tf, mode), cfg.train.eval_batch_size)
+
+    return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
+
+
+def statistics_images(
+    cfg: ExperimentConfig, partition_id: int, in_chans: int, image_size: int | None = None
+) -> DataLoader:
+    """The images a client re-estimates BatchNorm statistics on (``ssl.knn_bn: client``): at
+    most ``ssl.knn_bn_images`` (0: all) of its training images, drawn at random without looking
+    at labels, evaluation-transformed. The loader yields ``(images, labels)``; the labels are
+    never used. ``image_size``: the backbone's input side (default: ``model.image_size``).
+
+    Raises:
+        ValueError: a negative ``ssl.knn_bn_images``.
+    """
+    task, (_, _, idx) = _indices(cfg, partition_id)
+    tf = eval_transform(image_size or cfg.model.image_size, in_chans)
+    ds = ImageDataset(task.train, idx, tf, pil_mode(in_chans))
+    return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
+
+
+def _monitor_batches(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+    """``(task, runtime, bank, queries, statistics)`` batches of the monitor: from the image
+    cache (``data.cache`` not ``off``: decoded once per process) or per-image loaders."""
+    rt = runtime.resolve(cfg)
+    if cfg.data.cache == "off":
+        task, rt, bank, queries = monitor_sets(cfg, partition_id, in_chans)
+        return task, rt, bank, queries, lambda: statistics_images(cfg, partition_id, in_chans)
+    task, idx = _indices(cfg, partition_id)
+    d = cfg.data
+    sets = monitor_images(task, idx, cfg.model.image_size, in_chans, device=rt.device,
+                          cache=d.cache, share=d.cache_gpu_share)  # fmt: skip
+    n = cfg.train.eval_batch_size
+    bank, queries = Normalized(sets.bank, n), Normalized(sets.queries, n)
+    return task, rt, bank, queries, lambda: Normalized(sets.statistics, n)
+
+
+def backbone_predictions(
+    cfg: ExperimentConfig, partition_id: int, module: SSLMethod
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The kNN monitor on this client, query by query: ``(predicted classes, labels, number of
+    classes)`` of ``module``'s backbone, labeled part = bank, test = queries, with the client's
+    own BatchNorm statistics (``ssl.knn_bn: client``, the default:
+    :func:`~fedssl.methods.knn.with_own_statistics` on :func:`statistics_images`) or the
+    weights' own (``merged``). ``module`` is never changed."""
+    s = cfg.ssl
+    chans = module.backbone_in_chans
+    task, rt, bank_batches, query_batches, statistics = _monitor_batches(cfg, partition_id, chans)
+    backbone = module.backbone
+    if s.knn_bn == "client":
+        backbone = with_own_statistics(backbone, statistics(), rt)
+    bank, bank_y = extract_features(backbone, bank_batches, rt)
+    queries, query_y = extract_features(backbone, query_batches, rt)
+    pred = knn_predictions(bank, bank_y, queries, task.num_classes, s.knn_k, s.knn_t)
+    return pred, query_y, task.num_classes
+
+
+def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
+    """kNN accuracy of ``module``'s backbone on this client (:func:`backbone_predictions`)."""
+    pred, labels, _ = backbone_predictions(cfg, partition_id, module)
+    return top1(pred, labels)
+
+
+def pixels_predictions(
+    cfg: ExperimentConfig, partition_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The baseline a backbone's kNN must beat, query by query (as
+    :func:`backbone_predictions`): the same kNN (bank, queries, k, temperature, cosine
+    similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
+    normalised pixels (so no scaling choice weakens it)."""
+    s, chans = cfg.ssl, model_in_chans(cfg)
+    task, _, bank_batches, query_batches, _ = _monitor_batches(cfg, partition_id, chans)
+    norm = normalize(chans)
+    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
+
+    def pixels(batches):
+        x, y = zip(*batches, strict=True)
+        x, y = torch.cat(x).float().cpu(), torch.cat(y).cpu()
+        return x, x * std + mean, y  # normalised, [0, 1], labels
+
+    bank_n, bank_01, bank_y = pixels(bank_batches)
+    query_n, query_01, query_y = pixels(query_batches)
+    preds = [
+        knn_predictions(
+            F.normalize(b.flatten(1), dim=1),
+            bank_y,
+            F.normalize(q.flatten(1), dim=1),
+            task.num_classes,
+            s.knn_k,
+            s.knn_t,
+        )
+        for b, q in ((bank_n, query_n), (bank_01, query_01))
+    ]
+    best = max(preds, key=lambda p: top1(p, query_y))  # the first on a tie
+    return best, query_y, task.num_classes
+
+
+def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
+    """kNN accuracy on the raw pixels (:func:`pixels_predictions`): the monitor's baseline."""
+    pred, labels, _ = pixels_predictions(cfg, partition_id)
+    return top1(pred, labels)

@@ -21,7 +21,7 @@ from fedssl.federation import pretraining
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
 from fedssl.federation.supervised import weights_fingerprint
-from fedssl.methods.pretrain import pixels_knn
+from fedssl.methods.monitor import pixels_knn
 from fedssl.models.backbones import load_backbone
 from fedssl.runs import RunDir
 
@@ -383,7 +383,8 @@ def test_local_layers_stay_on_each_client_and_the_monitor_scores_its_own_backbon
     own; the exported (shared) backbone says what it lacks."""
     import json
 
-    from fedssl.methods.pretrain import check_ssl, local_layer_keys
+    from fedssl.methods.pretrain import check_ssl
+    from fedssl.methods.ssl_recipe import local_layer_keys
 
     cfg.ssl.local_layers, cfg.federation.rounds = ["layer4"], 2
     simulate(cfg)

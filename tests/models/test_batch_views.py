@@ -13,14 +13,9 @@ from PIL import Image
 
 from fedssl.config import load_config
 from fedssl.federation import pretraining
-from fedssl.methods.pretrain import (
-    batch_views,
-    build_ssl,
-    check_ssl,
-    views_dataset,
-    views_transform,
-)
+from fedssl.methods.pretrain import build_ssl, check_ssl
 from fedssl.methods.ssl.batch_views import BatchViews, crop_flip_rotate
+from fedssl.methods.views import batch_views, views_dataset, views_transform
 
 PLAIN = {  # no randomness left: min_scale 1 leaves only the whole image (aspect 1)
     "input_size": 28,
@@ -273,7 +268,7 @@ def test_data_cache_side_enlarges_only_images_decoded_from_files(tiny_pretrain, 
                                                                  tmp_path):  # fmt: skip
     from fedssl.data.cache import clear
     from fedssl.data.datasets import build_dataset
-    from fedssl.methods.pretrain import cache_side, training_batches
+    from fedssl.methods.views import cache_side, training_batches
 
     over = [*tiny_pretrain(tmp_path, "side"), "data.cache_side=1.5"]
     cfg = load_config("configs/pretrain/default.yaml", over)

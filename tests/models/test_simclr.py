@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from fedssl.config import load_config
-from fedssl.methods.pretrain import augmentation
 from fedssl.methods.ssl.simclr import SimCLR
+from fedssl.methods.views import augmentation
 from fedssl.models.backbones import (
     build_backbone,
     check_backbone_name,
@@ -92,7 +92,7 @@ def test_rotation_views_only_when_asked():
 def test_each_client_trains_on_its_own_views():
     # Rotations for every client but MNIST's: the same bar image is rotated by client 0's
     # views and never by client 1's (digits: a 6 rotated far is a 9).
-    from fedssl.methods.pretrain import views_transform
+    from fedssl.methods.views import views_transform
 
     img = Image.new("L", (28, 28), color=0)
     img.paste(255, (12, 2, 16, 26))

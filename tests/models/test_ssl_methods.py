@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from fedssl.config import load_config
-from fedssl.methods.pretrain import build_ssl, method_settings, views_transform
+from fedssl.methods.pretrain import build_ssl
 from fedssl.methods.ssl import METHODS, method_class
 from fedssl.methods.ssl.base import recipe
+from fedssl.methods.ssl_recipe import method_settings
+from fedssl.methods.views import views_transform
 from fedssl.models.backbones import build_backbone, macs_per_image
 
 

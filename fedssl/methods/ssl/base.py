@@ -168,7 +168,7 @@ class SSLMethod(pl.LightningModule):
     @classmethod
     def views(cls, **aug):
         """lightly's view transform of this method for the configured augmentation (keywords of
-        :func:`fedssl.methods.pretrain.augmentation`)."""
+        :func:`fedssl.methods.views.augmentation`)."""
         from lightly.transforms import SimCLRTransform
 
         return SimCLRTransform(**aug)

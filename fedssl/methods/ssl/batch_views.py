@@ -21,7 +21,7 @@ the input size) and every view is made by tensor operations on the device the ba
   leave them unchanged), random grayscale, Gaussian blur (sigma 0.1-2 px, the probability scaled
   per view), solarization (pixels >= 0.5 inverted) and the normalisation.
 
-The settings are the keywords of :func:`fedssl.methods.pretrain.augmentation`, one set per
+The settings are the keywords of :func:`fedssl.methods.views.augmentation`, one set per
 **group** (a client: a centralized batch mixes clients with different views), and each method
 says per view how its blur and solarization differ (``SSLMethod.BATCH_VIEWS``: BYOL's second view
 blurs less and solarizes). Differences from lightly's views: the crop is taken from the image
@@ -69,7 +69,7 @@ class BatchViews:
 
     Args:
         groups: one augmentation per group (keywords of
-            :func:`fedssl.methods.pretrain.augmentation`; ``input_size`` and ``normalize``
+            :func:`fedssl.methods.views.augmentation`; ``input_size`` and ``normalize``
             must be the same for every group).
         per_view: one entry per view: ``blur`` (factor on the group's ``gaussian_blur``
             probability, default 1) and ``solarize`` (probability, default 0).
