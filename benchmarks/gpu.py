@@ -325,7 +325,7 @@ def input_pipeline(cfg, device: torch.device) -> list[dict]:
         maker = batch_views(cfg)
         for pid, name in enumerate(cfg.data.clients):
             ds = views_dataset(cfg, pid)
-            loader = views_loader(cfg, ds, seed=pid, rt=rt)
+            loader = views_loader(ds, cfg.train.batch_size, seed=pid, rt=rt)
             n, t0 = 0, None
             for _epoch in range(3):
                 for first, second in loader:

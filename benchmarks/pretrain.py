@@ -74,7 +74,7 @@ def plain_epoch(cfg: ExperimentConfig, seed: int) -> tuple[float, int]:
         params, lr=cfg.train.lr, momentum=0.9, weight_decay=cfg.train.weight_decay
     )
     ds = views_dataset(cfg, 0)
-    loader = views_loader(cfg, ds, seed)
+    loader = views_loader(ds, cfg.train.batch_size, seed, runtime.resolve(cfg))
     backbone.train(), head.train()
     t0, steps = time.perf_counter(), 0
     for (x0, x1), _ in loader:

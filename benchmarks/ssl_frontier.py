@@ -183,7 +183,8 @@ def centralized(cfg, budget_s: float) -> list[dict]:
         runtime.seed_everything(seed)
         t = time.perf_counter()
         with runtime.layout(module, rt):
-            runtime.trainer(rt, max_epochs=1).fit(module, views_loader(cfg, ds, seed, rt))
+            loader = views_loader(ds, cfg.train.batch_size, seed, rt)
+            runtime.trainer(rt, max_epochs=1).fit(module, loader)
         spent += time.perf_counter() - t
         knn = [backbone_knn(cfg, p, module) for p in range(len(cfg.data.clients))]
         rows.append({"round": epoch, "s": spent, "knn": knn})

@@ -113,7 +113,7 @@ def pretrain_centralized(
         runtime.seed_everything(seed)
         trainer = runtime.trainer(rt, max_epochs=1)
         with runtime.layout(module, rt):
-            trainer.fit(module, views_loader(cfg, ds, seed, rt))
+            trainer.fit(module, views_loader(ds, cfg.train.batch_size, seed, rt))
         images += int(trainer.global_step) * cfg.train.batch_size
     out: dict = {"train_s": time.perf_counter() - t0, "images": images}
     if export is not None:

@@ -214,14 +214,11 @@ def views_dataset(cfg: ExperimentConfig, partition_id: int) -> TorchDataset:
     return _ClientImages(ImageDataset(task.train, task.unlabeled, transform, mode), partition_id)
 
 
-def views_loader(
-    cfg: ExperimentConfig, ds, seed: int, rt: runtime.Runtime | None = None
-) -> DataLoader:
-    """Shuffled batches of views (last partial batch dropped: contrastive and batch-statistics
-    losses want full batches),
-    loaded with the runtime's workers and pinned memory."""
-    rt = rt or runtime.resolve(cfg)
-    return runtime.loader(rt, ds, cfg.train.batch_size, shuffle=True, drop_last=True, seed=seed)
+def views_loader(ds, batch_size: int, seed: int, rt: runtime.Runtime) -> DataLoader:
+    """Shuffled batches of ``ds``'s views (last partial batch dropped: contrastive and
+    batch-statistics losses want full batches), loaded with the runtime's workers and pinned
+    memory."""
+    return runtime.loader(rt, ds, batch_size, shuffle=True, drop_last=True, seed=seed)
 
 
 def training_batches(
@@ -248,4 +245,4 @@ def training_batches(
                     group=partition_id)  # fmt: skip
         return b, len(images)
     ds = views_dataset(cfg, partition_id)
-    return views_loader(cfg, ds, seed, rt), len(ds)
+    return views_loader(ds, cfg.train.batch_size, seed, rt), len(ds)
