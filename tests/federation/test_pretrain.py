@@ -278,7 +278,7 @@ def test_two_runs_of_one_config_give_bit_identical_backbones(tiny_pretrain, tmp_
 def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
     """Raw pixels are scored in [0, 1] and normalised, with the same bank and queries, and the
     better of the two is the baseline (a scaling choice must not weaken it)."""
-    import fedssl.methods.pretrain as mp
+    import fedssl.methods.monitor as mp
 
     calls, real = [], mp.knn_predictions
 
@@ -311,7 +311,8 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
     on the BatchNorm statistics the merged weights carry, only on the client's own training
     images (a random draw of ``knn_bn_images``, never its test split), and the module is left
     as it was; ``merged`` scores with the weights' own statistics."""
-    import fedssl.methods.pretrain as mp
+    import fedssl.methods.monitor as mp
+    from fedssl.methods.pretrain import build_ssl, check_ssl
 
     assert cfg.ssl.knn_bn == "client"
     task = client_task(cfg.data, 1)
@@ -327,7 +328,7 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
         mp, "knn_predictions", lambda bank, *a: seen.append(bank) or torch.zeros(len(a[1]))
     )
     torch.manual_seed(0)
-    module = mp.build_ssl(cfg)
+    module = build_ssl(cfg)
     # the weights carry client 0's statistics (its images, brightened)
     images = [(x * 0.5 + 0.3, y) for x, y in mp.statistics_images(cfg, 0, 1)]
     module.backbone = mp.with_own_statistics(module.backbone, images)
@@ -348,7 +349,7 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
     assert not torch.allclose(client_a, merged_a, atol=1e-3)
     cfg.ssl.knn_bn_images = -1
     with pytest.raises(ValueError, match="knn_bn_images must be >= 0"):
-        mp.check_ssl(cfg)
+        check_ssl(cfg)
 
 
 @pytest.mark.parametrize("threshold, takes_global", [(1e9, True), (0.0, False)])
