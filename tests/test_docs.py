@@ -51,3 +51,17 @@ def test_no_document_narrates_the_work():
             if NARRATION.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
     assert not found, "narration of the work (git history holds it):\n" + "\n".join(found)
+
+
+def test_the_stage_two_results_page_is_what_its_json_renders():
+    """docs/results/multitask.md is written by ``launch/compare.py`` from its JSON, whose
+    ``headline`` and ``notes`` hold the page's hand-written parts: an edit of the page alone
+    would be lost the next time it is rendered."""
+    import json
+
+    from fedssl.experiments.table2 import render
+
+    page = ROOT / "docs" / "results" / "multitask.md"
+    res = json.loads(page.with_suffix(".json").read_text())
+    assert render(res) == page.read_text()
+    assert render(res).index("## Where the targets stand") < render(res).index("## Table 2")

@@ -347,6 +347,7 @@ def render(res: dict) -> str:
             else " (stage one reused, not included)."
         ),
         "",
+        *res.get("headline", []),
         "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)",
         "",
         "| method | flower102 | intel_scene | average |",
@@ -399,7 +400,8 @@ def render(res: dict) -> str:
                 tail = f"{_pct(avg[m][0])} | {_pct(avg[m][1])}"
             else:
                 tail = "- | -"
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {tail} |")
+            marker = next((r["marker"] for r in sub if r["method"] == m and "marker" in r), "")
+            lines.append(f"| {m}{marker} | " + " | ".join(cells) + f" | {tail} |")
         if "CL" in avg:
             for m in (
                 "raw pixels (linear)",
@@ -411,6 +413,13 @@ def render(res: dict) -> str:
                     du, dt = (100 * (avg[m][i] - avg["CL"][i]) for i in range(2))
                     lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
         lines.append("")
+    if res.get("headline"):  # the page opens with it: this run's tables become one section
+        start = lines.index(
+            "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)"
+        )
+        lines = [*lines[:start], f"## Table 2 on the offline pair ({res['date']}; stage one: "
+                 f"{res['stage_one']['summary']})", "",
+                 *("#" + x if x.startswith("## ") else x for x in lines[start:])]  # fmt: skip
     lines += res.get("notes", [])
     return "\n".join(lines) + "\n"
 
@@ -480,8 +489,9 @@ def run(args: Options, command: str) -> Path:
         "wall_s": time.perf_counter() - t0,
     }
     old = results_md.with_suffix(".json")
-    if old.is_file():
-        res["notes"] = json.loads(old.read_text()).get("notes", [])
+    if old.is_file():  # the page's hand-written parts: its opening and its reading of the numbers
+        kept = json.loads(old.read_text())
+        res.update({k: kept[k] for k in ("headline", "notes") if k in kept})
     results_md.parent.mkdir(parents=True, exist_ok=True)
     from fedssl.runs import write_text_atomic
 
