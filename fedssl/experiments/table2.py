@@ -323,6 +323,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+#: where this run's tables start on the page
+PAPER_HEADING = "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)"
+
+
 def render(res: dict) -> str:
     """The results page (markdown) from the saved results."""
     rows = res["rows"]
@@ -348,7 +352,7 @@ def render(res: dict) -> str:
         ),
         "",
         *res.get("headline", []),
-        "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)",
+        PAPER_HEADING,
         "",
         "| method | flower102 | intel_scene | average |",
         "|---|---|---|---|",
@@ -414,9 +418,7 @@ def render(res: dict) -> str:
                     lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
         lines.append("")
     if res.get("headline"):  # the page opens with it: this run's tables become one section
-        start = lines.index(
-            "## The paper (Flowers102 + Intel Image Classification, ResNet-50, 224 px)"
-        )
+        start = lines.index(PAPER_HEADING)
         lines = [*lines[:start], f"## Table 2 on the offline pair ({res['date']}; stage one: "
                  f"{res['stage_one']['summary']})", "",
                  *("#" + x if x.startswith("## ") else x for x in lines[start:])]  # fmt: skip

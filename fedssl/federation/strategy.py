@@ -509,11 +509,13 @@ class ServerOptMerge:
     """
 
     packs_records = False
+    #: its ``federation.server_opt`` name
+    server_opt: str = ""
 
     def __init__(self, opt_args: dict | None = None, moments=None, **kwargs):
         if kwargs.get("server_momentum") or kwargs.get("server_lr", 1.0) != 1.0:
             raise ValueError(
-                f"server_opt {type(self).__name__} brings its own server learning rate and "
+                f"server_opt {self.server_opt!r} brings its own server learning rate and "
                 "moments; leave server_momentum at 0 and server_lr at 1"
             )
         merge_args = {k: kwargs.pop(k) for k in MERGE_ARGS if k in kwargs}
@@ -551,21 +553,25 @@ class ServerOptMerge:
 class AdamMerge(ServerOptMerge, FedAdam, MergeStrategy):
     """FedAdam over fedssl's merge (:class:`ServerOptMerge`)."""
 
+    server_opt = "adam"
+
 
 class YogiMerge(ServerOptMerge, FedYogi, MergeStrategy):
     """FedYogi over fedssl's merge (:class:`ServerOptMerge`)."""
+
+    server_opt = "yogi"
 
 
 class AdagradMerge(ServerOptMerge, FedAdagrad, MergeStrategy):
     """FedAdagrad over fedssl's merge (:class:`ServerOptMerge`)."""
 
+    server_opt = "adagrad"
+
 
 #: ``federation.server_opt`` -> its strategy class (``none``: the merge itself)
 STRATEGIES: dict[str, type[MergeStrategy]] = {
     "none": MergeStrategy,
-    "adam": AdamMerge,
-    "yogi": YogiMerge,
-    "adagrad": AdagradMerge,
+    **{c.server_opt: c for c in (AdamMerge, YogiMerge, AdagradMerge)},
 }
 
 
