@@ -341,6 +341,7 @@ def render(res: dict) -> str:
         "only. fedssl's protocol is the same, on the data available here; `unlabeled` is the "
         "paper's score, `test` the dataset's own test split (never seen in either stage).",
         "",
+        *res.get("headline", []),
         f"Command: `{res['command']}` ({res['date']}; {res['machine']}). Stage one: "
         f"`{res['stage_one']['run']}` ({res['stage_one']['summary']}). Every head gets about "
         f"{res['steps']} optimisation steps (batch {res['batch_size']}). Wall time of the whole "
@@ -351,7 +352,6 @@ def render(res: dict) -> str:
             else " (stage one reused, not included)."
         ),
         "",
-        *res.get("headline", []),
         PAPER_HEADING,
         "",
         "| method | flower102 | intel_scene | average |",
@@ -418,7 +418,7 @@ def render(res: dict) -> str:
                     lines.append(f"| gain of {m} over CL | | | {du:+.2f} | {dt:+.2f} |")
         lines.append("")
     if res.get("headline"):  # the page opens with it: this run's tables become one section
-        start = lines.index(PAPER_HEADING)
+        start = lines.index(next(x for x in lines if x.startswith("Command: ")))
         lines = [*lines[:start], f"## Table 2 on the offline pair ({res['date']}; stage one: "
                  f"{res['stage_one']['summary']})", "",
                  *("#" + x if x.startswith("## ") else x for x in lines[start:])]  # fmt: skip
