@@ -33,7 +33,18 @@ def test_every_relative_link_resolves(page):
 
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.name)
 def test_a_guide_reads_in_five_minutes(guide):
-    assert len(guide.read_bytes()) <= 11_500, f"{guide.name}: move measurements to docs/results/"
+    assert len(guide.read_bytes()) <= 10_500, f"{guide.name}: move measurements to docs/results/"
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name
+)
+def test_a_config_opens_with_a_short_header(config):
+    """What the config is for, its measured result and the page with the evidence: three lines at
+    most; the history of how it was reached belongs to the results pages and git."""
+    lines = config.read_text().splitlines()
+    header = next((n for n, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    assert 1 <= header <= 3, f"{config.relative_to(ROOT)}: a header of {header} comment lines"
 
 
 def _project_text():
@@ -65,3 +76,9 @@ def test_the_stage_two_results_page_is_what_its_json_renders():
     res = json.loads(page.with_suffix(".json").read_text())
     assert render(res) == page.read_text()
     assert render(res).index("## Where the targets stand") < render(res).index("## Table 2")
+
+
+@pytest.mark.parametrize("launcher", sorted((ROOT / "launch").glob("*.py")), ids=lambda p: p.name)
+def test_every_launcher_has_a_guide(launcher):
+    name = f"launch/{launcher.name}"
+    assert any(name in g.read_text() for g in GUIDES), f"no guide in docs/ explains {name}"
