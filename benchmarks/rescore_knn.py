@@ -40,7 +40,7 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
     from fedssl.config import load_config
     from fedssl.data.client_images import client_task
     from fedssl.methods.knn import class_accuracy, top1
-    from fedssl.methods.monitor import backbone_predictions, pixels_predictions
+    from fedssl.methods.monitor import MonitorSettings, backbone_predictions, pixels_predictions
     from fedssl.methods.pretrain import build_ssl
     from fedssl.models.backbones import load_backbone
 
@@ -62,10 +62,10 @@ def rescore(run: Path, bn_images: int | None = None) -> dict:
         module.backbone.load_state_dict(net.state_dict())
         for mode in ("merged", "client"):
             cfg.ssl.knn_bn = mode
-            pred, labels, n = backbone_predictions(cfg, pid, module)
+            pred, labels, n = backbone_predictions(MonitorSettings.of(cfg), pid, module)
             out[mode].append(top1(pred, labels))
         out["client_per_class"].append(class_accuracy(pred, labels, n))
-        pred, labels, n = pixels_predictions(cfg, pid)
+        pred, labels, n = pixels_predictions(MonitorSettings.of(cfg), pid)
         out["pixels"].append(top1(pred, labels))
         out["pixels_per_class"].append(class_accuracy(pred, labels, n))
         out["classes"].append(list(client_task(cfg.data, pid).train.classes))

@@ -167,7 +167,7 @@ def centralized(cfg, budget_s: float) -> list[dict]:
     from torch.utils.data import ConcatDataset
 
     from fedssl import runtime
-    from fedssl.methods.monitor import backbone_knn
+    from fedssl.methods.monitor import MonitorSettings, backbone_knn
     from fedssl.methods.pretrain import CENTRAL, build_ssl
     from fedssl.methods.views import views_dataset, views_loader
 
@@ -186,7 +186,8 @@ def centralized(cfg, budget_s: float) -> list[dict]:
             loader = views_loader(ds, cfg.train.batch_size, seed, rt)
             runtime.trainer(rt, max_epochs=1).fit(module, loader)
         spent += time.perf_counter() - t
-        knn = [backbone_knn(cfg, p, module) for p in range(len(cfg.data.clients))]
+        monitor = MonitorSettings.of(cfg)
+        knn = [backbone_knn(monitor, p, module) for p in range(len(cfg.data.clients))]
         rows.append({"round": epoch, "s": spent, "knn": knn})
         print(f"  epoch {epoch}: {spent:.0f}s knn {[round(x, 4) for x in knn]}")
     return rows
@@ -213,7 +214,7 @@ def run(a) -> dict:
 def _entries(a, res: dict, tmp: str) -> None:
     import torch
 
-    from fedssl.methods.monitor import pixels_knn
+    from fedssl.methods.monitor import MonitorSettings, pixels_knn
     from fedssl.methods.pretrain import build_ssl
     from fedssl.methods.ssl_recipe import model_in_chans
     from fedssl.models.backbones import macs_per_image
@@ -223,7 +224,7 @@ def _entries(a, res: dict, tmp: str) -> None:
     res["clients"] = clients
     res["backbone"] = default_backbone(a)
     res["knn_bn"] = base.ssl.knn_bn
-    res["pixels"] = [pixels_knn(base, p) for p in range(len(clients))]
+    res["pixels"] = [pixels_knn(MonitorSettings.of(base), p) for p in range(len(clients))]
     print(f"[frontier] raw pixels: {res['pixels']}")
     baselines(a, res, tmp)
     for name in a.entries:
@@ -259,7 +260,7 @@ def baselines(a, res: dict, tmp: str) -> None:
     import torch
 
     from fedssl.methods.finetune import monitor_baselines
-    from fedssl.methods.monitor import backbone_knn
+    from fedssl.methods.monitor import MonitorSettings, backbone_knn
     from fedssl.methods.pretrain import build_ssl
 
     first = {}  # backbone -> the first entry that uses it
@@ -276,7 +277,9 @@ def baselines(a, res: dict, tmp: str) -> None:
         out["supervised"][backbone] = [g["supervised"] for g in got]
         torch.manual_seed(cfg.seed)
         module = build_ssl(cfg)
-        out["init_knn"][backbone] = [backbone_knn(cfg, p, module) for p in clients]
+        out["init_knn"][backbone] = [
+            backbone_knn(MonitorSettings.of(cfg), p, module) for p in clients
+        ]
         print(
             f"[frontier] baselines: pixels linear {out['pixels_linear']}, {backbone} supervised "
             f"{out['supervised'][backbone]}, random-init kNN {out['init_knn'][backbone]}"

@@ -36,9 +36,7 @@ def test_a_guide_reads_in_five_minutes(guide):
     assert len(guide.read_bytes()) <= 10_500, f"{guide.name}: move measurements to docs/results/"
 
 
-@pytest.mark.parametrize(
-    "config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_a_config_opens_with_a_short_header(config):
     """What the config is for, its measured result and the page with the evidence: three lines at
     most; the history of how it was reached belongs to the results pages and git."""

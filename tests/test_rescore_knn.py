@@ -41,10 +41,10 @@ def test_rescoring_a_run_whose_clients_kept_layers_scores_each_on_its_own(
     assert r["client"] == [rows[-1]["knn_acc_c0"], rows[-1]["knn_acc_c1"]]
     assert r["pixels"] == pytest.approx([rows[0]["knn_pixels_c0"], rows[0]["knn_pixels_c1"]])
     from fedssl.data.client_images import client_task
-    from fedssl.methods.monitor import monitor_sets
+    from fedssl.methods.monitor import MonitorSettings, monitor_sets
 
     for pid in (0, 1):
-        _, _, _, queries = monitor_sets(cfg, pid, 1)
+        _, _, _, queries = monitor_sets(MonitorSettings.of(cfg), pid, 1)
         counts = torch.bincount(torch.cat([y for _, y in queries]), minlength=10).double()
         for overall, per_class in (
             (r["client"][pid], r["client_per_class"][pid]),

@@ -164,9 +164,9 @@ class PretrainTask(Task):
         received = weights_fingerprint(state)
         first = rnd == 1
         if first:  # the baselines, once per run: raw pixels (the one to beat) and random init
-            from fedssl.methods.monitor import pixels_knn
+            from fedssl.methods.monitor import MonitorSettings, pixels_knn
 
-            pixels = pixels_knn(cfg, pid)
+            pixels = pixels_knn(MonitorSettings.of(cfg), pid)
             init = local_evaluate(cfg, pid, state)["knn_acc"]
         new, metrics = local_train(cfg, pid, state, rnd)
         metrics["received_fingerprint"] = received

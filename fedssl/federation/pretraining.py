@@ -25,7 +25,7 @@ from fedssl.config import ExperimentConfig, round_lr
 from fedssl.data.cache import ImageTensors
 from fedssl.data.client_images import client_task
 from fedssl.federation.records import travelling_keys
-from fedssl.methods.monitor import backbone_knn
+from fedssl.methods.monitor import MonitorSettings, backbone_knn
 from fedssl.methods.pretrain import build_ssl
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod
@@ -287,7 +287,7 @@ def local_evaluate(
         saved, _ = _load_client_state(cfg, partition_id)
         if saved is not None:
             module.load_state_dict({k: saved[k] for k in local if k in saved}, strict=False)
-    acc = backbone_knn(cfg, partition_id, module)
+    acc = backbone_knn(MonitorSettings.of(cfg), partition_id, module)
     task = client_task(cfg.data, partition_id)
     return {
         "knn_acc": acc,

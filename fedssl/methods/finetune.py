@@ -34,7 +34,7 @@ from fedssl.data.transforms import eval_transform, pil_mode, train_transform
 from fedssl.methods.dp_sgd import PrivateFit, batches_per_epoch, plan
 from fedssl.methods.heads import BackboneClassifier, save_head
 from fedssl.methods.knn import with_own_statistics
-from fedssl.methods.monitor import monitor_sets, statistics_images
+from fedssl.methods.monitor import MonitorSettings, monitor_sets, statistics_images
 from fedssl.methods.ssl_recipe import model_in_chans
 from fedssl.methods.supervised import batches_accuracy
 from fedssl.models.backbones import RawPixels, build_backbone, load_backbone
@@ -489,7 +489,8 @@ def finetune(
         )
     own_stats = path is not None and f.bn == "client" and f.mode != "full"
     if own_stats:  # frozen parts would normalise with every client's mean statistics
-        images = statistics_images(cfg, pid, int(meta["in_chans"]), int(meta["image_size"]))
+        monitor = MonitorSettings.of(cfg)
+        images = statistics_images(monitor, pid, int(meta["in_chans"]), int(meta["image_size"]))
         module.backbone = with_own_statistics(module.backbone, images, rt)
     rd = Path(run_dir) if run_dir is not None else cfg.run_dir()
     rd.mkdir(parents=True, exist_ok=True)
@@ -567,7 +568,7 @@ def monitor_baselines(
         c.finetune.epochs = epochs or c.finetune.epochs
         module, meta = build_classifier(c, task.num_classes, None)
         fit(module, c, task, meta, c.finetune.epochs, seed=c.seed)
-        _, rt, _, queries = monitor_sets(c, partition_id, int(meta["in_chans"]))
+        _, rt, _, queries = monitor_sets(MonitorSettings.of(c), partition_id, int(meta["in_chans"]))
         module.eval()
         out[key] = batches_accuracy(module, queries, rt)
     return out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedssl import runtime
-from fedssl.config import ExperimentConfig
+from fedssl.config import DataConfig, ExperimentConfig, RuntimeConfig
 from fedssl.data.cache import ImageTensors, cached_images
 from fedssl.data.client_images import ClientTask, ImageDataset, client_task, subsample
 from fedssl.data.transforms import eval_transform, normalize, pil_mode
@@ -28,6 +28,7 @@ from fedssl.methods.ssl.base import SSLMethod
 from fedssl.methods.ssl_recipe import model_in_chans
 
 __all__ = [
+    "MonitorSettings",
     "monitor_indices",
     "MonitorImages",
     "monitor_images",
@@ -125,100 +126,135 @@ def bn_image_count(cfg: ExperimentConfig) -> int:
     return n
 
 
-def _indices(cfg: ExperimentConfig, partition_id: int):
-    s = cfg.ssl
-    task = client_task(cfg.data, partition_id)
-    idx = monitor_indices(
-        task, partition_id, cfg.data.seed, s.knn_bank, s.knn_queries, bn_image_count(cfg)
-    )
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What the kNN monitor reads of an experiment: the clients' data, the sizes of its three
+    sets, the kNN's ``k`` and temperature, the readout's BatchNorm statistics (``client`` or
+    ``merged``), the image side and channels the backbone sees, the evaluation batch size and the
+    runtime section. :meth:`of` takes them from a config."""
+
+    data: DataConfig
+    bank: int
+    queries: int
+    bn_images: int
+    k: int
+    t: float
+    bn: str
+    image_size: int
+    in_chans: int
+    batch_size: int
+    runtime: RuntimeConfig
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig) -> MonitorSettings:
+        """The monitor's settings of ``cfg`` (``ssl.knn_*``, ``model``, ``data``, ``runtime``).
+
+        Raises:
+            ValueError: a negative ``ssl.knn_bn_images``.
+        """
+        s = cfg.ssl
+        return cls(
+            data=cfg.data,
+            bank=s.knn_bank,
+            queries=s.knn_queries,
+            bn_images=bn_image_count(cfg),
+            k=s.knn_k,
+            t=s.knn_t,
+            bn=s.knn_bn,
+            image_size=cfg.model.image_size,
+            in_chans=model_in_chans(cfg),
+            batch_size=cfg.train.eval_batch_size,
+            runtime=cfg.runtime,
+        )
+
+
+def _indices(m: MonitorSettings, partition_id: int):
+    task = client_task(m.data, partition_id)
+    idx = monitor_indices(task, partition_id, m.data.seed, m.bank, m.queries, m.bn_images)
     return task, idx
 
 
-def monitor_sets(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+def monitor_sets(m: MonitorSettings, partition_id: int, in_chans: int):
     """The kNN monitor's sets: ``(task, runtime, bank, queries)``, the bank being the client's
     labeled part (at most ``ssl.knn_bank`` images) and the queries its test split (at most
     ``ssl.knn_queries``), each a loader of evaluation-transformed ``(images, labels)`` batches
     (:func:`~fedssl.methods.monitor.monitor_indices`). Every baseline the monitor is compared
     with is scored on these same queries."""
-    task, (bank_idx, query_idx, _) = _indices(cfg, partition_id)
-    tf = eval_transform(cfg.model.image_size, in_chans)
+    task, (bank_idx, query_idx, _) = _indices(m, partition_id)
+    tf = eval_transform(m.image_size, in_chans)
     mode = pil_mode(in_chans)
-    rt = runtime.resolve(cfg)
+    rt = runtime.resolve(m.runtime)
 
     def loader(data, idx: np.ndarray):
-        return runtime.loader(rt, ImageDataset(data, idx, tf, mode), cfg.train.eval_batch_size)
+        return runtime.loader(rt, ImageDataset(data, idx, tf, mode), m.batch_size)
 
     return task, rt, loader(task.train, bank_idx), loader(task.test, query_idx)
 
 
 def statistics_images(
-    cfg: ExperimentConfig, partition_id: int, in_chans: int, image_size: int | None = None
+    m: MonitorSettings, partition_id: int, in_chans: int, image_size: int | None = None
 ) -> DataLoader:
     """The images a client re-estimates BatchNorm statistics on (``ssl.knn_bn: client``): at
     most ``ssl.knn_bn_images`` (0: all) of its training images, drawn at random without looking
     at labels, evaluation-transformed. The loader yields ``(images, labels)``; the labels are
-    never used. ``image_size``: the backbone's input side (default: ``model.image_size``).
-
-    Raises:
-        ValueError: a negative ``ssl.knn_bn_images``.
+    never used. ``image_size``: the backbone's input side (default: the settings').
     """
-    task, (_, _, idx) = _indices(cfg, partition_id)
-    tf = eval_transform(image_size or cfg.model.image_size, in_chans)
+    task, (_, _, idx) = _indices(m, partition_id)
+    tf = eval_transform(image_size or m.image_size, in_chans)
     ds = ImageDataset(task.train, idx, tf, pil_mode(in_chans))
-    return runtime.loader(runtime.resolve(cfg), ds, cfg.train.eval_batch_size)
+    return runtime.loader(runtime.resolve(m.runtime), ds, m.batch_size)
 
 
-def _monitor_batches(cfg: ExperimentConfig, partition_id: int, in_chans: int):
+def _monitor_batches(m: MonitorSettings, partition_id: int, in_chans: int):
     """``(task, runtime, bank, queries, statistics)`` batches of the monitor: from the image
     cache (``data.cache`` not ``off``: decoded once per process) or per-image loaders."""
-    rt = runtime.resolve(cfg)
-    if cfg.data.cache == "off":
-        task, rt, bank, queries = monitor_sets(cfg, partition_id, in_chans)
-        return task, rt, bank, queries, lambda: statistics_images(cfg, partition_id, in_chans)
-    task, idx = _indices(cfg, partition_id)
-    d = cfg.data
-    sets = monitor_images(task, idx, cfg.model.image_size, in_chans, device=rt.device,
+    rt = runtime.resolve(m.runtime)
+    if m.data.cache == "off":
+        task, rt, bank, queries = monitor_sets(m, partition_id, in_chans)
+        return task, rt, bank, queries, lambda: statistics_images(m, partition_id, in_chans)
+    task, idx = _indices(m, partition_id)
+    d = m.data
+    sets = monitor_images(task, idx, m.image_size, in_chans, device=rt.device,
                           cache=d.cache, share=d.cache_gpu_share)  # fmt: skip
-    n = cfg.train.eval_batch_size
+    n = m.batch_size
     bank, queries = Normalized(sets.bank, n), Normalized(sets.queries, n)
     return task, rt, bank, queries, lambda: Normalized(sets.statistics, n)
 
 
 def backbone_predictions(
-    cfg: ExperimentConfig, partition_id: int, module: SSLMethod
+    m: MonitorSettings, partition_id: int, module: SSLMethod
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The kNN monitor on this client, query by query: ``(predicted classes, labels, number of
     classes)`` of ``module``'s backbone, labeled part = bank, test = queries, with the client's
     own BatchNorm statistics (``ssl.knn_bn: client``, the default:
     :func:`~fedssl.methods.knn.with_own_statistics` on :func:`statistics_images`) or the
     weights' own (``merged``). ``module`` is never changed."""
-    s = cfg.ssl
     chans = module.backbone_in_chans
-    task, rt, bank_batches, query_batches, statistics = _monitor_batches(cfg, partition_id, chans)
+    task, rt, bank_batches, query_batches, statistics = _monitor_batches(m, partition_id, chans)
     backbone = module.backbone
-    if s.knn_bn == "client":
+    if m.bn == "client":
         backbone = with_own_statistics(backbone, statistics(), rt)
     bank, bank_y = extract_features(backbone, bank_batches, rt)
     queries, query_y = extract_features(backbone, query_batches, rt)
-    pred = knn_predictions(bank, bank_y, queries, task.num_classes, s.knn_k, s.knn_t)
+    pred = knn_predictions(bank, bank_y, queries, task.num_classes, m.k, m.t)
     return pred, query_y, task.num_classes
 
 
-def backbone_knn(cfg: ExperimentConfig, partition_id: int, module: SSLMethod) -> float:
+def backbone_knn(m: MonitorSettings, partition_id: int, module: SSLMethod) -> float:
     """kNN accuracy of ``module``'s backbone on this client (:func:`backbone_predictions`)."""
-    pred, labels, _ = backbone_predictions(cfg, partition_id, module)
+    pred, labels, _ = backbone_predictions(m, partition_id, module)
     return top1(pred, labels)
 
 
 def pixels_predictions(
-    cfg: ExperimentConfig, partition_id: int
+    m: MonitorSettings, partition_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The baseline a backbone's kNN must beat, query by query (as
     :func:`backbone_predictions`): the same kNN (bank, queries, k, temperature, cosine
     similarity) on the raw pixels the backbone sees, the better of pixels in [0, 1] and
     normalised pixels (so no scaling choice weakens it)."""
-    s, chans = cfg.ssl, model_in_chans(cfg)
-    task, _, bank_batches, query_batches, _ = _monitor_batches(cfg, partition_id, chans)
+    chans = m.in_chans
+    task, _, bank_batches, query_batches, _ = _monitor_batches(m, partition_id, chans)
     norm = normalize(chans)
     mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
@@ -236,8 +272,8 @@ def pixels_predictions(
             bank_y,
             F.normalize(q.flatten(1), dim=1),
             task.num_classes,
-            s.knn_k,
-            s.knn_t,
+            m.k,
+            m.t,
         )
         for b, q in ((bank_n, query_n), (bank_01, query_01))
     ]
@@ -245,7 +281,7 @@ def pixels_predictions(
     return best, query_y, task.num_classes
 
 
-def pixels_knn(cfg: ExperimentConfig, partition_id: int) -> float:
+def pixels_knn(m: MonitorSettings, partition_id: int) -> float:
     """kNN accuracy on the raw pixels (:func:`pixels_predictions`): the monitor's baseline."""
-    pred, labels, _ = pixels_predictions(cfg, partition_id)
+    pred, labels, _ = pixels_predictions(m, partition_id)
     return top1(pred, labels)

@@ -14,7 +14,7 @@ import torch
 
 from fedssl import runtime
 from fedssl.config import ExperimentConfig, round_lr
-from fedssl.methods.monitor import backbone_knn, bn_image_count
+from fedssl.methods.monitor import MonitorSettings, backbone_knn, bn_image_count
 from fedssl.methods.ssl import method_class
 from fedssl.methods.ssl.base import SSLMethod
 from fedssl.methods.ssl_recipe import local_layer_keys, method_settings, model_in_chans
@@ -120,7 +120,8 @@ def pretrain_centralized(
         from fedssl.models.backbones import export_backbone
 
         export_backbone(module.state_dict(), export, backbone_meta(cfg, epochs))
-    accs = [backbone_knn(cfg, pid, module) for pid in range(len(cfg.data.clients))]
+    monitor = MonitorSettings.of(cfg)
+    accs = [backbone_knn(monitor, pid, module) for pid in range(len(cfg.data.clients))]
     out.update({f"knn_acc_c{i}": a for i, a in enumerate(accs)})
     out["knn_acc_mean"] = sum(accs) / len(accs)
     return out

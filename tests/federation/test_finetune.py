@@ -106,7 +106,7 @@ def test_linear_head_on_the_stage_one_backbone(stage_one):
     module, meta = stage_two.build_classifier(cfg, 10, stage_one / "backbone.safetensors")
     assert all(torch.equal(module.backbone.state_dict()[k], v) for k, v in frozen.items())
     own = stage_two.with_own_statistics(
-        module.backbone, stage_two.statistics_images(cfg, 1, 1, 28)
+        module.backbone, stage_two.statistics_images(stage_two.MonitorSettings.of(cfg), 1, 1, 28)
     ).state_dict()
     for k in stats:
         assert torch.allclose(head[f"backbone.{k}"], own[k], rtol=1e-3, atol=1e-3)

@@ -21,7 +21,7 @@ from fedssl.federation import pretraining
 from fedssl.federation.records import SHARED_KEYS
 from fedssl.federation.simulation import simulate
 from fedssl.federation.supervised import weights_fingerprint
-from fedssl.methods.monitor import pixels_knn
+from fedssl.methods.monitor import MonitorSettings, pixels_knn
 from fedssl.models.backbones import load_backbone
 from fedssl.runs import RunDir
 
@@ -88,7 +88,7 @@ def test_pretrain_rounds_knn_backbone_and_resume(cfg, monkeypatch):
         assert -1.0 <= r1[f"train_loss_{c}"] <= 1.0  # BYOL: a negative cosine similarity
     # the raw-pixel baseline, once per run, on the monitor's own bank and queries
     for pid in (0, 1):
-        assert r1[f"knn_pixels_c{pid}"] == pytest.approx(pixels_knn(cfg, pid))
+        assert r1[f"knn_pixels_c{pid}"] == pytest.approx(pixels_knn(MonitorSettings.of(cfg), pid))
     report = summary(cfg)
     assert "raw pixels" in report[0] and len(report) == 3
     for pid, line in enumerate(report[1:]):
@@ -287,12 +287,12 @@ def test_pixels_knn_takes_the_better_pixel_scaling(cfg, monkeypatch):
         pred = real(bank, bank_y, queries, num_classes, k, t)
         return (pred + 1) % num_classes if len(calls) % 2 == wrong else pred  # all wrong
 
-    _, _, _, query_batches = mp.monitor_sets(cfg, 0, 1)
+    _, _, _, query_batches = mp.monitor_sets(mp.MonitorSettings.of(cfg), 0, 1)
     labels = torch.cat([y for _, y in query_batches])
     for wrong in (1, 0):  # the normalised pixels all wrong, then the [0, 1] ones
         calls.clear()
         monkeypatch.setattr(mp, "knn_predictions", fake_knn)
-        got = mp.pixels_knn(cfg, 0)
+        got = mp.pixels_knn(mp.MonitorSettings.of(cfg), 0)
         monkeypatch.undo()
         (b_n, y_n, q_n, k, t), (b_01, y_01, q_01, _, _) = calls
         kept = (b_01, q_01) if wrong == 1 else (b_n, q_n)  # the scaling left right
@@ -317,11 +317,13 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
     assert cfg.ssl.knn_bn == "client"
     task = client_task(cfg.data, 1)
     cfg.ssl.knn_bn_images = 100
-    own = mp.statistics_images(cfg, 1, 1).dataset
+    own = mp.statistics_images(mp.MonitorSettings.of(cfg), 1, 1).dataset
     assert own.data is task.train and len(own) == 100
     assert set(own.indices) <= set(task.labeled) | set(task.unlabeled)
     cfg.ssl.knn_bn_images = 0
-    assert len(mp.statistics_images(cfg, 1, 1).dataset) == len(task.labeled) + len(task.unlabeled)
+    assert len(mp.statistics_images(mp.MonitorSettings.of(cfg), 1, 1).dataset) == len(
+        task.labeled
+    ) + len(task.unlabeled)
 
     seen = []
     monkeypatch.setattr(  # a: bank labels, queries, classes, k, t
@@ -330,18 +332,18 @@ def test_the_monitor_scores_with_the_clients_own_batchnorm_statistics(cfg, monke
     torch.manual_seed(0)
     module = build_ssl(cfg)
     # the weights carry client 0's statistics (its images, brightened)
-    images = [(x * 0.5 + 0.3, y) for x, y in mp.statistics_images(cfg, 0, 1)]
+    images = [(x * 0.5 + 0.3, y) for x, y in mp.statistics_images(mp.MonitorSettings.of(cfg), 0, 1)]
     module.backbone = mp.with_own_statistics(module.backbone, images)
     norms = [m for m in module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms
     for mode in ("client", "merged"):
         cfg.ssl.knn_bn = mode
-        mp.backbone_knn(cfg, 1, module)
+        mp.backbone_knn(mp.MonitorSettings.of(cfg), 1, module)
         for m in norms:  # statistics shifted, as another merge would leave them
             m.running_mean.add_(0.1)
             m.running_var.mul_(2.0)
         before = norms[0].running_mean.clone()
-        mp.backbone_knn(cfg, 1, module)
+        mp.backbone_knn(mp.MonitorSettings.of(cfg), 1, module)
         assert torch.equal(norms[0].running_mean, before)  # the module is not changed
     client_a, client_b, merged_a, merged_b = seen
     assert torch.allclose(client_a, client_b, atol=1e-5)
