@@ -358,7 +358,7 @@ def render(res: dict) -> str:
     if res.get("max_rounds"):
         length = f"{res['max_rounds']} rounds (or {length}, whichever came first)"
     lines = [
-        "# SSL methods: the frontier on the default offline pair",
+        "# " + res.get("title", "SSL methods: the frontier on the default offline pair"),
         "",
         f"Measured by `{res['command']}` on {res['date']} ({res['machine']}; load "
         f"{res['load_at_start']} at start, {res.get('load_at_end')} at end).",
@@ -437,8 +437,10 @@ def main(argv=None) -> int:
         res["baselines"]["command"] = harness.stamp("ssl_frontier.py", a.argv)["command"]
     else:
         res = run(a)
-        # the page's hand-written reading of the numbers lives in the JSON's "notes"
-        res["notes"] = json.loads(old.read_text()).get("notes", []) if old.is_file() else []
+        # the page's hand-written title and reading of the numbers live in its JSON
+        kept = json.loads(old.read_text()) if old.is_file() else {}
+        res.update({k: kept[k] for k in ("title", "notes") if k in kept})
+        res.setdefault("notes", [])
     res["png"] = out.with_suffix(".png").name  # the page links its own plot
     plot(res, out.with_suffix(".png"))
     harness.write_results(out, res, render)

@@ -71,6 +71,7 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     assert not list((tmp_path / "runs").glob("*"))  # the runs lived in a temporary folder
     # the hand-written reading of the numbers survives --render-only and a new run
     res["notes"] = ["## What this shows", "", "- a note"]
+    res["title"] = "A page of its own"
     out.with_suffix(".json").write_text(json.dumps(res))
     res["load_at_end"] = [9.0, 9.0, 9.0]  # the measuring run's, kept on a re-render
     out.with_suffix(".json").write_text(json.dumps(res))
@@ -79,6 +80,7 @@ def test_tiny_run_writes_the_page_and_keeps_its_notes(frontier, tiny_pretrain, t
     assert frontier.main([*common, "--central", "0", "--set", *tiny]) == 0
     page = out.read_text()
     assert page.endswith("- a note\n") and "Federated vs centralized" not in page
+    assert page.startswith("# A page of its own\n")
     # a page measured before the baselines existed gets them from its own command
     res = json.loads(out.with_suffix(".json").read_text())
     del res["baselines"]
