@@ -176,6 +176,7 @@ def centralized(cfg, budget_s: float) -> list[dict]:
     module = build_ssl(cfg)
     ds = ConcatDataset([views_dataset(cfg, p) for p in range(len(cfg.data.clients))])
     rt = runtime.resolve(cfg)
+    monitor = MonitorSettings.of(cfg)
     rows, spent, epoch = [], 0.0, 0
     while spent < budget_s:
         epoch += 1
@@ -186,7 +187,6 @@ def centralized(cfg, budget_s: float) -> list[dict]:
             loader = views_loader(ds, cfg.train.batch_size, seed, rt)
             runtime.trainer(rt, max_epochs=1).fit(module, loader)
         spent += time.perf_counter() - t
-        monitor = MonitorSettings.of(cfg)
         knn = [backbone_knn(monitor, p, module) for p in range(len(cfg.data.clients))]
         rows.append({"round": epoch, "s": spent, "knn": knn})
         print(f"  epoch {epoch}: {spent:.0f}s knn {[round(x, 4) for x in knn]}")

@@ -208,10 +208,10 @@ def statistics_images(
 def _monitor_batches(m: MonitorSettings, partition_id: int, in_chans: int):
     """``(task, runtime, bank, queries, statistics)`` batches of the monitor: from the image
     cache (``data.cache`` not ``off``: decoded once per process) or per-image loaders."""
-    rt = runtime.resolve(m.runtime)
     if m.data.cache == "off":
         task, rt, bank, queries = monitor_sets(m, partition_id, in_chans)
         return task, rt, bank, queries, lambda: statistics_images(m, partition_id, in_chans)
+    rt = runtime.resolve(m.runtime)
     task, idx = _indices(m, partition_id)
     d = m.data
     sets = monitor_images(task, idx, m.image_size, in_chans, device=rt.device,
