@@ -375,6 +375,9 @@ class DPSGDConfig:
     noise_multiplier: NonNegative | None = None
     delta: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 1e-5
     max_grad_norm: Rate = 1.0  # every example's gradient is clipped to this L2 norm
+    # null: noise and batch sampling from the OS's secure source; a number makes them
+    # reproducible (tests only: anyone who knows it can subtract the noise)
+    noise_seed: Seed | None = None
 
     @property
     def enabled(self) -> bool:
@@ -393,7 +396,9 @@ class CentralDPConfig:
     clipping_norm: Rate = 1.0  # the largest L2 norm of one client's update
     clipping: str = "server"  # server | client: where an update is clipped
     delta: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 1e-5
-    noise_seed: Seed | None = None  # null: fresh noise from the OS; a number: reproducible runs
+    # null: fresh noise from the OS; a number: reproducible noise (tests only: anyone who
+    # knows it can subtract the noise, so the run claims no privacy against them)
+    noise_seed: Seed | None = None
     # adaptive clipping (Andrew et al. 2019): the clipping norm follows a quantile of the norms
     adaptive: bool = False
     target_quantile: Probability = 0.5  # the share of updates the norm should leave unclipped

@@ -32,6 +32,10 @@ __all__ = [
     "Ledger",
     "sampled_clients",
     "count_stddev",
+    "SECAGG_MODULUS",
+    "secagg_shares",
+    "reproducible_noise",
+    "REPRODUCIBLE_WARNING",
 ]
 
 #: RDP orders the accountant minimises over: Opacus's defaults, extended to 512 for small ε.
@@ -237,6 +241,11 @@ class Ledger:
         return out
 
 
+#: Flower's SecAgg+ modulus: the masked sum of a round lives in [0, 2^32); the quantised
+#: updates of the round's n clients must sum below it (n * quantization_range < 2^32)
+SECAGG_MODULUS = 2**32
+
+
 def sampled_clients(cfg) -> int:
     """Clients a round asks (Flower's FedAvg sampling: the fraction of the federation, at
     least ``min_clients``, at most all)."""
@@ -267,11 +276,30 @@ def _check_secagg(cfg) -> None:
         raise PrivacyError(
             f"privacy.secagg.num_shares={s.num_shares} is more than the {n} clients of a round"
         )
+    if s.num_shares and s.num_shares < n and s.num_shares % 2 == 0:
+        raise PrivacyError(
+            f"privacy.secagg.num_shares={s.num_shares} must be odd (or {n}, every client of a "
+            f"round): each client masks with num_shares - 1 neighbours, half on each side; "
+            f"use {s.num_shares - 1} or {s.num_shares + 1}"
+        )
     shares, threshold = secagg_shares(s, n)
     if threshold >= shares:
         raise PrivacyError(
             f"privacy.secagg.reconstruction_threshold={threshold} must be below num_shares="
             f"{shares} (the shares each client's key is split into)"
+        )
+    if 2 * threshold <= shares:
+        raise PrivacyError(
+            f"privacy.secagg.reconstruction_threshold={threshold} must be more than half of "
+            f"num_shares={shares}: at half or less, the server could rebuild both a client's "
+            "private mask and its pairwise keys and unmask its update"
+        )
+    q = s.quantization_range
+    if n * q >= SECAGG_MODULUS:
+        raise PrivacyError(
+            f"privacy.secagg.quantization_range={q} is too large for {n} clients a round: "
+            f"their quantised sum reaches {n} * {q} >= 2^32, SecAgg+'s modulus, and wraps "
+            f"around to a wrong mean; use at most {(SECAGG_MODULUS - 1) // n}"
         )
     if cfg.privacy.central.enabled and cfg.privacy.central.clipping != "client":
         raise PrivacyError(
@@ -283,10 +311,18 @@ def _check_secagg(cfg) -> None:
 def secagg_shares(secagg, clients: int) -> tuple[int, int]:
     """SecAgg+'s shares per client key and the threshold that rebuilds one, for ``clients``
     per round from a ``privacy.secagg`` section. Unset, each client masks with a neighbourhood
-    of ``ceil(log2 n) + 1`` shares (at least 3, at most n), the O(log n) of SecAgg+ (Bell et al.
-    2020): 3 for 4 clients, 5 for 10, 8 for 100; ``num_shares = n`` is the all-pairs SecAgg of
-    Bonawitz et al. 2017. The threshold is a majority of the shares unless set."""
-    shares = secagg.num_shares or min(clients, max(3, math.ceil(math.log2(clients)) + 1))
+    of ``ceil(log2 n) + 1`` shares raised to the next odd number (at least 3, at most n), the
+    O(log n) of SecAgg+ (Bell et al. 2020): 3 for 4 clients, 5 for 6 to 16, 7 for 17 to 64, 9
+    for 100. Odd, because a neighbourhood is the client and the same number on each side:
+    Flower raises an even count by one after it has told the clients, who then hold one share
+    too few. ``num_shares = n`` is the all-pairs SecAgg of Bonawitz et al. 2017. The threshold
+    is a majority of the shares unless set (more than half keeps the server from rebuilding
+    both masks of one client)."""
+    shares = secagg.num_shares
+    if not shares:
+        shares = min(clients, max(3, math.ceil(math.log2(clients)) + 1))
+        if shares < clients and shares % 2 == 0:
+            shares = min(clients, shares + 1)
     return shares, secagg.reconstruction_threshold or shares // 2 + 1
 
 
@@ -312,8 +348,28 @@ def _check_adaptive(cfg) -> None:
         )
 
 
+#: what a run whose noise came from a known seed says beside its ε
+REPRODUCIBLE_WARNING = (
+    "the noise of {} came from a noise_seed: anyone who knows it regenerates the noise and "
+    "subtracts it, so this ε does not hold against them (tests only)"
+)
+
+
+def reproducible_noise(cfg) -> list[str]:
+    """The enabled private settings of ``cfg`` whose noise a ``noise_seed`` makes
+    reproducible (``privacy.central``, ``privacy.dp_sgd``): their guarantee does not hold
+    against anyone who knows the seed."""
+    p = cfg.privacy
+    return [
+        f"privacy.{name}"
+        for name, section in (("central", p.central), ("dp_sgd", p.dp_sgd))
+        if section.enabled and section.noise_seed is not None
+    ]
+
+
 def describe(report: dict) -> str:
-    """One line for a run's privacy report (``{"central": {...}, "dp_sgd": {...}}``)."""
+    """One line for a run's privacy report (``{"central": {...}, "dp_sgd": {...}}``), with
+    :data:`REPRODUCIBLE_WARNING` when the report names ``reproducible_noise``."""
     parts = []
     c = report.get("central")
     if c:
@@ -326,6 +382,9 @@ def describe(report: dict) -> str:
     if d:
         per = ", ".join(f"c{k} {v['epsilon']:.3g}" for k, v in sorted(d.items(), key=_by_client))
         parts.append(f"record-level ε at δ={next(iter(d.values()))['delta']:g}: {per}")
+    if parts and report.get("reproducible_noise"):
+        parts.append("WARNING: " + REPRODUCIBLE_WARNING.format(
+            " and ".join(report["reproducible_noise"])))  # fmt: skip
     return "[fedssl] privacy: " + "; ".join(parts) if parts else ""
 
 

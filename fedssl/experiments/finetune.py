@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from fedssl.config import ConfigError, ExperimentConfig, to_dict
+from fedssl.privacy import REPRODUCIBLE_WARNING
 
 __all__ = ["check_client", "check_federated", "run_client", "run_federated"]
 
@@ -72,6 +73,8 @@ def run_client(cfg: ExperimentConfig, client: str, built: tuple | None = None) -
             f"{r['labeled']} labeled images (DP-SGD: σ={r['dp_noise']:.3g}, C="
             f"{cfg.privacy.dp_sgd.max_grad_norm:g}, {r['dp_steps']} steps at q={r['dp_rate']:.3g})"
         )
+        if r.get("reproducible_noise"):
+            print("[fedssl] WARNING: " + REPRODUCIBLE_WARNING.format("privacy.dp_sgd"))
     print(
         f"[fedssl] done in {time.perf_counter() - t:.0f}s; results: "
         f"{cfg.run_dir() / 'results.json'}, head: {cfg.run_dir() / 'head.safetensors'}"

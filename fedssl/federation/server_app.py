@@ -33,7 +33,7 @@ from fedssl.federation.strategy import (
     build_strategy,
 )
 from fedssl.plots import plot_curves
-from fedssl.privacy import Ledger, describe, sampled_clients
+from fedssl.privacy import Ledger, describe, reproducible_noise, sampled_clients
 from fedssl.runs import RunDir, claim_run_dir
 from fedssl.tracking import Tracker
 
@@ -72,6 +72,8 @@ def _row(
     rnd: int, server: dict, strategy: MergeStrategy, task: Task, round_s: float
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"round": rnd, **server}
+    for m in strategy.client_metrics.get(rnd, [])[:1]:  # SecAgg+'s round tally, one per round
+        row.update({k: v for k, v in m.items() if k.startswith("secagg_")})
     for m in strategy.client_metrics.get(rnd, []):
         c = int(m.get("partition-id", 0))
         for col in task.train_columns:
@@ -168,6 +170,10 @@ def _progress(cfg: ExperimentConfig, task: Task, row: dict[str, Any]) -> str:
         parts += [
             f"{k}={v:{fmt}}" for k, v in row.items() if k.startswith(f"{col}_c") and v is not None
         ]
+    if row.get("secagg_mean_train_loss") is not None:  # SecAgg+: the mean, never one client's
+        parts.append(f"train_loss_mean={row['secagg_mean_train_loss']:.3f}")
+    if row.get("secagg_clipped"):
+        parts.append(f"secagg_clipped={row['secagg_clipped']}")
     if row.get("clients") == 0:
         parts.append("FAILED: no usable client reply, the model is unchanged")
     parts.append(f"({row.get('round_s') or 0:.1f}s)")
@@ -315,7 +321,7 @@ def run_server(
         now = time.perf_counter()
         row = _row(rnd, server, strategy, task, now - clock["t"])
         clock["t"] = now
-        if not strategy.failed(rnd):
+        if strategy.replied.get(rnd):  # replies reached the server: merged or not, it counts
             row.update(_account(rd, cfg, strategy, ledger, rnd))
         _keep_round(rd, cfg, task, strategy, tracker, rnd, sd, row)
         _stop_if_failing(rd, cfg, strategy, rnd)
@@ -352,22 +358,28 @@ def run_server(
 
 def privacy_report(cfg: ExperimentConfig, state: dict) -> dict:
     """The ε a run spent so far (``state.json``'s ``privacy`` ledger): client-level and per
-    client record-level; empty for a run without differential privacy."""
+    client record-level; empty for a run without differential privacy. ``reproducible_noise``
+    lists the settings whose noise a seed made reproducible (their ε does not hold against
+    anyone who knows the seed)."""
     p = cfg.privacy
-    return Ledger(state.get("privacy")).report(
+    report = Ledger(state.get("privacy")).report(
         p.central.delta, p.dp_sgd.delta, p.central.clipping_norm
     )
+    if report and (seeded := reproducible_noise(cfg)):
+        report["reproducible_noise"] = seeded
+    return report
 
 
 def _account(rd: RunDir, cfg, strategy: MergeStrategy, ledger: Ledger, rnd: int) -> dict:
-    """Enter merged round ``rnd``'s privacy spending in the ledger (``state.json``); return
+    """Enter round ``rnd``'s privacy spending in the ledger (``state.json``): every round whose
+    replies reached the server, whether it merged them or not (the server held them); return
     the metrics row's privacy columns (ε so far, the round's clipping record)."""
     c = cfg.privacy.central
     if c.enabled:
         ledger.add_central(
             rnd, float(c.noise_multiplier), strategy.clip_norm if c.adaptive else None
         )
-    for m in strategy.client_metrics.get(rnd, []):
+    for m in strategy.replied.get(rnd, []):
         if "dp_steps" in m:
             ledger.add_client(
                 rnd, int(m.get("partition-id", 0)), m["dp_noise"], m["dp_rate"], int(m["dp_steps"])

@@ -207,6 +207,9 @@ class MergeStrategy(FedAvg):
         self._global: dict[str, torch.Tensor] = {}
         self.total_rounds = total_rounds
         self.client_metrics: dict[int, list[dict]] = {}
+        #: every usable reply's metrics per round, merged or not (privacy accounting: a round
+        #: whose replies reached the server spends budget even when it merged nothing)
+        self.replied: dict[int, list[dict]] = {}
         self.eval_metrics: dict[int, list[dict]] = {}
         self.failures: dict[int, int] = {}
         self.round_info: dict[int, dict] = {}
@@ -391,6 +394,7 @@ class MergeStrategy(FedAvg):
             self.round_errors.setdefault(rnd, []).append(
                 f"node {m.metadata.src_node_id}: {reason_line(m.error.reason)}"
             )
+        self.replied[rnd] = [dict(next(iter(m.content.metric_records.values()), {})) for m in valid]
         if len(valid) < need:
             return self._keep_global(rnd, len(valid), need)
         contents = [m.content for m in valid]
@@ -472,21 +476,21 @@ class MergeStrategy(FedAvg):
             count_std, sigma = compute_adaptive_noise_params(sigma, n, c.clipped_count_stddev)
         merged, norms = noised_mean(self._global, [sd for _, sd in pairs], clip, sigma, n, gen)
         if c.clipping == "client":  # the server saw clipped updates; the clients say the norms
-            norms = [float(m.get("update_norm", 0.0)) for m, _ in pairs]
+            # (not under SecAgg+, where no client metric of the update travels in clear)
+            norms = [float(m["update_norm"]) for m, _ in pairs if "update_norm" in m]
         if c.adaptive:  # Andrew et al. 2019: C <- C exp(-lr (noised share unclipped - target))
             unclipped = sum(x <= clip for x in norms)
             noise = float(torch.randn((), dtype=torch.float64, generator=gen)) * count_std
             self.clip_norm = clip * math.exp(
                 -c.clip_lr * ((unclipped + noise) / n - c.target_quantile)
             )
-        self.round_info.setdefault(rnd, {}).update(
-            {
-                "dp_update_norm_max": max(norms),
-                "dp_clipped": sum(x > clip for x in norms) / len(norms),
-                "dp_clipping_norm": clip,
-                "dp_noise_std": noise_std(sigma, clip, n),
-            }
-        )
+        info = {"dp_clipping_norm": clip, "dp_noise_std": noise_std(sigma, clip, n)}
+        if sigma == 0 and norms:  # no privacy claimed (clipping alone): its record is published
+            # (with noise, the un-noised norms and clipped share stay on the server: outside ε)
+            info.update(
+                dp_update_norm_max=max(norms), dp_clipped=sum(x > clip for x in norms) / len(norms)
+            )
+        self.round_info.setdefault(rnd, {}).update(info)
         return merged, [m for m, _ in pairs]
 
 

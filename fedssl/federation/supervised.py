@@ -59,7 +59,7 @@ def local_train(
     received = weights_fingerprint(state)
     allowed = torch.unique(y).tolist() if cfg.train.restrict_labels else None
     lr = round_lr(cfg, server_round)
-    private = _private_fit(cfg, net, len(y))
+    private = _private_fit(cfg, net, len(y), server_round, partition_id)
     module = Classifier(
         net,
         optimizer=cfg.train.optimizer,
@@ -108,15 +108,19 @@ def local_train(
     return {k: v.detach() for k, v in net.state_dict().items()}, metrics
 
 
-def _private_fit(cfg: ExperimentConfig, net: torch.nn.Module, examples: int) -> PrivateFit | None:
-    """DP-SGD for one round of ``net`` on ``examples`` (``privacy.dp_sgd``; None when off),
-    its noise sized for every round of the run."""
+def _private_fit(
+    cfg: ExperimentConfig, net: torch.nn.Module, examples: int, rnd: int, pid: int
+) -> PrivateFit | None:
+    """DP-SGD for client ``pid``'s round ``rnd`` of ``net`` on ``examples``
+    (``privacy.dp_sgd``; None when off), its noise sized for every round of the run and drawn
+    from the OS's secure source (reproducible only with ``privacy.dp_sgd.noise_seed``)."""
     if not cfg.privacy.dp_sgd.enabled:
         return None
     t = cfg.train
     per_round = t.local_steps or t.local_epochs * batches_per_epoch(examples, t.batch_size)
     dp = plan(cfg.privacy.dp_sgd, examples, t.batch_size, per_round * cfg.federation.rounds)
-    return PrivateFit(dp, net)
+    seed = cfg.privacy.dp_sgd.noise_seed
+    return PrivateFit(dp, net, None if seed is None else runtime.round_seed(seed, rnd, pid))
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> float:

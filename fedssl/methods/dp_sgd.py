@@ -8,11 +8,20 @@ one). :class:`PrivateFit` then attaches to the trainable module: Opacus's
 ``max_grad_norm`` and adds ``N(0, (σ·max_grad_norm)²)`` to their sum, and ``DPDataLoader``
 draws each batch by Poisson sampling at rate ``q = 1 / batches per epoch`` (what the accountant
 assumes). The steps actually taken are what :func:`fedssl.privacy.epsilon` accounts.
+
+The noise and the Poisson draws come from :func:`noise_generator`: a generator seeded from the
+operating system's secure source (``os.urandom``), never from the run's seed, which the server
+knows (it sends it): with a seeded generator, whoever knows the seed replays the fit on dummy
+data with and without noise and subtracts the noise exactly. The noise itself is drawn in
+Opacus's ``secure_mode`` (sums of Gaussians, robust to floating-point attacks). A
+``noise_seed`` makes both reproducible, for tests only; the run then says the guarantee does
+not hold against anyone who knows it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -25,7 +34,16 @@ from fedssl.privacy import PrivacyError, epsilon, noise_for_epsilon
 # Opacus's hooks on a module whose input needs no gradient (a head over frozen features)
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
 
-__all__ = ["DPSGD", "PrivateFit", "plan", "sample_rate", "batches_per_epoch"]
+__all__ = ["DPSGD", "PrivateFit", "plan", "sample_rate", "batches_per_epoch", "noise_generator"]
+
+
+def noise_generator(seed: int | None = None) -> torch.Generator:
+    """The generator of one private fit's noise and batch draws: seeded with 64 bits from
+    ``os.urandom`` (unknown to anyone, not logged or stored) unless ``seed`` is given, which
+    makes the fit reproducible by anyone who knows it (tests only)."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    return torch.Generator().manual_seed(int(seed) % 2**64)
 
 
 def batches_per_epoch(examples: int, batch_size: int) -> int:
@@ -87,13 +105,15 @@ class PrivateFit:
 
     Use: ``loader = pf.loader(loader)`` for the fit's data, ``pf.optimizer(opt)`` in the
     LightningModule's ``configure_optimizers``, and :meth:`close` after the fit (it removes
-    the hooks, so later forward passes cost nothing extra).
+    the hooks, so later forward passes cost nothing extra). ``noise_seed``: None (the default)
+    draws the noise and the batches from the OS's secure source; a number makes them
+    reproducible (:func:`noise_generator`).
 
     Raises:
         PrivacyError: ``trainable`` holds a module Opacus cannot compute per-sample gradients of.
     """
 
-    def __init__(self, dp: DPSGD, trainable: nn.Module):
+    def __init__(self, dp: DPSGD, trainable: nn.Module, noise_seed: int | None = None):
         from opacus import GradSampleModule
         from opacus.validators import ModuleValidator
 
@@ -111,6 +131,8 @@ class PrivateFit:
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
         self.dp = dp
+        self.reproducible = noise_seed is not None
+        self._generator = noise_generator(noise_seed)
         self._gsm = GradSampleModule(trainable, loss_reduction="mean", strict=False)
         self._expected_batch = 0
 
@@ -118,7 +140,7 @@ class PrivateFit:
         """``loader``'s data, each batch a Poisson sample at the plan's rate."""
         from opacus.data_loader import DPDataLoader
 
-        dp_loader = DPDataLoader.from_data_loader(loader)
+        dp_loader = DPDataLoader.from_data_loader(loader, generator=self._generator)
         if abs(dp_loader.sample_rate - self.dp.sample_rate) > 1e-12:
             raise PrivacyError(
                 f"the loader samples at {dp_loader.sample_rate}, the plan at {self.dp.sample_rate}"
@@ -138,6 +160,8 @@ class PrivateFit:
             max_grad_norm=self.dp.max_grad_norm,
             expected_batch_size=self._expected_batch,
             loss_reduction="mean",
+            generator=self._generator,
+            secure_mode=True,
         )
 
     def close(self) -> None:

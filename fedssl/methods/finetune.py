@@ -325,7 +325,7 @@ def fit(
     else:
         ds = ImageDataset(task.train, idx, train_transform(size, chans, f.augment), pil_mode(chans))
         loader = runtime.loader(rt, ds, f.batch_size, shuffle=True, seed=seed)
-    private = _private_head(cfg, module, task, meta, len(idx), epochs, rt)
+    private = _private_head(cfg, module, task, meta, len(idx), epochs, rt, seed)
     if private is not None:
         loader = private.loader(loader)
     trainer = runtime.trainer(rt, max_epochs=epochs)
@@ -354,6 +354,8 @@ def fit(
         steps = int(trainer.global_step)
         out.update(private.dp.record(steps), epsilon=private.dp.epsilon(steps))
         out["delta"] = private.dp.delta
+        if private.reproducible:  # the noise came from privacy.dp_sgd.noise_seed
+            out["reproducible_noise"] = ["privacy.dp_sgd"]
     return out
 
 
@@ -365,11 +367,13 @@ def _private_head(
     examples: int,
     epochs: int,
     rt: runtime.Runtime,
+    seed: int,
 ) -> PrivateFit | None:
     """DP-SGD for a head's fit of ``epochs`` on ``examples`` labeled images
-    (``privacy.dp_sgd``; None when off), attached to ``module``. The head's standardisation is
-    frozen at the backbone's feature statistics on the client's *unlabeled* images (stage
-    one's training images, outside the labeled set DP-SGD protects)."""
+    (``privacy.dp_sgd``; None when off), attached to ``module``; its noise is secure unless
+    ``privacy.dp_sgd.noise_seed`` is set (then reproducible per fit ``seed``). The head's
+    standardisation is frozen at the backbone's feature statistics on the client's *unlabeled*
+    images (stage one's training images, outside the labeled set DP-SGD protects)."""
     dp = cfg.privacy.dp_sgd
     if not dp.enabled:
         return None
@@ -387,7 +391,8 @@ def _private_head(
         feats, _ = runtime.predict(module.backbone, loader, rt)
     module.fix_standardisation(feats)
     steps = epochs * batches_per_epoch(examples, bs)
-    private = PrivateFit(plan(dp, examples, bs, steps), module.head)
+    noise_seed = None if dp.noise_seed is None else runtime.round_seed(dp.noise_seed, seed, 0)
+    private = PrivateFit(plan(dp, examples, bs, steps), module.head, noise_seed)
     module.private = private
     return private
 

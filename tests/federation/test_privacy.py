@@ -36,7 +36,7 @@ def test_without_noise_and_under_the_norm_it_is_fedavg(three_clients):
     assert rows[-1]["dp_clipped"] == 0.0 and rows[-1]["epsilon_central"] == float("inf")
 
 
-def test_server_clipping_bounds_the_round_and_noise_is_accounted(three_clients):
+def test_server_clipping_bounds_the_round(three_clients):
     cfg = load_config(
         None,
         [*three_clients, "name=clip", "federation.rounds=1", "privacy.central.noise_multiplier=0",
@@ -46,8 +46,32 @@ def test_server_clipping_bounds_the_round_and_noise_is_accounted(three_clients):
     init, new = initial_state(cfg), _last(cfg)
     moved = sum(float((new[k].double() - init[k].double()).pow(2).sum()) for k in init) ** 0.5
     row = RunDir(cfg.run_dir()).metrics()[-1]
+    # without noise nothing is claimed, so the clipping record is published to measure it
     assert row["dp_update_norm_max"] > 0.05 and row["dp_clipped"] == 1.0  # every client clipped
     assert moved <= 0.05 * (1 + 1e-5)  # the mean of updates of norm <= C
+
+
+def test_a_round_that_merged_nothing_still_spends_and_nothing_unnoised_is_published(
+    three_clients, monkeypatch
+):
+    from fedssl.privacy import epsilon
+
+    # round 1: client 0 fails, two replies reach the server but three are needed, so the
+    # model is kept; the server held those two updates, so round 1 counts toward ε
+    monkeypatch.setenv("FEDSSL_INJECT_FAULT", "0:raise:1")
+    cfg = load_config(
+        None,
+        [*three_clients, "name=unmerged", "federation.rounds=2", "federation.min_replies=3",
+         "privacy.central.noise_multiplier=2", "privacy.central.clipping_norm=0.05"],
+    )  # fmt: skip
+    simulate(cfg)
+    rows = RunDir(cfg.run_dir()).metrics()
+    assert rows[1]["clients"] == 0 and rows[2]["clients"] == 3
+    assert rows[1]["epsilon_central"] == pytest.approx(epsilon([(2.0, 1.0, 1)], 1e-5))
+    assert rows[2]["epsilon_central"] == pytest.approx(epsilon([(2.0, 1.0, 2)], 1e-5))
+    # with noise, the un-noised norms and clipped share stay on the server
+    assert all(r.get("dp_update_norm_max") is None and r.get("dp_clipped") is None for r in rows)
+    assert privacy_report(cfg, RunDir(cfg.run_dir()).state())["central"]["rounds"] == 2
 
 
 def test_client_clipping_bounds_what_leaves_a_client(three_clients, monkeypatch):

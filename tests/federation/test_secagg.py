@@ -7,11 +7,14 @@ import torch
 
 from fedssl.config import ConfigError, load_config
 from fedssl.federation import strategy as S
+from fedssl.federation.secagg import CLEAR
 from fedssl.federation.simulation import simulate
+from fedssl.runs import RunDir
 
 
-def _received(monkeypatch) -> list[list[dict[str, torch.Tensor]]]:
-    """What the server's strategy receives in each round: every reply's state dict."""
+def _received(monkeypatch, metrics: list | None = None) -> list[list[dict[str, torch.Tensor]]]:
+    """What the server's strategy receives in each round: every reply's state dict (and, into
+    ``metrics``, every reply's metrics)."""
     seen = []
     real = S.MergeStrategy.aggregate_train
 
@@ -21,6 +24,9 @@ def _received(monkeypatch) -> list[list[dict[str, torch.Tensor]]]:
             [{k: v.clone() for k, v in S.from_record(m.content["arrays"]).items()}
              for m in replies if not m.has_error()]
         )  # fmt: skip
+        if metrics is not None:
+            metrics.extend(dict(r) for m in replies if not m.has_error()
+                           for r in m.content.metric_records.values())  # fmt: skip
         return real(self, server_round, replies)
 
     monkeypatch.setattr(S.MergeStrategy, "aggregate_train", record)
@@ -31,8 +37,22 @@ def test_the_server_learns_only_the_mean_within_one_quantisation_step(three_clie
     seen = _received(monkeypatch)
     simulate(load_config(None, [*three_clients, "name=plain"]))
     clients = seen[-1]  # the plain run's replies: each client's own trained weights
-    simulate(load_config(None, [*three_clients, "name=secagg", "privacy.secagg.enabled=true"]))
+    metrics: list[dict] = []
+    seen = _received(monkeypatch, metrics)
+    secure_cfg = load_config(None, [*three_clients, "name=secagg", "privacy.secagg.enabled=true"])
+    simulate(secure_cfg)
     secure = seen[-1]
+    # of each client, only its partition id reaches the server; its loss only inside the sum
+    assert len(metrics) == 3
+    for m in metrics:
+        own = {k for k in m if not k.startswith("secagg_")}
+        assert own <= {*CLEAR, "num-examples", "num_examples"}, own
+        assert m["num-examples"] == 1 and m["secagg_clipped"] == 0
+    assert {m["secagg_mean_train_loss"] for m in metrics} == {metrics[0]["secagg_mean_train_loss"]}
+    row = RunDir(secure_cfg.run_dir()).metrics()[-1]
+    assert not any(k.startswith(("train_loss_c", "local_acc_c", "train_s_c")) and row[k] is not None
+                   for k in row)  # fmt: skip
+    assert row["secagg_mean_train_loss"] > 0
     assert len(clients) == 3 and len(secure) == 3
     mean = {k: torch.stack([c[k].double() for c in clients]).mean(0) for k in clients[0]}
     step = 2 * 8.0 / 2**22  # 2 * clipping_range / quantization_range
@@ -76,3 +96,15 @@ def test_a_launcher_exits_2_naming_the_setting_and_writes_nothing(load_launch, t
     assert main(argv) == 2
     assert "privacy.secagg needs federation.method=avg, not 'max'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n", [6, 8])
+def test_secagg_runs_at_sizes_whose_default_share_count_was_even(three_clients, n):
+    # 6 and 8 clients: ceil(log2 n) + 1 = 4, which halted every round before the odd rule
+    cfg = load_config(None, [*three_clients, f"name=secagg{n}", f"data.num_clients={n}",
+                             f"federation.min_clients={n}", "data.train_per_client=100",
+                             "train.local_steps=2", "privacy.secagg.enabled=true",
+                             "federation.rounds=2"])  # fmt: skip
+    simulate(cfg)
+    rows = RunDir(cfg.run_dir()).metrics()
+    assert [r["clients"] for r in rows if r["round"] > 0] == [n, n]
