@@ -118,10 +118,10 @@ def tally_encode(values: list[int], clip: float, qr: int):
     reads back the sum of each value exactly."""
     import numpy as np
 
-    levels = []
+    levels, digits = [], _digits(qr)
     for v in values:
         v = min(max(int(v), 0), 2**64 - 1)
-        for _ in range(_digits(qr)):
+        for _ in range(digits):
             v, d = divmod(v, qr)
             levels.append(d)
     return np.asarray(levels, dtype=np.float64) * (2 * clip / qr) - clip
@@ -248,6 +248,8 @@ def _workflow(contents: dict[int, RecordDict], plan: dict, timeout: float | None
         """Flower's SecAgg+, whose masked-vector stage carries fedssl's train content (the
         global weights and the run's config) instead of legacy fit instructions."""
 
+        halted = ""  # why the round stopped before unmasking, if it did
+
         def setup_stage(self, grid, context, state) -> bool:
             ok = super().setup_stage(grid, context, state)
             state.nid_to_fitins = {n: contents[n] for n in state.nid_to_fitins}
@@ -263,8 +265,6 @@ def _workflow(contents: dict[int, RecordDict], plan: dict, timeout: float | None
                 )
                 return False
             return ok
-
-    Workflow.halted = ""  # why the round stopped before unmasking, if it did
 
     return Workflow(max_weight=1.0, timeout=timeout, **plan)
 
